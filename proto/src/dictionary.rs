@@ -1,0 +1,49 @@
+//! Istio's global dictionary: word index `i >= 0` on the wire means `GLOBAL_WORDS[i]`.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+include!(concat!(env!("OUT_DIR"), "/global_words.rs"));
+
+/// The global word list, in wire order.
+pub fn words() -> &'static [&'static str] {
+    &GLOBAL_WORDS
+}
+
+/// Index of `word` in the global dictionary, if it is there.
+pub fn index_of(word: &str) -> Option<i32> {
+    static INDEX: OnceLock<HashMap<&'static str, i32>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            GLOBAL_WORDS
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (*w, i as i32))
+                .collect()
+        })
+        .get(word)
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dictionary_matches_istio_order() {
+        assert_eq!(GLOBAL_WORDS.len(), 222);
+        assert_eq!(GLOBAL_WORDS[0], "source.ip");
+        assert_eq!(index_of("source.ip"), Some(0));
+        assert_eq!(index_of("request.headers"), Some(GLOBAL_WORDS.iter().position(|w| *w == "request.headers").unwrap() as i32));
+        assert_eq!(*GLOBAL_WORDS.last().unwrap(), "context.proxy_version");
+        assert_eq!(index_of("no-such-word"), None);
+    }
+
+    #[test]
+    fn words_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for w in GLOBAL_WORDS {
+            assert!(seen.insert(w), "duplicate word {w}");
+        }
+    }
+}

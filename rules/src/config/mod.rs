@@ -1,0 +1,20 @@
+//! Operator configuration in Istio's `config.istio.io/v1alpha2` format.
+//!
+//! - [`yaml`]: reading YAML with camelCase/snake_case keys, unknown-key detection and
+//!   errors that name file, document and key ([`ConfigError`]).
+//! - [`model`]: the documents we understand (handler, instance, rule, attributemanifest,
+//!   legacy per-adapter and per-template kinds), parsed into a [`ConfigSet`].
+//! - [`load`]: reading files and directories of multi-document YAML.
+//! - [`quota_spec`]: QuotaSpec and QuotaSpecBinding, read by the proxy.
+
+pub mod load;
+pub mod model;
+pub mod quota_spec;
+pub mod yaml;
+
+pub use load::{load_paths, load_str};
+pub use model::{ActionDoc, ConfigSet, HandlerDoc, HeaderOpDoc, InstanceDoc, ObjectRef, RuleDoc};
+pub use yaml::{ConfigError, Loc, Obj, Param};
+
+/// Namespace for documents that name none (Istio's default).
+pub const DEFAULT_NAMESPACE: &str = "istio-system";

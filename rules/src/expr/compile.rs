@@ -1,0 +1,613 @@
+//! Type-checking compiler from syntax tree to [`Program`].
+
+use std::sync::Arc;
+
+use regex::Regex;
+
+use super::ExprError;
+use super::functions::{parse_ip, valid_dns_name, valid_email, valid_uri};
+use super::parse::{Ast, BinaryOp, Node, UnaryOp, parse};
+use crate::manifest::Manifest;
+use crate::value::{MapVal, OwnedValue, StringMap, Value, ValueType, parse_duration, parse_timestamp};
+
+/// What the compiler may resolve names against.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileOptions<'m> {
+    pub manifest: &'m Manifest,
+    /// Names of check actions whose outputs may be read as `NAME.output.FIELD`.
+    pub actions: &'m [String],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EqKind {
+    Exact,
+    Numeric,
+    Dns,
+    Email,
+    Ip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Func {
+    Glob,
+    StartsWith,
+    EndsWith,
+    Contains,
+    ToLower,
+    Size,
+    Ip,
+    Timestamp,
+    DnsName,
+    Email,
+    Uri,
+    Duration,
+    ToString,
+    ToInt,
+    ToDouble,
+}
+
+/// Compiled expression tree. Names are `Arc<str>` so an absent-attribute error is cheap.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Const(OwnedValue),
+    Attr(Arc<str>),
+    MapKey { attr: Arc<str>, key: Arc<str> },
+    Index(Box<Op>, Box<Op>),
+    Output { action: Arc<str>, field: Arc<str> },
+    Has(Box<Op>),
+    Default(Box<Op>, Box<Op>),
+    And(Box<Op>, Box<Op>),
+    Or(Box<Op>, Box<Op>),
+    Not(Box<Op>),
+    Eq(Box<Op>, Box<Op>, EqKind),
+    Ne(Box<Op>, Box<Op>, EqKind),
+    Cmp(CmpOp, Box<Op>, Box<Op>),
+    Arith(ArithOp, Box<Op>, Box<Op>),
+    Neg(Box<Op>),
+    Ternary(Box<Op>, Box<Op>, Box<Op>),
+    Matches(Arc<Regex>, Box<Op>),
+    Call(Func, Vec<Op>),
+}
+
+/// A compiled, type-checked expression.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub(crate) op: Op,
+    ty: ValueType,
+    text: String,
+}
+
+/// What an equality test in a rule's match compares: an attribute or one key of a map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IndexKey {
+    pub attr: Arc<str>,
+    pub map_key: Option<Arc<str>>,
+}
+
+impl Program {
+    pub fn ty(&self) -> ValueType {
+        self.ty
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// A program that always yields `value` (an empty match is `true`).
+    pub fn constant(value: OwnedValue, ty: ValueType) -> Program {
+        let text = value.to_text();
+        Program {
+            op: Op::Const(value),
+            ty,
+            text,
+        }
+    }
+
+    /// Whether this program is the constant `true` (an always-matching rule).
+    pub fn is_always_true(&self) -> bool {
+        matches!(self.op, Op::Const(Value::Bool(true)))
+    }
+
+    /// The `ATTR == "literal"` tests that must all hold for this (boolean) program to be
+    /// true: the conjuncts of its top-level `&&` chain. Used to index rules.
+    pub fn required_equalities(&self) -> Vec<(IndexKey, String)> {
+        let mut out = Vec::new();
+        collect_equalities(&self.op, &mut out);
+        out
+    }
+}
+
+fn collect_equalities(op: &Op, out: &mut Vec<(IndexKey, String)>) {
+    match op {
+        Op::And(a, b) => {
+            collect_equalities(a, out);
+            collect_equalities(b, out);
+        }
+        Op::Eq(a, b, EqKind::Exact) => {
+            let (lhs, rhs) = match (a.as_ref(), b.as_ref()) {
+                (Op::Const(Value::String(s)), other) | (other, Op::Const(Value::String(s))) => {
+                    (other, s)
+                }
+                _ => return,
+            };
+            let key = match lhs {
+                Op::Attr(name) => IndexKey {
+                    attr: name.clone(),
+                    map_key: None,
+                },
+                Op::MapKey { attr, key } => IndexKey {
+                    attr: attr.clone(),
+                    map_key: Some(key.clone()),
+                },
+                _ => return,
+            };
+            out.push((key, rhs.to_string()));
+        }
+        _ => {}
+    }
+}
+
+/// Compiles `text`; with `expected`, the result must have that type.
+pub fn compile(
+    text: &str,
+    expected: Option<ValueType>,
+    opts: CompileOptions<'_>,
+) -> Result<Program, ExprError> {
+    let ast = parse(text)?;
+    let (op, ty) = Compiler { opts }.node(&ast)?;
+    if let Some(want) = expected
+        && !assignable(ty, want)
+    {
+        return Err(ExprError::new(
+            0,
+            format!("expression has type {ty}, expected {want}"),
+        ));
+    }
+    Ok(Program {
+        op,
+        ty,
+        text: text.to_string(),
+    })
+}
+
+/// A value of type `have` may be used where `want` is expected (typed strings accept
+/// plain strings: a `DNS_NAME` field may be fed from a `STRING` attribute).
+pub fn assignable(have: ValueType, want: ValueType) -> bool {
+    have == want || (have.is_stringy() && want.is_stringy())
+}
+
+struct Compiler<'m> {
+    opts: CompileOptions<'m>,
+}
+
+type Typed = (Op, ValueType);
+
+fn dotted(node: &Node) -> Option<String> {
+    match &node.ast {
+        Ast::Ident(s) => Some(s.clone()),
+        Ast::Select(t, f) => dotted(t).map(|p| format!("{p}.{f}")),
+        _ => None,
+    }
+}
+
+impl Compiler<'_> {
+    fn node(&self, n: &Node) -> Result<Typed, ExprError> {
+        match &n.ast {
+            Ast::Str(s) => Ok((Op::Const(Value::String(s.clone().into())), ValueType::String)),
+            Ast::Int(i) => Ok((Op::Const(Value::Int64(*i)), ValueType::Int64)),
+            Ast::Double(d) => Ok((Op::Const(Value::Double(*d)), ValueType::Double)),
+            Ast::Bool(b) => Ok((Op::Const(Value::Bool(*b)), ValueType::Bool)),
+            Ast::Ident(_) | Ast::Select(..) => self.name(n),
+            Ast::Index(target, key) => self.index(target, key),
+            Ast::Call { target, name, args } => self.call(n.pos, target.as_deref(), name, args),
+            Ast::Unary(UnaryOp::Not, x) => {
+                let op = self.expect(x, ValueType::Bool)?;
+                Ok((Op::Not(Box::new(op)), ValueType::Bool))
+            }
+            Ast::Unary(UnaryOp::Neg, x) => {
+                let (op, ty) = self.node(x)?;
+                if !matches!(ty, ValueType::Int64 | ValueType::Double | ValueType::Duration) {
+                    return Err(ExprError::new(x.pos, format!("cannot negate {ty}")));
+                }
+                Ok((Op::Neg(Box::new(op)), ty))
+            }
+            Ast::Binary(op, a, b) => self.binary(*op, a, b),
+            Ast::Ternary(c, a, b) => {
+                let c = self.expect(c, ValueType::Bool)?;
+                let (a_op, a_ty) = self.node(a)?;
+                let (b_op, b_ty) = self.node(b)?;
+                let ty = unify(a_ty, b_ty)
+                    .ok_or_else(|| ExprError::new(b.pos, format!("branches have types {a_ty} and {b_ty}")))?;
+                Ok((Op::Ternary(Box::new(c), Box::new(a_op), Box::new(b_op)), ty))
+            }
+        }
+    }
+
+    fn expect(&self, n: &Node, want: ValueType) -> Result<Op, ExprError> {
+        let (op, ty) = self.node(n)?;
+        if !assignable(ty, want) {
+            return Err(ExprError::new(n.pos, format!("expected {want}, found {ty}")));
+        }
+        Ok(op)
+    }
+
+    fn name(&self, n: &Node) -> Result<Typed, ExprError> {
+        let Some(full) = dotted(n) else {
+            // A field of a computed value: CEL's `map.key` on a map-typed expression.
+            let Ast::Select(target, field) = &n.ast else {
+                return Err(ExprError::new(n.pos, "unsupported expression"));
+            };
+            let (op, ty) = self.node(target)?;
+            if ty != ValueType::StringMap {
+                return Err(ExprError::new(n.pos, format!("cannot select field {field:?} of {ty}")));
+            }
+            let key = Op::Const(Value::String(field.clone().into()));
+            return Ok((Op::Index(Box::new(op), Box::new(key)), ValueType::String));
+        };
+        let manifest = self.opts.manifest;
+        if let Some(ty) = manifest.type_of(&full) {
+            return Ok((Op::Attr(full.into()), ty));
+        }
+        let parts: Vec<&str> = full.split('.').collect();
+        if parts.len() == 3 && parts[1] == "output" && self.opts.actions.iter().any(|a| a == parts[0]) {
+            return Ok((
+                Op::Output {
+                    action: parts[0].into(),
+                    field: parts[2].into(),
+                },
+                ValueType::String,
+            ));
+        }
+        // CEL field selection on a map attribute: `source.labels.app`.
+        if let Some((map, key)) = full.rsplit_once('.')
+            && manifest.type_of(map) == Some(ValueType::StringMap)
+        {
+            return Ok((
+                Op::MapKey {
+                    attr: map.into(),
+                    key: key.into(),
+                },
+                ValueType::String,
+            ));
+        }
+        Err(ExprError::new(
+            n.pos,
+            format!("unknown attribute {full} (declare it in an attributemanifest)"),
+        ))
+    }
+
+    fn index(&self, target: &Node, key: &Node) -> Result<Typed, ExprError> {
+        let (t_op, t_ty) = self.node(target)?;
+        if t_ty != ValueType::StringMap {
+            return Err(ExprError::new(target.pos, format!("cannot index a value of type {t_ty}")));
+        }
+        let (k_op, k_ty) = self.node(key)?;
+        if !k_ty.is_stringy() {
+            return Err(ExprError::new(key.pos, format!("map keys are strings, found {k_ty}")));
+        }
+        let op = match (t_op, k_op) {
+            (Op::Attr(attr), Op::Const(Value::String(k))) => Op::MapKey {
+                attr,
+                key: k.as_ref().into(),
+            },
+            (t, k) => Op::Index(Box::new(t), Box::new(k)),
+        };
+        Ok((op, ValueType::String))
+    }
+
+    fn binary(&self, op: BinaryOp, a: &Node, b: &Node) -> Result<Typed, ExprError> {
+        match op {
+            BinaryOp::And | BinaryOp::Or => {
+                let x = Box::new(self.expect(a, ValueType::Bool)?);
+                let y = Box::new(self.expect(b, ValueType::Bool)?);
+                let op = if op == BinaryOp::And { Op::And(x, y) } else { Op::Or(x, y) };
+                Ok((op, ValueType::Bool))
+            }
+            BinaryOp::Default => {
+                let (x, xt) = self.node(a)?;
+                let (y, yt) = self.node(b)?;
+                let ty = unify(xt, yt).ok_or_else(|| {
+                    ExprError::new(b.pos, format!("default of type {yt} for a value of type {xt}"))
+                })?;
+                Ok((Op::Default(Box::new(x), Box::new(y)), ty))
+            }
+            BinaryOp::In => {
+                let (k, kt) = self.node(a)?;
+                let (m, mt) = self.node(b)?;
+                if mt != ValueType::StringMap || !kt.is_stringy() {
+                    return Err(ExprError::new(a.pos, format!("'in' needs a string and a map, found {kt} and {mt}")));
+                }
+                let lookup = match (m, k) {
+                    (Op::Attr(attr), Op::Const(Value::String(key))) => Op::MapKey {
+                        attr,
+                        key: key.as_ref().into(),
+                    },
+                    (m, k) => Op::Index(Box::new(m), Box::new(k)),
+                };
+                Ok((Op::Has(Box::new(lookup)), ValueType::Bool))
+            }
+            BinaryOp::Eq | BinaryOp::Ne => {
+                let (x, xt) = self.node(a)?;
+                let (y, yt) = self.node(b)?;
+                let (x, y, kind) = equality(x, xt, y, yt).map_err(|m| ExprError::new(a.pos, m))?;
+                let op = if op == BinaryOp::Eq {
+                    Op::Eq(Box::new(x), Box::new(y), kind)
+                } else {
+                    Op::Ne(Box::new(x), Box::new(y), kind)
+                };
+                Ok((op, ValueType::Bool))
+            }
+            BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+                let (x, xt) = self.node(a)?;
+                let (y, yt) = self.node(b)?;
+                let (x, xt) = coerce_literal(x, xt, yt);
+                let (y, yt) = coerce_literal(y, yt, xt);
+                let ok = match (xt, yt) {
+                    (ValueType::Int64 | ValueType::Double, ValueType::Int64 | ValueType::Double) => true,
+                    (l, r) => l == r && matches!(l, ValueType::String | ValueType::Timestamp | ValueType::Duration),
+                };
+                if !ok {
+                    return Err(ExprError::new(a.pos, format!("cannot order {xt} and {yt}")));
+                }
+                let cmp = match op {
+                    BinaryOp::Lt => CmpOp::Lt,
+                    BinaryOp::Le => CmpOp::Le,
+                    BinaryOp::Gt => CmpOp::Gt,
+                    _ => CmpOp::Ge,
+                };
+                Ok((Op::Cmp(cmp, Box::new(x), Box::new(y)), ValueType::Bool))
+            }
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
+                let (x, xt) = self.node(a)?;
+                let (y, yt) = self.node(b)?;
+                use ValueType::*;
+                let ty = match (op, xt, yt) {
+                    (_, Int64, Int64) => Int64,
+                    (_, Int64 | Double, Int64 | Double) => Double,
+                    (BinaryOp::Add, l, r) if l.is_stringy() && r.is_stringy() => String,
+                    (BinaryOp::Add | BinaryOp::Sub, Duration, Duration) => Duration,
+                    (BinaryOp::Add | BinaryOp::Sub, Timestamp, Duration) => Timestamp,
+                    (BinaryOp::Sub, Timestamp, Timestamp) => Duration,
+                    _ => {
+                        return Err(ExprError::new(a.pos, format!("cannot apply {op:?} to {xt} and {yt}")));
+                    }
+                };
+                let arith = match op {
+                    BinaryOp::Add => ArithOp::Add,
+                    BinaryOp::Sub => ArithOp::Sub,
+                    BinaryOp::Mul => ArithOp::Mul,
+                    BinaryOp::Div => ArithOp::Div,
+                    _ => ArithOp::Rem,
+                };
+                Ok((Op::Arith(arith, Box::new(x), Box::new(y)), ty))
+            }
+        }
+    }
+
+    fn call(&self, pos: usize, target: Option<&Node>, name: &str, args: &[Node]) -> Result<Typed, ExprError> {
+        use ValueType as T;
+        let arity = |n: usize| -> Result<(), ExprError> {
+            if args.len() != n {
+                return Err(ExprError::new(pos, format!("{name}() takes {n} argument(s), got {}", args.len())));
+            }
+            Ok(())
+        };
+        if let Some(recv) = target {
+            return match name {
+                "matches" => {
+                    arity(1)?;
+                    self.matches(pos, recv, &args[0])
+                }
+                "startsWith" | "endsWith" | "contains" => {
+                    arity(1)?;
+                    let f = match name {
+                        "startsWith" => Func::StartsWith,
+                        "endsWith" => Func::EndsWith,
+                        _ => Func::Contains,
+                    };
+                    let r = self.expect(recv, T::String)?;
+                    let a = self.expect(&args[0], T::String)?;
+                    Ok((Op::Call(f, vec![r, a]), T::Bool))
+                }
+                "size" => {
+                    arity(0)?;
+                    self.size(recv)
+                }
+                "toLower" | "lowerAscii" => {
+                    arity(0)?;
+                    let r = self.expect(recv, T::String)?;
+                    Ok((Op::Call(Func::ToLower, vec![r]), T::String))
+                }
+                _ => Err(ExprError::new(pos, format!("unknown method {name}()"))),
+            };
+        }
+        match name {
+            "match" => {
+                arity(2)?;
+                let a = self.expect(&args[0], T::String)?;
+                let b = self.expect(&args[1], T::String)?;
+                Ok((Op::Call(Func::Glob, vec![a, b]), T::Bool))
+            }
+            "matches" => {
+                arity(2)?;
+                self.matches(pos, &args[0], &args[1])
+            }
+            "startsWith" | "endsWith" | "contains" => {
+                arity(2)?;
+                let f = match name {
+                    "startsWith" => Func::StartsWith,
+                    "endsWith" => Func::EndsWith,
+                    _ => Func::Contains,
+                };
+                let a = self.expect(&args[0], T::String)?;
+                let b = self.expect(&args[1], T::String)?;
+                Ok((Op::Call(f, vec![a, b]), T::Bool))
+            }
+            "ip" | "timestamp" | "dnsName" | "email" | "uri" | "duration" => {
+                arity(1)?;
+                let (f, ty) = match name {
+                    "ip" => (Func::Ip, T::IpAddress),
+                    "timestamp" => (Func::Timestamp, T::Timestamp),
+                    "dnsName" => (Func::DnsName, T::DnsName),
+                    "email" => (Func::Email, T::EmailAddress),
+                    "uri" => (Func::Uri, T::Uri),
+                    _ => (Func::Duration, T::Duration),
+                };
+                let arg = self.expect(&args[0], T::String)?;
+                if let Op::Const(Value::String(s)) = &arg {
+                    let folded = literal(f, s).ok_or_else(|| {
+                        ExprError::new(args[0].pos, format!("{s:?} is not a valid {name}"))
+                    })?;
+                    return Ok((Op::Const(folded), ty));
+                }
+                Ok((Op::Call(f, vec![arg]), ty))
+            }
+            "emptyStringMap" => {
+                arity(0)?;
+                Ok((Op::Const(Value::StringMap(MapVal::from(StringMap::default()))), T::StringMap))
+            }
+            "conditional" => {
+                arity(3)?;
+                let c = self.expect(&args[0], T::Bool)?;
+                let (a, at) = self.node(&args[1])?;
+                let (b, bt) = self.node(&args[2])?;
+                let ty = unify(at, bt)
+                    .ok_or_else(|| ExprError::new(args[2].pos, format!("branches have types {at} and {bt}")))?;
+                Ok((Op::Ternary(Box::new(c), Box::new(a), Box::new(b)), ty))
+            }
+            "toLower" => {
+                arity(1)?;
+                let a = self.expect(&args[0], T::String)?;
+                Ok((Op::Call(Func::ToLower, vec![a]), T::String))
+            }
+            "size" => {
+                arity(1)?;
+                self.size(&args[0])
+            }
+            "has" => {
+                arity(1)?;
+                let (op, _) = self.node(&args[0])?;
+                if !matches!(op, Op::Attr(_) | Op::MapKey { .. } | Op::Index(..)) {
+                    return Err(ExprError::new(args[0].pos, "has() needs an attribute or a map entry"));
+                }
+                Ok((Op::Has(Box::new(op)), T::Bool))
+            }
+            "string" => {
+                arity(1)?;
+                let (a, _) = self.node(&args[0])?;
+                Ok((Op::Call(Func::ToString, vec![a]), T::String))
+            }
+            "int" | "double" => {
+                arity(1)?;
+                let (a, at) = self.node(&args[0])?;
+                if !matches!(at, T::Int64 | T::Double | T::String) {
+                    return Err(ExprError::new(args[0].pos, format!("cannot convert {at} to {name}")));
+                }
+                let (f, ty) = if name == "int" { (Func::ToInt, T::Int64) } else { (Func::ToDouble, T::Double) };
+                Ok((Op::Call(f, vec![a]), ty))
+            }
+            _ => Err(ExprError::new(pos, format!("unknown function {name}()"))),
+        }
+    }
+
+    fn size(&self, x: &Node) -> Result<Typed, ExprError> {
+        let (op, ty) = self.node(x)?;
+        if !(ty.is_stringy() || ty == ValueType::StringMap) {
+            return Err(ExprError::new(x.pos, format!("size() of {ty}")));
+        }
+        Ok((Op::Call(Func::Size, vec![op]), ValueType::Int64))
+    }
+
+    /// Mixer writes `"regex".matches(str)`; CEL writes `str.matches("regex")`. The string
+    /// literal is the pattern either way; a pattern must be a literal so it compiles once.
+    fn matches(&self, pos: usize, recv: &Node, arg: &Node) -> Result<Typed, ExprError> {
+        let (pattern, subject) = match (&recv.ast, &arg.ast) {
+            (Ast::Str(p), _) => (p, arg),
+            (_, Ast::Str(p)) => (p, recv),
+            _ => {
+                return Err(ExprError::new(pos, "matches() needs a string literal pattern"));
+            }
+        };
+        // Go's regexp.MatchString finds a match anywhere, as does RE2 in CEL.
+        let re = Regex::new(pattern)
+            .map_err(|e| ExprError::new(pos, format!("invalid regex {pattern:?}: {e}")))?;
+        let subject = self.expect(subject, ValueType::String)?;
+        Ok((Op::Matches(Arc::new(re), Box::new(subject)), ValueType::Bool))
+    }
+}
+
+/// Parses a typed literal at compile time.
+fn literal(f: Func, s: &str) -> Option<OwnedValue> {
+    Some(match f {
+        Func::Ip => Value::Bytes(parse_ip(s)?.into()),
+        Func::Timestamp => Value::Timestamp(parse_timestamp(s)?),
+        Func::Duration => Value::Duration(parse_duration(s)?),
+        Func::DnsName if valid_dns_name(s) => Value::String(s.to_string().into()),
+        Func::Email if valid_email(s) => Value::String(s.to_string().into()),
+        Func::Uri if valid_uri(s) => Value::String(s.to_string().into()),
+        _ => return None,
+    })
+}
+
+/// A string literal compared with a typed value takes that type ("10ms" vs a duration).
+fn coerce_literal(op: Op, ty: ValueType, other: ValueType) -> (Op, ValueType) {
+    if let Op::Const(Value::String(s)) = &op {
+        let f = match other {
+            ValueType::Duration => Some(Func::Duration),
+            ValueType::Timestamp => Some(Func::Timestamp),
+            ValueType::IpAddress => Some(Func::Ip),
+            _ => None,
+        };
+        if let Some(f) = f
+            && let Some(v) = literal(f, s)
+        {
+            return (Op::Const(v), other);
+        }
+    }
+    (op, ty)
+}
+
+fn equality(x: Op, xt: ValueType, y: Op, yt: ValueType) -> Result<(Op, Op, EqKind), String> {
+    use ValueType as T;
+    let (x, xt) = coerce_literal(x, xt, yt);
+    let (y, yt) = coerce_literal(y, yt, xt);
+    let kind = match (xt, yt) {
+        (T::Int64 | T::Double, T::Int64 | T::Double) if xt != yt => EqKind::Numeric,
+        (T::DnsName, t) | (t, T::DnsName) if t.is_stringy() => EqKind::Dns,
+        (T::EmailAddress, t) | (t, T::EmailAddress) if t.is_stringy() => EqKind::Email,
+        (T::IpAddress, T::IpAddress) => EqKind::Ip,
+        (l, r) if l == r || (l.is_stringy() && r.is_stringy()) => EqKind::Exact,
+        (l, r) if l == T::Duration || r == T::Duration => {
+            return Err(format!("cannot compare {l} with {r} (a duration literal looks like \"10ms\")"));
+        }
+        (l, r) => return Err(format!("cannot compare {l} with {r}")),
+    };
+    Ok((x, y, kind))
+}
+
+fn unify(a: ValueType, b: ValueType) -> Option<ValueType> {
+    if a == b {
+        Some(a)
+    } else if a.is_stringy() && b.is_stringy() {
+        Some(if a == ValueType::String { b } else { a })
+    } else {
+        None
+    }
+}
