@@ -1,0 +1,26 @@
+//! mixr's adapters: the code that answers checks, allocates quota and records reports.
+//!
+//! - [`variety`]: one trait per adapter variety ([`CheckHandler`], [`QuotaHandler`],
+//!   [`ReportHandler`]) and the values that cross them.
+//! - [`registry`]: the one place that knows every adapter: which templates each serves,
+//!   how its params are validated and how it is built from a handler document. Handlers
+//!   whose adapter and params did not change are carried over across config reloads, so
+//!   their state (a fetched list, counters) survives.
+//! - One module per adapter: [`denier`], [`listchecker`], [`noop`].
+//! - [`clock`]: time as adapters see it, replaceable in tests.
+//!
+//! Adding an adapter means a new module and one line in [`registry::Registry::builtin`];
+//! the server's dispatch does not change.
+
+pub mod clock;
+pub mod denier;
+pub mod listchecker;
+pub mod noop;
+pub mod params;
+pub mod registry;
+pub mod variety;
+
+pub use registry::{BuildContext, Handler, HandlerSet, Registry};
+pub use variety::{
+    CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, ReportHandler, Status,
+};

@@ -1,0 +1,163 @@
+//! The registry: every adapter, and building handlers from a compiled snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mixr_rules::config::{ConfigError, HandlerDoc};
+use mixr_rules::snapshot::{AdapterCatalog, Snapshot};
+use mixr_rules::templates::Template;
+
+use crate::clock::{Clock, SystemClock};
+use crate::variety::{CheckHandler, QuotaHandler, ReportHandler};
+use crate::{denier, listchecker, noop};
+
+/// A built handler: the varieties its adapter implements.
+#[derive(Clone, Default)]
+pub struct Handler {
+    pub check: Option<Arc<dyn CheckHandler>>,
+    pub quota: Option<Arc<dyn QuotaHandler>>,
+    pub report: Option<Arc<dyn ReportHandler>>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("check", &self.check.is_some())
+            .field("quota", &self.quota.is_some())
+            .field("report", &self.report.is_some())
+            .finish()
+    }
+}
+
+/// What adapters may use while being built.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub clock: Arc<dyn Clock>,
+    /// Where mixr's own metrics live; adapters register theirs here.
+    pub metrics: prometheus::Registry,
+}
+
+impl Default for BuildContext {
+    fn default() -> Self {
+        BuildContext {
+            clock: Arc::new(SystemClock),
+            metrics: prometheus::Registry::new(),
+        }
+    }
+}
+
+/// One adapter's entry in the registry.
+#[derive(Clone, Copy)]
+pub struct AdapterInfo {
+    pub name: &'static str,
+    pub templates: &'static [Template],
+    pub validate: fn(&HandlerDoc) -> Result<(), ConfigError>,
+    pub build: fn(&HandlerDoc, &BuildContext) -> Result<Handler, ConfigError>,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    adapters: Vec<AdapterInfo>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.adapters.iter().map(|a| a.name).collect();
+        f.debug_struct("Registry").field("adapters", &names).finish()
+    }
+}
+
+impl Registry {
+    /// Every adapter mixr ships.
+    pub fn builtin() -> Registry {
+        Registry {
+            adapters: vec![denier::info(), listchecker::info(), noop::info()],
+        }
+    }
+
+    pub fn adapter(&self, name: &str) -> Option<&AdapterInfo> {
+        self.adapters.iter().find(|a| a.name == name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.adapters.iter().map(|a| a.name)
+    }
+
+    /// Builds a handler for every handler document of `snapshot`, reusing those of
+    /// `previous` whose adapter and params are unchanged.
+    pub fn build_handlers(
+        &self,
+        snapshot: &Snapshot,
+        previous: Option<&HandlerSet>,
+        ctx: &BuildContext,
+    ) -> Result<HandlerSet, Vec<ConfigError>> {
+        let mut handlers = Vec::with_capacity(snapshot.handlers.len());
+        let mut fingerprints = Vec::with_capacity(snapshot.handlers.len());
+        let mut errors = Vec::new();
+        for doc in &snapshot.handlers {
+            let fp = fingerprint(doc);
+            if let Some(prev) = previous.and_then(|p| p.by_fingerprint.get(&fp)) {
+                handlers.push(prev.clone());
+                fingerprints.push(fp);
+                continue;
+            }
+            let built = match self.adapter(&doc.adapter) {
+                Some(info) => (info.build)(doc, ctx),
+                None => Err(ConfigError::new(&doc.loc, "spec.compiledAdapter", format!("unknown adapter {:?}", doc.adapter))),
+            };
+            match built {
+                Ok(h) => {
+                    handlers.push(h);
+                    fingerprints.push(fp);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let by_fingerprint = fingerprints.into_iter().zip(handlers.iter().cloned()).collect();
+        Ok(HandlerSet { handlers, by_fingerprint })
+    }
+}
+
+/// Handlers built for one snapshot, in the snapshot's handler order.
+#[derive(Debug, Default, Clone)]
+pub struct HandlerSet {
+    pub handlers: Vec<Handler>,
+    by_fingerprint: HashMap<String, Handler>,
+}
+
+impl HandlerSet {
+    pub fn get(&self, index: usize) -> Option<&Handler> {
+        self.handlers.get(index)
+    }
+
+    /// Flushes every report handler (graceful shutdown).
+    pub async fn flush(&self) {
+        for h in &self.handlers {
+            if let Some(r) = &h.report {
+                r.flush().await;
+            }
+        }
+    }
+}
+
+/// Same adapter and same params means the same handler, whatever it is called.
+fn fingerprint(doc: &HandlerDoc) -> String {
+    let params = yaml_serde::to_string(&doc.params).unwrap_or_default();
+    format!("{}\n{params}", doc.adapter)
+}
+
+impl AdapterCatalog for Registry {
+    fn templates(&self, adapter: &str) -> Option<&'static [Template]> {
+        self.adapter(adapter).map(|a| a.templates)
+    }
+
+    fn check_params(&self, handler: &HandlerDoc) -> Result<(), ConfigError> {
+        match self.adapter(&handler.adapter) {
+            Some(info) => (info.validate)(handler),
+            None => Ok(()),
+        }
+    }
+}
