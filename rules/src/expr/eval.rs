@@ -23,9 +23,11 @@ pub enum EvalError {
 /// Outputs of check actions, for header operations (`ACTION.output.FIELD`).
 pub type Outputs = HashMap<String, HashMap<String, String>>;
 
-struct Ctx<'s> {
+struct Ctx<'s, 'o> {
     bag: &'s Bag<'s>,
-    outputs: Option<&'s Outputs>,
+    /// Outputs live for one call only, shorter than the bag: values read from them are
+    /// copied out.
+    outputs: Option<&'o Outputs>,
 }
 
 impl Program {
@@ -42,7 +44,7 @@ impl Program {
     pub fn eval_with_outputs<'s>(
         &'s self,
         bag: &'s Bag<'s>,
-        outputs: &'s Outputs,
+        outputs: &Outputs,
         refs: &mut Referenced<'s>,
     ) -> Result<Value<'s>, EvalError> {
         eval(
@@ -72,7 +74,7 @@ fn type_error(want: &str, got: &Value<'_>) -> EvalError {
     EvalError::Invalid(format!("expected {want}, found {got:?}"))
 }
 
-fn eval<'s>(op: &'s Op, ctx: &Ctx<'s>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
+fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
     match op {
         Op::Const(v) => Ok(v.reborrow()),
         Op::Attr(name) => match ctx.bag.get(name) {
@@ -146,7 +148,7 @@ fn eval<'s>(op: &'s Op, ctx: &Ctx<'s>, refs: &mut Referenced<'s>) -> Result<Valu
             .outputs
             .and_then(|o| o.get(action.as_ref()))
             .and_then(|fields| fields.get(field.as_ref()))
-            .map(|v| Value::String(Cow::Borrowed(v.as_str())))
+            .map(|v| Value::String(Cow::Owned(v.clone())))
             .ok_or_else(|| EvalError::AbsentKey {
                 map: format!("{action}.output"),
                 key: field.to_string(),
@@ -310,7 +312,7 @@ fn arith<'s>(op: ArithOp, x: Value<'s>, y: Value<'s>) -> Result<Value<'s>, EvalE
     })
 }
 
-fn call<'s>(f: Func, args: &'s [Op], ctx: &Ctx<'s>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
+fn call<'s>(f: Func, args: &'s [Op], ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
     let mut vals = Vec::with_capacity(args.len());
     for a in args {
         vals.push(eval(a, ctx, refs)?);

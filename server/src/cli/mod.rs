@@ -1,0 +1,111 @@
+//! The `mixr` command line.
+
+mod client;
+mod logging;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mixr_adapters::Registry;
+
+use crate::runtime::compile_config;
+use crate::serve::{ServeOptions, serve};
+
+#[derive(Debug, Parser)]
+#[command(name = "mixr", version, about = "Policy, telemetry and quota service for service meshes (Istio Mixer compatible)")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Check/Report over gRPC with the given config files or directories.
+    Serve {
+        #[arg(long, short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        grpc_addr: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        monitoring_addr: SocketAddr,
+        /// Namespace of documents that name none.
+        #[arg(long, default_value = mixr_rules::config::DEFAULT_NAMESPACE)]
+        default_namespace: String,
+        /// Write the bound addresses to this file once listening.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+        /// Do not reload when config files change (SIGHUP still reloads).
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Check config files; print every error and exit non-zero if any.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = mixr_rules::config::DEFAULT_NAMESPACE)]
+        default_namespace: String,
+    },
+    /// Send a Check to a server and print the answer (like Istio's mixc).
+    Check(client::CheckArgs),
+    /// Send a Report with one entry to a server.
+    Report(client::ReportArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mixr: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve { config, grpc_addr, monitoring_addr, default_namespace, addr_file, no_watch } => {
+            let opts = ServeOptions { config, grpc_addr, monitoring_addr, default_namespace, addr_file, watch: !no_watch };
+            match runtime.block_on(serve(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("mixr: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { paths, default_namespace } => match compile_config(&paths, &default_namespace, &Registry::builtin()) {
+            Ok(snapshot) => {
+                println!(
+                    "ok: {} handlers, {} instances, {} rules",
+                    snapshot.handlers.len(),
+                    snapshot.instances.len(),
+                    snapshot.rules.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors {
+                    println!("{e}");
+                }
+                println!("{} error(s)", errors.len());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => runtime.block_on(client::check(args)),
+        Command::Report(args) => runtime.block_on(client::report(args)),
+    }
+}

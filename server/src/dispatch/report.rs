@@ -1,0 +1,59 @@
+//! Report: every entry is matched against the rules; report instances are built and
+//! handed to report adapters in one batch per handler and instance.
+
+use std::collections::BTreeMap;
+
+use mixr_rules::bag::{Bag, Referenced};
+use mixr_rules::snapshot::InstanceValues;
+use mixr_rules::templates::Variety;
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReportOutcome {
+    pub instances_dispatched: usize,
+    pub instance_errors: usize,
+}
+
+pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcome {
+    let snapshot = &rt.snapshot;
+    let mut batches: BTreeMap<(usize, usize), Vec<InstanceValues>> = BTreeMap::new();
+    let mut outcome = ReportOutcome::default();
+    for bag in bags {
+        // Report answers carry no referenced attributes; the record is discarded.
+        let mut refs = Referenced::new();
+        let matched = snapshot.matching_rules(bag, &mut refs);
+        for (rule, _) in &matched.errors {
+            metrics.expression_errors.with_label_values(&[snapshot.rules[*rule].name.as_str()]).inc();
+        }
+        for &r in &matched.rules {
+            for action in &snapshot.rules[r].actions {
+                if rt.handlers.get(action.handler).and_then(|h| h.report.as_ref()).is_none() {
+                    continue;
+                }
+                for &i in &action.instances {
+                    let instance = &snapshot.instances[i];
+                    if instance.template.variety() != Variety::Report {
+                        continue;
+                    }
+                    match instance.eval(bag, &mut refs) {
+                        Ok(values) => batches.entry((action.handler, i)).or_default().push(values),
+                        Err(e) => {
+                            outcome.instance_errors += 1;
+                            metrics.instance_errors.with_label_values(&[instance.full_name.as_str()]).inc();
+                            tracing::debug!(instance = %instance.full_name, error = %e, "report instance not built");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for ((h, i), values) in batches {
+        if let Some(handler) = rt.handlers.get(h).and_then(|h| h.report.as_ref()) {
+            outcome.instances_dispatched += values.len();
+            handler.report(&snapshot.instances[i].name, &values);
+        }
+    }
+    outcome
+}

@@ -1,0 +1,149 @@
+//! `istio.mixer.v1.Mixer`: Check and Report on the wire.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mixr_proto::DIRECT_HTTP_RESPONSE_TYPE_URL;
+use mixr_proto::google::rpc;
+use mixr_proto::istio::mixer::v1::check_response::PreconditionResult;
+use mixr_proto::istio::mixer::v1::mixer_server::{Mixer, MixerServer};
+use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
+use mixr_proto::istio::mixer::v1::{
+    CheckRequest, CheckResponse, HeaderOperation, ReportRequest, ReportResponse, RouteDirective, header_operation,
+};
+use mixr_rules::bag::{decode_compressed, decode_report};
+use mixr_rules::config::model::HeaderOpKind;
+use prost::Message;
+use tonic::{Request, Response};
+
+use super::status::CallError;
+use crate::dispatch::{self, CheckOutcome, HeaderOp};
+use crate::metrics::{Metrics, code_name};
+use crate::runtime::ConfigStore;
+
+#[derive(Debug, Clone)]
+pub struct MixerService {
+    store: Arc<ConfigStore>,
+    metrics: Metrics,
+}
+
+impl MixerService {
+    pub fn new(store: Arc<ConfigStore>, metrics: Metrics) -> MixerService {
+        MixerService { store, metrics }
+    }
+
+    pub fn into_server(self) -> MixerServer<MixerService> {
+        MixerServer::new(self)
+    }
+
+    fn observe(&self, method: &str, code: &str, started: Instant) {
+        self.metrics.calls.with_label_values(&["mixer", method, code]).inc();
+        self.metrics
+            .call_seconds
+            .with_label_values(&["mixer", method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn check_inner(&self, req: &CheckRequest) -> Result<CheckResponse, CallError> {
+        let rt = self.store.current();
+        let empty = Default::default();
+        let attrs = req.attributes.as_ref().unwrap_or(&empty);
+        let bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
+        let outcome = dispatch::check(&rt, &bag, &self.metrics);
+        Ok(encode_check(&outcome, req.global_word_count))
+    }
+
+    fn report_inner(&self, req: &ReportRequest) -> Result<(), CallError> {
+        let rt = self.store.current();
+        let delta = req.repeated_attributes_semantics != RepeatedAttributesSemantics::IndependentEncoding as i32;
+        let bags = decode_report(&req.attributes, &req.default_words, req.global_word_count, delta, &rt.snapshot.manifest)?;
+        self.metrics.report_entries.with_label_values(&["mixer"]).inc_by(bags.len() as u64);
+        dispatch::report(&rt, &bags, &self.metrics);
+        Ok(())
+    }
+}
+
+fn encode_ops(ops: &[HeaderOp]) -> Vec<HeaderOperation> {
+    ops.iter()
+        .map(|op| HeaderOperation {
+            name: op.name.clone(),
+            value: op.value.clone(),
+            operation: match op.operation {
+                HeaderOpKind::Replace => header_operation::Operation::Replace,
+                HeaderOpKind::Remove => header_operation::Operation::Remove,
+                HeaderOpKind::Append => header_operation::Operation::Append,
+            } as i32,
+        })
+        .collect()
+}
+
+/// Builds the wire answer. Referenced attributes use only the caller's global words.
+pub fn encode_check(outcome: &CheckOutcome<'_>, global_word_count: u32) -> CheckResponse {
+    let status = &outcome.status;
+    let mut details = Vec::new();
+    let mut directive = RouteDirective {
+        request_header_operations: encode_ops(&outcome.request_header_ops),
+        response_header_operations: encode_ops(&outcome.response_header_ops),
+        ..Default::default()
+    };
+    if let Some(dr) = &status.direct_response {
+        details.push(prost_types::Any {
+            type_url: DIRECT_HTTP_RESPONSE_TYPE_URL.to_string(),
+            value: dr.encode_to_vec(),
+        });
+        directive.direct_response_code = dr.code as u32;
+        directive.direct_response_body = dr.body.clone();
+    }
+    let has_directive = directive != RouteDirective::default();
+    CheckResponse {
+        precondition: Some(PreconditionResult {
+            status: Some(rpc::Status {
+                code: status.code,
+                message: status.message.clone(),
+                details,
+            }),
+            valid_duration: Some(prost_types::Duration {
+                seconds: outcome.valid_duration.as_secs() as i64,
+                nanos: outcome.valid_duration.subsec_nanos() as i32,
+            }),
+            valid_use_count: outcome.valid_use_count,
+            referenced_attributes: Some(outcome.referenced.to_proto(global_word_count)),
+            route_directive: has_directive.then_some(directive),
+        }),
+        quotas: Default::default(),
+    }
+}
+
+#[tonic::async_trait]
+impl Mixer for MixerService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        match self.check_inner(request.get_ref()) {
+            Ok(resp) => {
+                let code = resp.precondition.as_ref().and_then(|p| p.status.as_ref()).map_or(0, |s| s.code);
+                self.observe("check", code_name(code), started);
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                let status = tonic::Status::from(e);
+                self.observe("check", code_name(status.code() as i32), started);
+                Err(status)
+            }
+        }
+    }
+
+    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, tonic::Status> {
+        let started = Instant::now();
+        match self.report_inner(request.get_ref()) {
+            Ok(()) => {
+                self.observe("report", "OK", started);
+                Ok(Response::new(ReportResponse {}))
+            }
+            Err(e) => {
+                let status = tonic::Status::from(e);
+                self.observe("report", code_name(status.code() as i32), started);
+                Err(status)
+            }
+        }
+    }
+}

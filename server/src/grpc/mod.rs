@@ -1,0 +1,4 @@
+//! gRPC services and the mapping of errors to gRPC statuses.
+
+pub mod mixer;
+pub mod status;

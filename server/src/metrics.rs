@@ -1,0 +1,116 @@
+//! mixr's own metrics, registered once in the registry served on `/metrics`.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Calls by API (`mixer`, later `ext_authz`, `rls`), method and result code name.
+    pub calls: IntCounterVec,
+    pub call_seconds: HistogramVec,
+    pub report_entries: IntCounterVec,
+    pub expression_errors: IntCounterVec,
+    pub instance_errors: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let calls = IntCounterVec::new(
+            Opts::new("mixr_calls_total", "Calls served, by API, method and result code."),
+            &["api", "method", "code"],
+        )
+        .expect("valid metric");
+        let call_seconds = HistogramVec::new(
+            HistogramOpts::new("mixr_call_duration_seconds", "Time to serve a call, by API and method.")
+                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]),
+            &["api", "method"],
+        )
+        .expect("valid metric");
+        let report_entries = IntCounterVec::new(
+            Opts::new("mixr_report_entries_total", "Report entries received, by API."),
+            &["api"],
+        )
+        .expect("valid metric");
+        let expression_errors = IntCounterVec::new(
+            Opts::new("mixr_expression_errors_total", "Rule matches that failed to evaluate (the rule did not apply), by rule."),
+            &["rule"],
+        )
+        .expect("valid metric");
+        let instance_errors = IntCounterVec::new(
+            Opts::new("mixr_instance_errors_total", "Instances that failed to build from a request's attributes, by instance."),
+            &["instance"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("mixr_config_reloads_total", "Config loads, by result (ok, failed)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new("mixr_config_generation", "Generation of the active config (1 is the first).")
+            .expect("valid metric");
+        for c in [
+            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(call_seconds.clone()),
+            Box::new(report_entries.clone()),
+            Box::new(expression_errors.clone()),
+            Box::new(instance_errors.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_generation.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            calls,
+            call_seconds,
+            report_entries,
+            expression_errors,
+            instance_errors,
+            config_reloads,
+            config_generation,
+        }
+    }
+
+    /// The text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let families = self.registry.gather();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// gRPC code names, for metric labels and the CLI.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}

@@ -1,0 +1,164 @@
+//! The active config and its replacement. A [`Runtime`] is immutable; [`ConfigStore`]
+//! swaps whole runtimes atomically (arc-swap), so a request sees one config from start to
+//! end, and a rejected config never replaces the last good one.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use mixr_adapters::{BuildContext, HandlerSet, Registry};
+use mixr_rules::config::{ConfigError, load_paths};
+use mixr_rules::snapshot::{Snapshot, build};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub snapshot: Snapshot,
+    pub handlers: HandlerSet,
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    fingerprint: u64,
+}
+
+impl Runtime {
+    /// A runtime with no config (nothing matches; everything is allowed).
+    pub fn empty() -> Runtime {
+        Runtime {
+            snapshot: Snapshot::empty(),
+            handlers: HandlerSet::default(),
+            generation: 0,
+            loaded_at: SystemTime::now(),
+            fingerprint: 0,
+        }
+    }
+}
+
+/// Loads and compiles config files into a snapshot (what `mixr validate` runs too).
+pub fn compile_config(paths: &[PathBuf], default_namespace: &str, registry: &Registry) -> Result<Snapshot, Vec<ConfigError>> {
+    let set = load_paths(paths, default_namespace)?;
+    build(&set, registry)
+}
+
+/// Hash of every config file's name and content: an unchanged tree is not reloaded.
+fn fingerprint(paths: &[PathBuf]) -> u64 {
+    fn walk(p: &Path, h: &mut DefaultHasher) {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            entries.sort();
+            for e in entries {
+                walk(&e, h);
+            }
+        } else {
+            p.hash(h);
+            std::fs::read(p).unwrap_or_default().hash(h);
+        }
+    }
+    let mut h = DefaultHasher::new();
+    for p in paths {
+        walk(p, &mut h);
+    }
+    h.finish()
+}
+
+#[derive(Debug, PartialEq)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Applied { generation: u64 },
+    Rejected { errors: Vec<String> },
+}
+
+#[derive(Debug)]
+pub struct ConfigStore {
+    current: ArcSwap<Runtime>,
+    paths: Vec<PathBuf>,
+    default_namespace: String,
+    registry: Registry,
+    ctx: BuildContext,
+    metrics: Metrics,
+    reloading: std::sync::Mutex<()>,
+}
+
+impl ConfigStore {
+    /// Loads the first config; an invalid one is an error (nothing would serve).
+    pub fn open(
+        paths: Vec<PathBuf>,
+        default_namespace: String,
+        registry: Registry,
+        ctx: BuildContext,
+        metrics: Metrics,
+    ) -> Result<ConfigStore, Vec<String>> {
+        let store = ConfigStore {
+            current: ArcSwap::from_pointee(Runtime::empty()),
+            paths,
+            default_namespace,
+            registry,
+            ctx,
+            metrics,
+            reloading: std::sync::Mutex::new(()),
+        };
+        match store.reload(true) {
+            ReloadOutcome::Rejected { errors } => Err(errors),
+            _ => Ok(store),
+        }
+    }
+
+    /// The active runtime. Cheap: callers hold it for one request.
+    pub fn current(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.current.load()
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Re-reads the config. Unless `force`, an unchanged file tree is left alone.
+    pub fn reload(&self, force: bool) -> ReloadOutcome {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let fp = fingerprint(&self.paths);
+        let previous = self.current.load_full();
+        if !force && fp == previous.fingerprint {
+            return ReloadOutcome::Unchanged;
+        }
+        let compiled = compile_config(&self.paths, &self.default_namespace, &self.registry).and_then(|snapshot| {
+            let handlers = self.registry.build_handlers(&snapshot, Some(&previous.handlers), &self.ctx)?;
+            Ok((snapshot, handlers))
+        });
+        match compiled {
+            Ok((snapshot, handlers)) => {
+                let generation = previous.generation + 1;
+                tracing::info!(
+                    generation,
+                    rules = snapshot.rules.len(),
+                    handlers = snapshot.handlers.len(),
+                    instances = snapshot.instances.len(),
+                    "config loaded"
+                );
+                self.current.store(Arc::new(Runtime {
+                    snapshot,
+                    handlers,
+                    generation,
+                    loaded_at: SystemTime::now(),
+                    fingerprint: fp,
+                }));
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_generation.set(generation as i64);
+                ReloadOutcome::Applied { generation }
+            }
+            Err(errors) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                for e in &errors {
+                    tracing::error!(error = %e, "config rejected");
+                }
+                tracing::warn!(generation = previous.generation, "keeping the last good config");
+                self.metrics.config_reloads.with_label_values(&["failed"]).inc();
+                ReloadOutcome::Rejected { errors }
+            }
+        }
+    }
+}

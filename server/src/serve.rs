@@ -1,0 +1,157 @@
+//! `mixr serve`: the gRPC and monitoring listeners, hot reload (file changes and SIGHUP)
+//! and graceful shutdown (SIGTERM/SIGINT: stop accepting, finish in-flight calls, flush
+//! report adapters).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mixr_adapters::{BuildContext, Registry};
+use notify::{RecursiveMode, Watcher};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::grpc::mixer::MixerService;
+use crate::metrics::Metrics;
+use crate::monitor::Monitor;
+use crate::runtime::ConfigStore;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: Vec<PathBuf>,
+    pub grpc_addr: SocketAddr,
+    pub monitoring_addr: SocketAddr,
+    pub default_namespace: String,
+    /// Written with the bound addresses once listening (for tests and scripts).
+    pub addr_file: Option<PathBuf>,
+    pub watch: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("config is invalid:\n{}", .0.join("\n"))]
+    Config(Vec<String>),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    let ctx = BuildContext {
+        metrics: metrics.registry.clone(),
+        ..BuildContext::default()
+    };
+    let store = Arc::new(
+        ConfigStore::open(opts.config.clone(), opts.default_namespace.clone(), Registry::builtin(), ctx, metrics.clone())
+            .map_err(ServeError::Config)?,
+    );
+
+    let grpc = TcpListener::bind(opts.grpc_addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr: opts.grpc_addr, source })?;
+    let monitoring = TcpListener::bind(opts.monitoring_addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr: opts.monitoring_addr, source })?;
+    let grpc_addr = grpc.local_addr()?;
+    let monitoring_addr = monitoring.local_addr()?;
+    tracing::info!(%grpc_addr, %monitoring_addr, "mixr listening");
+    if let Some(path) = &opts.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("grpc={grpc_addr}\nmonitoring={monitoring_addr}\n"))?;
+        std::fs::rename(&tmp, path)?;
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let _watcher = if opts.watch { start_watching(store.clone()) } else { None };
+    tokio::spawn(reload_on_sighup(store.clone()));
+    tokio::spawn(
+        Monitor {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        }
+        .serve(monitoring, shutdown_rx.clone()),
+    );
+
+    let mixer = MixerService::new(store.clone(), metrics.clone()).into_server();
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(mixer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            let _ = grpc_shutdown.changed().await;
+        });
+    tokio::spawn(async move {
+        wait_for_termination().await;
+        tracing::info!("shutting down: finishing in-flight calls");
+        let _ = shutdown_tx.send(true);
+    });
+    server.await?;
+    store.current().handlers.flush().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+async fn reload_on_sighup(store: Arc<ConfigStore>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading config");
+        store.reload(true);
+    }
+}
+
+/// Watches the config paths; bursts of events (an editor's save) become one reload.
+fn start_watching(store: Arc<ConfigStore>) -> Option<notify::RecommendedWatcher> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch config files; reload with SIGHUP");
+            return None;
+        }
+    };
+    for path in store.paths() {
+        // Watch a file's directory: editors replace files by renaming over them.
+        let (target, mode) = if path.is_dir() {
+            (path.clone(), RecursiveMode::Recursive)
+        } else {
+            (path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }).unwrap_or_else(|| PathBuf::from(".")), RecursiveMode::NonRecursive)
+        };
+        if let Err(e) = watcher.watch(&target, mode) {
+            tracing::warn!(path = %target.display(), error = %e, "cannot watch; reload with SIGHUP");
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let store = store.clone();
+            // Reading and compiling config is blocking work.
+            let _ = tokio::task::spawn_blocking(move || store.reload(false)).await;
+        }
+    });
+    Some(watcher)
+}
