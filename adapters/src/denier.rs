@@ -127,7 +127,10 @@ mod tests {
 
     fn denier(spec: &str) -> Result<Denier, ConfigError> {
         let text = format!("apiVersion: config.istio.io/v1alpha2\nkind: denier\nmetadata: {{name: d}}\nspec:\n{spec}");
-        let set = load_str("d.yaml", &text, "istio-system").map_err(|mut e| e.remove(0))?;
+        let (set, mut errors) = load_str("d.yaml", &text, "istio-system");
+        if !errors.is_empty() {
+            return Err(errors.remove(0));
+        }
         parse(&set.handlers[0])
     }
 

@@ -15,11 +15,13 @@ pub fn index_of(word: &str) -> Option<i32> {
     static INDEX: OnceLock<HashMap<&'static str, i32>> = OnceLock::new();
     INDEX
         .get_or_init(|| {
-            GLOBAL_WORDS
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (*w, i as i32))
-                .collect()
+            // Istio's list holds "0", "1" and "200" twice (quoted and unquoted YAML); the first
+            // position wins, as in Istio's own encoder.
+            let mut index = HashMap::with_capacity(GLOBAL_WORDS.len());
+            for (i, w) in GLOBAL_WORDS.iter().enumerate() {
+                index.entry(*w).or_insert(i as i32);
+            }
+            index
         })
         .get(word)
         .copied()
@@ -40,10 +42,10 @@ mod tests {
     }
 
     #[test]
-    fn words_are_unique() {
+    fn only_istios_known_duplicates() {
         let mut seen = std::collections::HashSet::new();
-        for w in GLOBAL_WORDS {
-            assert!(seen.insert(w), "duplicate word {w}");
-        }
+        let dups: Vec<&str> = GLOBAL_WORDS.iter().copied().filter(|w| !seen.insert(*w)).collect();
+        assert_eq!(dups, vec!["0", "1", "200"]);
+        assert_eq!(index_of("0"), Some(GLOBAL_WORDS.iter().position(|w| *w == "0").unwrap() as i32));
     }
 }

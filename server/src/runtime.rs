@@ -38,9 +38,17 @@ impl Runtime {
 }
 
 /// Loads and compiles config files into a snapshot (what `mixr validate` runs too).
+/// Errors from loading come first, then those found compiling what did load.
 pub fn compile_config(paths: &[PathBuf], default_namespace: &str, registry: &Registry) -> Result<Snapshot, Vec<ConfigError>> {
-    let set = load_paths(paths, default_namespace)?;
-    build(&set, registry)
+    let (set, mut errors) = load_paths(paths, default_namespace);
+    match build(&set, registry) {
+        Ok(snapshot) if errors.is_empty() => Ok(snapshot),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
 }
 
 /// Hash of every config file's name and content: an unchanged tree is not reloaded.

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::grpc::InFlight;
 use crate::grpc::mixer::MixerService;
 use crate::metrics::Metrics;
 use crate::monitor::Monitor;
@@ -27,6 +28,8 @@ pub struct ServeOptions {
     /// Written with the bound addresses once listening (for tests and scripts).
     pub addr_file: Option<PathBuf>,
     pub watch: bool,
+    /// How long shutdown waits for in-flight calls.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,23 +81,48 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .serve(monitoring, shutdown_rx.clone()),
     );
 
-    let mixer = MixerService::new(store.clone(), metrics.clone()).into_server();
+    let in_flight = InFlight::default();
+    let mixer = MixerService::new(store.clone(), metrics.clone(), in_flight.clone()).into_server();
     let mut grpc_shutdown = shutdown_rx.clone();
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(mixer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-            let _ = grpc_shutdown.changed().await;
-        });
-    tokio::spawn(async move {
-        wait_for_termination().await;
-        tracing::info!("shutting down: finishing in-flight calls");
-        let _ = shutdown_tx.send(true);
-    });
-    server.await?;
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(mixer)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                let _ = grpc_shutdown.changed().await;
+            }),
+    );
+    tokio::select! {
+        result = &mut server => {
+            result.map_err(std::io::Error::other)??;
+        }
+        _ = wait_for_termination() => {
+            tracing::info!(in_flight = in_flight.count(), "shutting down: finishing in-flight calls");
+            let _ = shutdown_tx.send(true);
+            drain(&in_flight, &mut server, opts.shutdown_grace).await;
+        }
+    }
     store.current().handlers.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits until no call is in flight (or the server ended, or `grace` ran out). Idle
+/// keep-alive connections do not count: they would hold shutdown up indefinitely.
+async fn drain(in_flight: &InFlight, server: &mut tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    // Let calls that were accepted just before the signal reach their handler.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        if server.is_finished() || in_flight.count() == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(in_flight = in_flight.count(), "shutdown grace period over; abandoning calls");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn wait_for_termination() {

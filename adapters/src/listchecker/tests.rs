@@ -16,7 +16,10 @@ use crate::clock::ManualClock;
 
 fn params(spec: &str) -> Result<Params, ConfigError> {
     let text = format!("apiVersion: config.istio.io/v1alpha2\nkind: listchecker\nmetadata: {{name: l}}\nspec:\n{spec}");
-    let set = load_str("l.yaml", &text, "istio-system").map_err(|mut e| e.remove(0))?;
+    let (set, mut errors) = load_str("l.yaml", &text, "istio-system");
+    if !errors.is_empty() {
+        return Err(errors.remove(0));
+    }
     parse(&set.handlers[0])
 }
 

@@ -10,8 +10,9 @@ use yaml_serde::Value as Yaml;
 use super::model::ConfigSet;
 use super::yaml::{ConfigError, Loc, Param};
 
-/// Loads every file under `paths`. All errors are returned, not just the first.
-pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> Result<ConfigSet, Vec<ConfigError>> {
+/// Loads every file under `paths`. Returns what loaded and every error (a document with an
+/// error is left out), so later checks can still report problems in the rest.
+pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
@@ -26,15 +27,15 @@ pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> Result<ConfigSe
             Err(e) => errors.push(io_error(&file, e)),
         }
     }
-    if errors.is_empty() { Ok(set) } else { Err(errors) }
+    (set, errors)
 }
 
 /// Loads documents from text (tests, and configs embedded elsewhere).
-pub fn load_str(file: &str, text: &str, default_namespace: &str) -> Result<ConfigSet, Vec<ConfigError>> {
+pub fn load_str(file: &str, text: &str, default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
     let mut set = ConfigSet::default();
     let mut errors = Vec::new();
     load_into(&mut set, file, text, default_namespace, &mut errors);
-    if errors.is_empty() { Ok(set) } else { Err(errors) }
+    (set, errors)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> ConfigError {

@@ -93,3 +93,6 @@ impl Snapshot {
         self.index.candidates(bag, &mut refs).len()
     }
 }
+
+#[cfg(test)]
+mod tests;

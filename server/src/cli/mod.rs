@@ -51,6 +51,9 @@ enum Command {
         /// Do not reload when config files change (SIGHUP still reloads).
         #[arg(long)]
         no_watch: bool,
+        /// How long SIGTERM waits for in-flight calls before exiting.
+        #[arg(long, default_value = "10s", value_parser = parse_grace)]
+        shutdown_grace: std::time::Duration,
     },
     /// Check config files; print every error and exit non-zero if any.
     Validate {
@@ -76,8 +79,16 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config, grpc_addr, monitoring_addr, default_namespace, addr_file, no_watch } => {
-            let opts = ServeOptions { config, grpc_addr, monitoring_addr, default_namespace, addr_file, watch: !no_watch };
+        Command::Serve { config, grpc_addr, monitoring_addr, default_namespace, addr_file, no_watch, shutdown_grace } => {
+            let opts = ServeOptions {
+                config,
+                grpc_addr,
+                monitoring_addr,
+                default_namespace,
+                addr_file,
+                watch: !no_watch,
+                shutdown_grace,
+            };
             match runtime.block_on(serve(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -108,4 +119,11 @@ pub fn main() -> ExitCode {
         Command::Check(args) => runtime.block_on(client::check(args)),
         Command::Report(args) => runtime.block_on(client::report(args)),
     }
+}
+
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    mixr_rules::value::parse_duration(text)
+        .filter(|d| d.as_nanos() >= 0)
+        .map(|d| d.to_std())
+        .ok_or_else(|| format!("{text:?} is not a duration like \"10s\""))
 }

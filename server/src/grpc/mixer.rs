@@ -16,6 +16,7 @@ use mixr_rules::config::model::HeaderOpKind;
 use prost::Message;
 use tonic::{Request, Response};
 
+use super::InFlight;
 use super::status::CallError;
 use crate::dispatch::{self, CheckOutcome, HeaderOp};
 use crate::metrics::{Metrics, code_name};
@@ -25,11 +26,12 @@ use crate::runtime::ConfigStore;
 pub struct MixerService {
     store: Arc<ConfigStore>,
     metrics: Metrics,
+    in_flight: InFlight,
 }
 
 impl MixerService {
-    pub fn new(store: Arc<ConfigStore>, metrics: Metrics) -> MixerService {
-        MixerService { store, metrics }
+    pub fn new(store: Arc<ConfigStore>, metrics: Metrics, in_flight: InFlight) -> MixerService {
+        MixerService { store, metrics, in_flight }
     }
 
     pub fn into_server(self) -> MixerServer<MixerService> {
@@ -117,6 +119,7 @@ pub fn encode_check(outcome: &CheckOutcome<'_>, global_word_count: u32) -> Check
 #[tonic::async_trait]
 impl Mixer for MixerService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
+        let _call = self.in_flight.enter();
         let started = Instant::now();
         match self.check_inner(request.get_ref()) {
             Ok(resp) => {
@@ -133,6 +136,7 @@ impl Mixer for MixerService {
     }
 
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, tonic::Status> {
+        let _call = self.in_flight.enter();
         let started = Instant::now();
         match self.report_inner(request.get_ref()) {
             Ok(()) => {
