@@ -8,7 +8,10 @@ use mixr_rules::templates::Template;
 use std::sync::Arc;
 
 use crate::registry::{AdapterInfo, BuildContext, Handler};
-use crate::variety::{BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, ReportHandler, Status};
+use crate::variety::{
+    BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, ReportHandler,
+    Status,
+};
 
 pub fn info() -> AdapterInfo {
     AdapterInfo {
@@ -47,7 +50,12 @@ impl CheckHandler for Noop {
 }
 
 impl QuotaHandler for Noop {
-    fn alloc<'a>(&'a self, _: &'a InstanceValues, _: &'a str, args: QuotaArgs) -> BoxFuture<'a, QuotaResult> {
+    fn alloc<'a>(
+        &'a self,
+        _: &'a InstanceValues,
+        _: &'a str,
+        args: QuotaArgs,
+    ) -> BoxFuture<'a, QuotaResult> {
         Box::pin(async move {
             QuotaResult {
                 status: Status::ok(),

@@ -63,7 +63,9 @@ pub struct Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.adapters.iter().map(|a| a.name).collect();
-        f.debug_struct("Registry").field("adapters", &names).finish()
+        f.debug_struct("Registry")
+            .field("adapters", &names)
+            .finish()
     }
 }
 
@@ -103,7 +105,11 @@ impl Registry {
             }
             let built = match self.adapter(&doc.adapter) {
                 Some(info) => (info.build)(doc, ctx),
-                None => Err(ConfigError::new(&doc.loc, "spec.compiledAdapter", format!("unknown adapter {:?}", doc.adapter))),
+                None => Err(ConfigError::new(
+                    &doc.loc,
+                    "spec.compiledAdapter",
+                    format!("unknown adapter {:?}", doc.adapter),
+                )),
             };
             match built {
                 Ok(h) => {
@@ -116,8 +122,14 @@ impl Registry {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let by_fingerprint = fingerprints.into_iter().zip(handlers.iter().cloned()).collect();
-        Ok(HandlerSet { handlers, by_fingerprint })
+        let by_fingerprint = fingerprints
+            .into_iter()
+            .zip(handlers.iter().cloned())
+            .collect();
+        Ok(HandlerSet {
+            handlers,
+            by_fingerprint,
+        })
     }
 }
 

@@ -107,7 +107,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Quota adapters may need the network (Redis), so allocation is asynchronous.
 pub trait QuotaHandler: Send + Sync {
-    fn alloc<'a>(&'a self, instance: &'a InstanceValues, quota_name: &'a str, args: QuotaArgs) -> BoxFuture<'a, QuotaResult>;
+    fn alloc<'a>(
+        &'a self,
+        instance: &'a InstanceValues,
+        quota_name: &'a str,
+        args: QuotaArgs,
+    ) -> BoxFuture<'a, QuotaResult>;
 }
 
 /// Report adapters take a batch of instances of one instance config and must not block:

@@ -31,7 +31,8 @@ pub mod istio {
 }
 
 /// Encoded `FileDescriptorSet` of our protos, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mixr_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/mixr_descriptor.bin"));
 
 /// Type URL under which a `DirectHttpResponse` travels inside `google.rpc.Status.details`.
 pub const DIRECT_HTTP_RESPONSE_TYPE_URL: &str =

@@ -200,7 +200,12 @@ pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
         return None;
     }
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut pos = 19;
@@ -454,8 +459,20 @@ mod tests {
 
     #[test]
     fn go_durations() {
-        assert_eq!(parse_duration("10ms"), Some(Duration { seconds: 0, nanos: 10_000_000 }));
-        assert_eq!(parse_duration("1.5s"), Some(Duration { seconds: 1, nanos: 500_000_000 }));
+        assert_eq!(
+            parse_duration("10ms"),
+            Some(Duration {
+                seconds: 0,
+                nanos: 10_000_000
+            })
+        );
+        assert_eq!(
+            parse_duration("1.5s"),
+            Some(Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
         assert_eq!(parse_duration("5h10m").unwrap().seconds, 5 * 3600 + 600);
         assert_eq!(parse_duration("-2s").unwrap().as_nanos(), -2_000_000_000);
         assert_eq!(parse_duration("0"), Some(Duration::default()));

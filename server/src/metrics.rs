@@ -1,6 +1,8 @@
 //! mixr's own metrics, registered once in the registry served on `/metrics`.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -19,38 +21,61 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let calls = IntCounterVec::new(
-            Opts::new("mixr_calls_total", "Calls served, by API, method and result code."),
+            Opts::new(
+                "mixr_calls_total",
+                "Calls served, by API, method and result code.",
+            ),
             &["api", "method", "code"],
         )
         .expect("valid metric");
         let call_seconds = HistogramVec::new(
-            HistogramOpts::new("mixr_call_duration_seconds", "Time to serve a call, by API and method.")
-                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]),
+            HistogramOpts::new(
+                "mixr_call_duration_seconds",
+                "Time to serve a call, by API and method.",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+            ]),
             &["api", "method"],
         )
         .expect("valid metric");
         let report_entries = IntCounterVec::new(
-            Opts::new("mixr_report_entries_total", "Report entries received, by API."),
+            Opts::new(
+                "mixr_report_entries_total",
+                "Report entries received, by API.",
+            ),
             &["api"],
         )
         .expect("valid metric");
         let expression_errors = IntCounterVec::new(
-            Opts::new("mixr_expression_errors_total", "Rule matches that failed to evaluate (the rule did not apply), by rule."),
+            Opts::new(
+                "mixr_expression_errors_total",
+                "Rule matches that failed to evaluate (the rule did not apply), by rule.",
+            ),
             &["rule"],
         )
         .expect("valid metric");
         let instance_errors = IntCounterVec::new(
-            Opts::new("mixr_instance_errors_total", "Instances that failed to build from a request's attributes, by instance."),
+            Opts::new(
+                "mixr_instance_errors_total",
+                "Instances that failed to build from a request's attributes, by instance.",
+            ),
             &["instance"],
         )
         .expect("valid metric");
         let config_reloads = IntCounterVec::new(
-            Opts::new("mixr_config_reloads_total", "Config loads, by result (ok, failed)."),
+            Opts::new(
+                "mixr_config_reloads_total",
+                "Config loads, by result (ok, failed).",
+            ),
             &["result"],
         )
         .expect("valid metric");
-        let config_generation = IntGauge::new("mixr_config_generation", "Generation of the active config (1 is the first).")
-            .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "mixr_config_generation",
+            "Generation of the active config (1 is the first).",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(call_seconds.clone()),
@@ -88,6 +113,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// One method's call counters (by result code) and latency histogram, resolved once so
+/// recording a call does not hash label values.
+#[derive(Debug, Clone)]
+pub struct MethodMetrics {
+    by_code: Vec<IntCounter>,
+    seconds: Histogram,
+}
+
+impl MethodMetrics {
+    pub fn new(metrics: &Metrics, api: &str, method: &str) -> MethodMetrics {
+        MethodMetrics {
+            by_code: (0..=16)
+                .map(|c| {
+                    metrics
+                        .calls
+                        .with_label_values(&[api, method, code_name(c)])
+                })
+                .collect(),
+            seconds: metrics.call_seconds.with_label_values(&[api, method]),
+        }
+    }
+
+    pub fn observe(&self, code: i32, started: std::time::Instant) {
+        let i = usize::try_from(code)
+            .ok()
+            .filter(|i| *i < self.by_code.len())
+            .unwrap_or(2);
+        self.by_code[i].inc();
+        self.seconds.observe(started.elapsed().as_secs_f64());
     }
 }
 

@@ -39,7 +39,11 @@ impl Runtime {
 
 /// Loads and compiles config files into a snapshot (what `mixr validate` runs too).
 /// Errors from loading come first, then those found compiling what did load.
-pub fn compile_config(paths: &[PathBuf], default_namespace: &str, registry: &Registry) -> Result<Snapshot, Vec<ConfigError>> {
+pub fn compile_config(
+    paths: &[PathBuf],
+    default_namespace: &str,
+    registry: &Registry,
+) -> Result<Snapshot, Vec<ConfigError>> {
     let (set, mut errors) = load_paths(paths, default_namespace);
     match build(&set, registry) {
         Ok(snapshot) if errors.is_empty() => Ok(snapshot),
@@ -133,10 +137,13 @@ impl ConfigStore {
         if !force && fp == previous.fingerprint {
             return ReloadOutcome::Unchanged;
         }
-        let compiled = compile_config(&self.paths, &self.default_namespace, &self.registry).and_then(|snapshot| {
-            let handlers = self.registry.build_handlers(&snapshot, Some(&previous.handlers), &self.ctx)?;
-            Ok((snapshot, handlers))
-        });
+        let compiled = compile_config(&self.paths, &self.default_namespace, &self.registry)
+            .and_then(|snapshot| {
+                let handlers =
+                    self.registry
+                        .build_handlers(&snapshot, Some(&previous.handlers), &self.ctx)?;
+                Ok((snapshot, handlers))
+            });
         match compiled {
             Ok((snapshot, handlers)) => {
                 let generation = previous.generation + 1;
@@ -163,8 +170,14 @@ impl ConfigStore {
                 for e in &errors {
                     tracing::error!(error = %e, "config rejected");
                 }
-                tracing::warn!(generation = previous.generation, "keeping the last good config");
-                self.metrics.config_reloads.with_label_values(&["failed"]).inc();
+                tracing::warn!(
+                    generation = previous.generation,
+                    "keeping the last good config"
+                );
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failed"])
+                    .inc();
                 ReloadOutcome::Rejected { errors }
             }
         }

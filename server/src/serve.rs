@@ -37,7 +37,10 @@ pub enum ServeError {
     #[error("config is invalid:\n{}", .0.join("\n"))]
     Config(Vec<String>),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
@@ -51,27 +54,46 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         ..BuildContext::default()
     };
     let store = Arc::new(
-        ConfigStore::open(opts.config.clone(), opts.default_namespace.clone(), Registry::builtin(), ctx, metrics.clone())
-            .map_err(ServeError::Config)?,
+        ConfigStore::open(
+            opts.config.clone(),
+            opts.default_namespace.clone(),
+            Registry::builtin(),
+            ctx,
+            metrics.clone(),
+        )
+        .map_err(ServeError::Config)?,
     );
 
     let grpc = TcpListener::bind(opts.grpc_addr)
         .await
-        .map_err(|source| ServeError::Bind { addr: opts.grpc_addr, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: opts.grpc_addr,
+            source,
+        })?;
     let monitoring = TcpListener::bind(opts.monitoring_addr)
         .await
-        .map_err(|source| ServeError::Bind { addr: opts.monitoring_addr, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: opts.monitoring_addr,
+            source,
+        })?;
     let grpc_addr = grpc.local_addr()?;
     let monitoring_addr = monitoring.local_addr()?;
     tracing::info!(%grpc_addr, %monitoring_addr, "mixr listening");
     if let Some(path) = &opts.addr_file {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("grpc={grpc_addr}\nmonitoring={monitoring_addr}\n"))?;
+        std::fs::write(
+            &tmp,
+            format!("grpc={grpc_addr}\nmonitoring={monitoring_addr}\n"),
+        )?;
         std::fs::rename(&tmp, path)?;
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let _watcher = if opts.watch { start_watching(store.clone()) } else { None };
+    let _watcher = if opts.watch {
+        start_watching(store.clone())
+    } else {
+        None
+    };
     tokio::spawn(reload_on_sighup(store.clone()));
     tokio::spawn(
         Monitor {
@@ -109,7 +131,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
 /// Waits until no call is in flight (or the server ended, or `grace` ran out). Idle
 /// keep-alive connections do not count: they would hold shutdown up indefinitely.
-async fn drain(in_flight: &InFlight, server: &mut tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, grace: Duration) {
+async fn drain(
+    in_flight: &InFlight,
+    server: &mut tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: Duration,
+) {
     let deadline = tokio::time::Instant::now() + grace;
     // Let calls that were accepted just before the signal reach their handler.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,7 +144,10 @@ async fn drain(in_flight: &InFlight, server: &mut tokio::task::JoinHandle<Result
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(in_flight = in_flight.count(), "shutdown grace period over; abandoning calls");
+            tracing::warn!(
+                in_flight = in_flight.count(),
+                "shutdown grace period over; abandoning calls"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -127,7 +156,10 @@ async fn drain(in_flight: &InFlight, server: &mut tokio::task::JoinHandle<Result
 
 async fn wait_for_termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;
@@ -140,7 +172,9 @@ async fn wait_for_termination() {
 
 async fn reload_on_sighup(store: Arc<ConfigStore>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading config");
         store.reload(true);
@@ -150,23 +184,35 @@ async fn reload_on_sighup(store: Arc<ConfigStore>) {
 /// Watches the config paths; bursts of events (an editor's save) become one reload.
 fn start_watching(store: Arc<ConfigStore>) -> Option<notify::RecommendedWatcher> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch config files; reload with SIGHUP");
-            return None;
-        }
-    };
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch config files; reload with SIGHUP");
+                return None;
+            }
+        };
     for path in store.paths() {
         // Watch a file's directory: editors replace files by renaming over them.
         let (target, mode) = if path.is_dir() {
             (path.clone(), RecursiveMode::Recursive)
         } else {
-            (path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }).unwrap_or_else(|| PathBuf::from(".")), RecursiveMode::NonRecursive)
+            (
+                path.parent()
+                    .map(|p| {
+                        if p.as_os_str().is_empty() {
+                            PathBuf::from(".")
+                        } else {
+                            p.to_path_buf()
+                        }
+                    })
+                    .unwrap_or_else(|| PathBuf::from(".")),
+                RecursiveMode::NonRecursive,
+            )
         };
         if let Err(e) = watcher.watch(&target, mode) {
             tracing::warn!(path = %target.display(), error = %e, "cannot watch; reload with SIGHUP");

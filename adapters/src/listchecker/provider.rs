@@ -9,7 +9,10 @@ pub enum FetchError {
     #[error("{url}: HTTP status {status}")]
     Status { url: String, status: u16 },
     #[error("{path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -24,7 +27,10 @@ impl Provider {
             .timeout(timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Provider { url: url.to_string(), client }
+        Provider {
+            url: url.to_string(),
+            client,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -35,12 +41,21 @@ impl Provider {
         let body = if let Some(path) = self.url.strip_prefix("file://") {
             tokio::fs::read_to_string(path)
                 .await
-                .map_err(|source| FetchError::File { path: path.to_string(), source })?
+                .map_err(|source| FetchError::File {
+                    path: path.to_string(),
+                    source,
+                })?
         } else {
-            let http = |source| FetchError::Http { url: self.url.clone(), source };
+            let http = |source| FetchError::Http {
+                url: self.url.clone(),
+                source,
+            };
             let resp = self.client.get(&self.url).send().await.map_err(http)?;
             if !resp.status().is_success() {
-                return Err(FetchError::Status { url: self.url.clone(), status: resp.status().as_u16() });
+                return Err(FetchError::Status {
+                    url: self.url.clone(),
+                    status: resp.status().as_u16(),
+                });
             }
             resp.text().await.map_err(http)?
         };
@@ -80,6 +95,9 @@ mod tests {
     #[test]
     fn plain_and_yaml_lists() {
         assert_eq!(parse_entries("a\n\n# c\n b \n"), vec!["a", "b"]);
-        assert_eq!(parse_entries("whitelist:\n- 10.0.0.0/8\n- 1.2.3.4\n"), vec!["10.0.0.0/8", "1.2.3.4"]);
+        assert_eq!(
+            parse_entries("whitelist:\n- 10.0.0.0/8\n- 1.2.3.4\n"),
+            vec!["10.0.0.0/8", "1.2.3.4"]
+        );
     }
 }

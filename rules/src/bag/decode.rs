@@ -158,7 +158,10 @@ fn decode_with<'a>(
         for (&mk, &mv) in &m.entries {
             entries.push((Cow::Borrowed(words.get(mk)?), Cow::Borrowed(words.get(mv)?)));
         }
-        attrs.push((name, Value::StringMap(MapVal::from(StringMap::new(entries)))));
+        attrs.push((
+            name,
+            Value::StringMap(MapVal::from(StringMap::new(entries))),
+        ));
     }
     Ok(Bag::from_pairs(attrs))
 }
@@ -218,12 +221,14 @@ pub fn decode_uncompressed<'a>(
             }
             attribute_value::Value::TimestampValue(t) => Value::Timestamp(timestamp(name, t)?),
             attribute_value::Value::DurationValue(d) => Value::Duration(duration(name, d)?),
-            attribute_value::Value::StringMapValue(m) => Value::StringMap(MapVal::from(StringMap::new(
-                m.entries
-                    .iter()
-                    .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
-                    .collect(),
-            ))),
+            attribute_value::Value::StringMapValue(m) => {
+                Value::StringMap(MapVal::from(StringMap::new(
+                    m.entries
+                        .iter()
+                        .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                        .collect(),
+                )))
+            }
         };
         pairs.push((name.as_str(), v));
     }
@@ -246,7 +251,12 @@ mod tests {
     #[test]
     fn decodes_global_and_local_words_of_every_type() {
         let mut ca = CompressedAttributes {
-            words: vec!["my.attr".into(), "hello".into(), "x-custom".into(), "my.ratio".into()],
+            words: vec![
+                "my.attr".into(),
+                "hello".into(),
+                "x-custom".into(),
+                "my.ratio".into(),
+            ],
             ..Default::default()
         };
         ca.strings.insert(idx("request.method"), idx("GET"));
@@ -256,11 +266,17 @@ mod tests {
         ca.bools.insert(idx("connection.mtls"), true);
         ca.timestamps.insert(
             idx("request.time"),
-            prost_types::Timestamp { seconds: 10, nanos: 5 },
+            prost_types::Timestamp {
+                seconds: 10,
+                nanos: 5,
+            },
         );
         ca.durations.insert(
             idx("response.duration"),
-            prost_types::Duration { seconds: 1, nanos: 0 },
+            prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            },
         );
         ca.bytes.insert(idx("source.ip"), vec![10, 0, 0, 1]);
         let mut hm = WireMap::default();
@@ -269,14 +285,20 @@ mod tests {
         ca.string_maps.insert(idx("request.headers"), hm);
 
         let bag = decode_compressed(&ca, 222, &manifest()).unwrap();
-        assert_eq!(bag.get("request.method"), Some(&Value::String("GET".into())));
+        assert_eq!(
+            bag.get("request.method"),
+            Some(&Value::String("GET".into()))
+        );
         assert_eq!(bag.get("my.attr"), Some(&Value::String("hello".into())));
         assert_eq!(bag.get("request.size"), Some(&Value::Int64(42)));
         assert_eq!(bag.get("my.ratio"), Some(&Value::Double(0.25)));
         assert_eq!(bag.get("connection.mtls"), Some(&Value::Bool(true)));
         assert_eq!(
             bag.get("request.time"),
-            Some(&Value::Timestamp(Timestamp { seconds: 10, nanos: 5 }))
+            Some(&Value::Timestamp(Timestamp {
+                seconds: 10,
+                nanos: 5
+            }))
         );
         assert_eq!(
             bag.get("source.ip").and_then(Value::as_ip),
@@ -298,7 +320,10 @@ mod tests {
             let mut ca = CompressedAttributes::default();
             ca.strings.insert(bad, idx("GET"));
             let err = decode_compressed(&ca, 222, &manifest()).unwrap_err();
-            assert!(matches!(err, BagError::BadWordIndex { index, .. } if index == bad), "{err}");
+            assert!(
+                matches!(err, BagError::BadWordIndex { index, .. } if index == bad),
+                "{err}"
+            );
             let mut ca = CompressedAttributes::default();
             ca.strings.insert(idx("request.method"), bad);
             assert!(decode_compressed(&ca, 222, &manifest()).is_err());
@@ -312,7 +337,8 @@ mod tests {
 
     #[test]
     fn rejects_a_larger_dictionary_than_ours() {
-        let err = decode_compressed(&CompressedAttributes::default(), 223, &manifest()).unwrap_err();
+        let err =
+            decode_compressed(&CompressedAttributes::default(), 223, &manifest()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "inconsistent global dictionary versions used: mixr knows 222 words, caller knows 223 words"
@@ -325,7 +351,13 @@ mod tests {
         let mut ca = CompressedAttributes::default();
         ca.bytes.insert(idx("destination.ip"), vec![1, 2, 3]);
         let err = decode_compressed(&ca, 222, &manifest()).unwrap_err();
-        assert_eq!(err, BagError::BadIpLength { name: "destination.ip".into(), len: 3 });
+        assert_eq!(
+            err,
+            BagError::BadIpLength {
+                name: "destination.ip".into(),
+                len: 3
+            }
+        );
         let mut ca = CompressedAttributes::default();
         ca.bytes.insert(idx("destination.ip"), vec![0; 16]);
         assert!(decode_compressed(&ca, 222, &manifest()).is_ok());
@@ -333,7 +365,11 @@ mod tests {
 
     #[test]
     fn report_default_words_and_delta_encoding() {
-        let defaults = vec!["custom.attr".to_string(), "v1".to_string(), "v2".to_string()];
+        let defaults = vec![
+            "custom.attr".to_string(),
+            "v1".to_string(),
+            "v2".to_string(),
+        ];
         let mut first = CompressedAttributes::default();
         first.strings.insert(-1, -2);
         first.int64s.insert(idx("response.code"), 200);
@@ -342,11 +378,17 @@ mod tests {
         let entries = vec![first, second];
 
         let delta = decode_report(&entries, &defaults, 222, true, &manifest()).unwrap();
-        assert_eq!(delta[1].get("custom.attr"), Some(&Value::String("v2".into())));
+        assert_eq!(
+            delta[1].get("custom.attr"),
+            Some(&Value::String("v2".into()))
+        );
         assert_eq!(delta[1].get("response.code"), Some(&Value::Int64(200)));
 
         let independent = decode_report(&entries, &defaults, 222, false, &manifest()).unwrap();
-        assert_eq!(independent[0].get("custom.attr"), Some(&Value::String("v1".into())));
+        assert_eq!(
+            independent[0].get("custom.attr"),
+            Some(&Value::String("v1".into()))
+        );
         assert_eq!(independent[1].get("response.code"), None);
 
         let mut own = CompressedAttributes {
@@ -356,7 +398,10 @@ mod tests {
         own.strings.insert(idx("request.method"), -1);
         let entries = vec![own];
         let bags = decode_report(&entries, &defaults, 222, false, &manifest()).unwrap();
-        assert_eq!(bags[0].get("request.method"), Some(&Value::String("own".into())));
+        assert_eq!(
+            bags[0].get("request.method"),
+            Some(&Value::String("own".into()))
+        );
     }
 
     #[test]
@@ -365,7 +410,9 @@ mod tests {
         let mut a = Attributes::default();
         a.attributes.insert(
             "source.namespace".into(),
-            AttributeValue { value: Some(attribute_value::Value::StringValue("ns".into())) },
+            AttributeValue {
+                value: Some(attribute_value::Value::StringValue("ns".into())),
+            },
         );
         a.attributes.insert(
             "source.labels".into(),
@@ -376,7 +423,12 @@ mod tests {
             },
         );
         let bag = decode_uncompressed(&a, &manifest()).unwrap();
-        assert_eq!(bag.get("source.namespace"), Some(&Value::String("ns".into())));
-        assert!(matches!(bag.get("source.labels"), Some(Value::StringMap(m)) if m.get("app") == Some("web")));
+        assert_eq!(
+            bag.get("source.namespace"),
+            Some(&Value::String("ns".into()))
+        );
+        assert!(
+            matches!(bag.get("source.labels"), Some(Value::StringMap(m)) if m.get("app") == Some("web"))
+        );
     }
 }

@@ -131,8 +131,12 @@ mod tests {
             ("request.headers", headers),
         ];
         let ca = Encoder::encode_message(attrs.iter().map(|(n, v)| (*n, v)));
-        assert_eq!(ca.words, vec!["custom.name", "custom-value", "x-user", "jason"]);
-        let bag = decode_compressed(&ca, Encoder::global_word_count(), &Manifest::builtin()).unwrap();
+        assert_eq!(
+            ca.words,
+            vec!["custom.name", "custom-value", "x-user", "jason"]
+        );
+        let bag =
+            decode_compressed(&ca, Encoder::global_word_count(), &Manifest::builtin()).unwrap();
         for (name, value) in &attrs {
             assert_eq!(bag.get(name), Some(value), "{name}");
         }

@@ -37,7 +37,11 @@ impl<'a> Referenced<'a> {
         self.entries.push(Reference {
             name: Cow::Borrowed(name),
             map_key: None,
-            condition: if present { Condition::Exact } else { Condition::Absence },
+            condition: if present {
+                Condition::Exact
+            } else {
+                Condition::Absence
+            },
         });
     }
 
@@ -45,7 +49,11 @@ impl<'a> Referenced<'a> {
         self.entries.push(Reference {
             name: Cow::Borrowed(name),
             map_key: Some(key),
-            condition: if present { Condition::Exact } else { Condition::Absence },
+            condition: if present {
+                Condition::Exact
+            } else {
+                Condition::Absence
+            },
         });
     }
 
@@ -99,15 +107,16 @@ impl<'a> Referenced<'a> {
                     i => i,
                 })
                 .unwrap_or(0);
-            out.attribute_matches.push(referenced_attributes::AttributeMatch {
-                name,
-                condition: match r.condition {
-                    Condition::Absence => referenced_attributes::Condition::Absence as i32,
-                    Condition::Exact => referenced_attributes::Condition::Exact as i32,
-                },
-                regex: String::new(),
-                map_key,
-            });
+            out.attribute_matches
+                .push(referenced_attributes::AttributeMatch {
+                    name,
+                    condition: match r.condition {
+                        Condition::Absence => referenced_attributes::Condition::Absence as i32,
+                        Condition::Exact => referenced_attributes::Condition::Exact as i32,
+                    },
+                    regex: String::new(),
+                    map_key,
+                });
         }
         out
     }
@@ -137,7 +146,11 @@ pub fn decode_referenced(
             _ => Condition::Exact,
         };
         // A map key of 0 is "source.ip": never a header name, so it means "no key".
-        let map_key = if m.map_key != 0 { Some(Cow::Owned(word(m.map_key)?)) } else { None };
+        let map_key = if m.map_key != 0 {
+            Some(Cow::Owned(word(m.map_key)?))
+        } else {
+            None
+        };
         out.push(Reference {
             name: Cow::Owned(word(m.name)?),
             map_key,

@@ -23,7 +23,13 @@ pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (ConfigSet, Vec
     let mut set = ConfigSet::default();
     for file in files {
         match std::fs::read_to_string(&file) {
-            Ok(text) => load_into(&mut set, &file.display().to_string(), &text, default_namespace, &mut errors),
+            Ok(text) => load_into(
+                &mut set,
+                &file.display().to_string(),
+                &text,
+                default_namespace,
+                &mut errors,
+            ),
             Err(e) => errors.push(io_error(&file, e)),
         }
     }
@@ -73,7 +79,13 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     }
 }
 
-fn load_into(set: &mut ConfigSet, file: &str, text: &str, default_namespace: &str, errors: &mut Vec<ConfigError>) {
+fn load_into(
+    set: &mut ConfigSet,
+    file: &str,
+    text: &str,
+    default_namespace: &str,
+    errors: &mut Vec<ConfigError>,
+) {
     let file: Arc<str> = file.into();
     for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let mut loc = Loc {
@@ -99,7 +111,12 @@ fn load_into(set: &mut ConfigSet, file: &str, text: &str, default_namespace: &st
     }
 }
 
-fn load_document(set: &mut ConfigSet, loc: &mut Loc, value: &Yaml, default_namespace: &str) -> Result<(), ConfigError> {
+fn load_document(
+    set: &mut ConfigSet,
+    loc: &mut Loc,
+    value: &Yaml,
+    default_namespace: &str,
+) -> Result<(), ConfigError> {
     let root = Param::new(value, loc, "").obj()?;
     let kind = root.require("kind", |p| p.text())?;
     let (name, namespace) = root.require("metadata", |p| {
@@ -107,14 +124,24 @@ fn load_document(set: &mut ConfigSet, loc: &mut Loc, value: &Yaml, default_names
         let name = m.require("name", |p| p.text())?;
         let namespace = m.get("namespace", |p| p.text())?;
         // Kubernetes metadata carries more (labels, annotations...); none of it matters here.
-        for k in ["labels", "annotations", "uid", "resourceVersion", "creationTimestamp", "generation"] {
+        for k in [
+            "labels",
+            "annotations",
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+        ] {
             let _ = m.raw(k);
         }
         m.finish()?;
         Ok((name, namespace))
     })?;
     root.require("apiVersion", |p| p.text())?;
-    let spec = root.raw("spec").map(|(v, _)| v.clone()).unwrap_or(Yaml::Null);
+    let spec = root
+        .raw("spec")
+        .map(|(v, _)| v.clone())
+        .unwrap_or(Yaml::Null);
     let _ = root.raw("status");
     root.finish()?;
     let namespace = namespace.unwrap_or_else(|| default_namespace.to_string());

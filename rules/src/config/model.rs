@@ -19,7 +19,13 @@ pub const LEGACY_ADAPTER_KINDS: &[&str] = &[
 ];
 
 /// Kinds the proxy reads; the server skips them so one directory can serve both.
-const PROXY_KINDS: &[&str] = &["VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar"];
+const PROXY_KINDS: &[&str] = &[
+    "VirtualService",
+    "DestinationRule",
+    "ServiceEntry",
+    "Gateway",
+    "Sidecar",
+];
 
 /// A reference to a handler or instance as written in a rule, resolved to its parts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -256,13 +262,19 @@ impl ConfigSet {
         } else if kind == "attributemanifest" {
             self.manifests.push(parse_manifest(loc, spec.obj()?)?);
         } else if kind == "QuotaSpec" {
-            self.quota_specs.push(QuotaSpec::parse(loc, namespace, spec)?);
+            self.quota_specs
+                .push(QuotaSpec::parse(loc, namespace, spec)?);
         } else if kind == "QuotaSpecBinding" {
-            self.quota_spec_bindings.push(QuotaSpecBinding::parse(loc, namespace, spec)?);
+            self.quota_spec_bindings
+                .push(QuotaSpecBinding::parse(loc, namespace, spec)?);
         } else if PROXY_KINDS.contains(&kind) {
             // Traffic config for the proxy; not ours.
         } else {
-            return Err(ConfigError::new(loc, "kind", format!("unknown kind {kind:?}")));
+            return Err(ConfigError::new(
+                loc,
+                "kind",
+                format!("unknown kind {kind:?}"),
+            ));
         }
         Ok(())
     }
@@ -271,7 +283,10 @@ impl ConfigSet {
 const HANDLER_KINDS: &[&str] = &["handler"];
 const INSTANCE_KINDS: &[&str] = &["instance"];
 
-fn kinds_with(base: &[&'static str], extra: impl Iterator<Item = &'static str>) -> Vec<&'static str> {
+fn kinds_with(
+    base: &[&'static str],
+    extra: impl Iterator<Item = &'static str>,
+) -> Vec<&'static str> {
     base.iter().copied().chain(extra).collect()
 }
 
@@ -332,7 +347,9 @@ fn header_ops(loc: &Loc, p: Param<'_>) -> Result<Vec<HeaderOpDoc>, ConfigError> 
                 "REPLACE" => Ok(HeaderOpKind::Replace),
                 "REMOVE" => Ok(HeaderOpKind::Remove),
                 "APPEND" => Ok(HeaderOpKind::Append),
-                other => Err(p.error(format!("unknown operation {other:?} (REPLACE, REMOVE or APPEND)"))),
+                other => Err(p.error(format!(
+                    "unknown operation {other:?} (REPLACE, REMOVE or APPEND)"
+                ))),
             })?
             .unwrap_or(HeaderOpKind::Replace);
         o.finish()?;

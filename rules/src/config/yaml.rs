@@ -129,8 +129,12 @@ impl<'y> Param<'y> {
     /// Integers may be written as numbers or strings (protobuf JSON writes int64 as text).
     pub fn i64(&self) -> Result<i64, ConfigError> {
         match self.value {
-            Yaml::Number(n) => n.as_i64().ok_or_else(|| self.error(format!("{n} is not an integer"))),
-            Yaml::String(s) => s.parse().map_err(|_| self.error(format!("{s:?} is not an integer"))),
+            Yaml::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| self.error(format!("{n} is not an integer"))),
+            Yaml::String(s) => s
+                .parse()
+                .map_err(|_| self.error(format!("{s:?} is not an integer"))),
             _ => Err(self.wrong("an integer")),
         }
     }
@@ -138,7 +142,9 @@ impl<'y> Param<'y> {
     pub fn f64(&self) -> Result<f64, ConfigError> {
         match self.value {
             Yaml::Number(n) => n.as_f64().ok_or_else(|| self.wrong("a number")),
-            Yaml::String(s) => s.parse().map_err(|_| self.error(format!("{s:?} is not a number"))),
+            Yaml::String(s) => s
+                .parse()
+                .map_err(|_| self.error(format!("{s:?} is not a number"))),
             _ => Err(self.wrong("a number")),
         }
     }
@@ -146,8 +152,11 @@ impl<'y> Param<'y> {
     /// A Go-syntax duration (`"5s"`, `"100ms"`); a bare number is seconds.
     pub fn duration(&self) -> Result<Duration, ConfigError> {
         match self.value {
-            Yaml::String(s) => parse_duration(s)
-                .ok_or_else(|| self.error(format!("{s:?} is not a duration (like \"5s\" or \"100ms\")"))),
+            Yaml::String(s) => parse_duration(s).ok_or_else(|| {
+                self.error(format!(
+                    "{s:?} is not a duration (like \"5s\" or \"100ms\")"
+                ))
+            }),
             Yaml::Number(n) => n
                 .as_f64()
                 .map(|secs| Duration::from_nanos((secs * 1e9) as i128))
@@ -186,7 +195,10 @@ impl<'y> Param<'y> {
                     Yaml::String(s) => Ok((s.clone(), v)),
                     Yaml::Number(n) => Ok((n.to_string(), v)),
                     Yaml::Bool(b) => Ok((b.to_string(), v)),
-                    other => Err(self.error(format!("map keys must be strings, found {}", type_name(other)))),
+                    other => Err(self.error(format!(
+                        "map keys must be strings, found {}",
+                        type_name(other)
+                    ))),
                 })
                 .collect(),
             Yaml::Null => Ok(Vec::new()),
@@ -255,7 +267,11 @@ impl<'y> Obj<'y> {
         f: impl FnOnce(Param<'_>) -> Result<T, ConfigError>,
     ) -> Result<T, ConfigError> {
         self.get(name, f)?.ok_or_else(|| {
-            ConfigError::new(self.param.loc, self.child_path(name), "required field is missing")
+            ConfigError::new(
+                self.param.loc,
+                self.child_path(name),
+                "required field is missing",
+            )
         })
     }
 
@@ -276,7 +292,10 @@ impl<'y> Obj<'y> {
     pub fn finish(self) -> Result<(), ConfigError> {
         let Obj { param, used } = self;
         let used = used.into_inner();
-        let obj = Obj { param, used: RefCell::new(Vec::new()) };
+        let obj = Obj {
+            param,
+            used: RefCell::new(Vec::new()),
+        };
         if let Yaml::Mapping(m) = param.value {
             for k in m.keys() {
                 let name = match k {
@@ -315,7 +334,13 @@ mod tests {
         let l = loc();
         let o = Param::new(&y, &l, "spec").obj().unwrap();
         assert_eq!(o.get("maxAmount", |p| p.i64()).unwrap(), Some(5));
-        assert_eq!(o.get("valid_duration", |p| p.duration()).unwrap().unwrap().seconds, 2);
+        assert_eq!(
+            o.get("valid_duration", |p| p.duration())
+                .unwrap()
+                .unwrap()
+                .seconds,
+            2
+        );
         assert!(o.finish().is_ok());
     }
 
@@ -325,7 +350,10 @@ mod tests {
         let l = loc();
         let o = Param::new(&y, &l, "spec.params").obj().unwrap();
         let e = o.get("maxAmount", |p| p.i64()).unwrap_err();
-        assert_eq!(e.to_string(), "f.yaml: document 1 (handler h): spec.params.maxAmount: \"five\" is not an integer");
+        assert_eq!(
+            e.to_string(),
+            "f.yaml: document 1 (handler h): spec.params.maxAmount: \"five\" is not an integer"
+        );
         let e = o.finish().unwrap_err();
         assert_eq!(e.key, "spec.params.bogus");
         assert_eq!(e.message, "unknown field");

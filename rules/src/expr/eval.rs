@@ -74,7 +74,11 @@ fn type_error(want: &str, got: &Value<'_>) -> EvalError {
     EvalError::Invalid(format!("expected {want}, found {got:?}"))
 }
 
-fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
+fn eval<'s>(
+    op: &'s Op,
+    ctx: &Ctx<'s, '_>,
+    refs: &mut Referenced<'s>,
+) -> Result<Value<'s>, EvalError> {
     match op {
         Op::Const(v) => Ok(v.reborrow()),
         Op::Attr(name) => match ctx.bag.get(name) {
@@ -270,7 +274,9 @@ fn order(x: &Value<'_>, y: &Value<'_>) -> Result<std::cmp::Ordering, EvalError> 
 fn arith<'s>(op: ArithOp, x: Value<'s>, y: Value<'s>) -> Result<Value<'s>, EvalError> {
     let overflow = || EvalError::Invalid("integer overflow or division by zero".into());
     Ok(match (op, x, y) {
-        (ArithOp::Add, Value::String(a), Value::String(b)) => Value::String(Cow::Owned(format!("{a}{b}"))),
+        (ArithOp::Add, Value::String(a), Value::String(b)) => {
+            Value::String(Cow::Owned(format!("{a}{b}")))
+        }
         (op, Value::Int64(a), Value::Int64(b)) => Value::Int64(
             match op {
                 ArithOp::Add => a.checked_add(b),
@@ -281,25 +287,34 @@ fn arith<'s>(op: ArithOp, x: Value<'s>, y: Value<'s>) -> Result<Value<'s>, EvalE
             }
             .ok_or_else(overflow)?,
         ),
-        (op, Value::Duration(a), Value::Duration(b)) => Value::Duration(Duration::from_nanos(match op {
-            ArithOp::Add => a.as_nanos() + b.as_nanos(),
-            _ => a.as_nanos() - b.as_nanos(),
-        })),
+        (op, Value::Duration(a), Value::Duration(b)) => {
+            Value::Duration(Duration::from_nanos(match op {
+                ArithOp::Add => a.as_nanos() + b.as_nanos(),
+                _ => a.as_nanos() - b.as_nanos(),
+            }))
+        }
         (op, Value::Timestamp(t), Value::Duration(d)) => {
             let base = t.seconds as i128 * 1_000_000_000 + t.nanos as i128;
-            let n = if op == ArithOp::Add { base + d.as_nanos() } else { base - d.as_nanos() };
+            let n = if op == ArithOp::Add {
+                base + d.as_nanos()
+            } else {
+                base - d.as_nanos()
+            };
             Value::Timestamp(Timestamp {
                 seconds: n.div_euclid(1_000_000_000) as i64,
                 nanos: n.rem_euclid(1_000_000_000) as i32,
             })
         }
         (_, Value::Timestamp(a), Value::Timestamp(b)) => {
-            let n = (a.seconds as i128 - b.seconds as i128) * 1_000_000_000 + (a.nanos - b.nanos) as i128;
+            let n = (a.seconds as i128 - b.seconds as i128) * 1_000_000_000
+                + (a.nanos - b.nanos) as i128;
             Value::Duration(Duration::from_nanos(n))
         }
         (op, a, b) => {
             let (Some(a), Some(b)) = (as_f64(&a), as_f64(&b)) else {
-                return Err(EvalError::Invalid(format!("cannot apply {op:?} to {a:?} and {b:?}")));
+                return Err(EvalError::Invalid(format!(
+                    "cannot apply {op:?} to {a:?} and {b:?}"
+                )));
             };
             Value::Double(match op {
                 ArithOp::Add => a + b,
@@ -312,12 +327,18 @@ fn arith<'s>(op: ArithOp, x: Value<'s>, y: Value<'s>) -> Result<Value<'s>, EvalE
     })
 }
 
-fn call<'s>(f: Func, args: &'s [Op], ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
+fn call<'s>(
+    f: Func,
+    args: &'s [Op],
+    ctx: &Ctx<'s, '_>,
+    refs: &mut Referenced<'s>,
+) -> Result<Value<'s>, EvalError> {
     let mut vals = Vec::with_capacity(args.len());
     for a in args {
         vals.push(eval(a, ctx, refs)?);
     }
-    let invalid = |what: &str, v: &Value<'_>| EvalError::Invalid(format!("{v:?} is not a valid {what}"));
+    let invalid =
+        |what: &str, v: &Value<'_>| EvalError::Invalid(format!("{v:?} is not a valid {what}"));
     Ok(match f {
         Func::Glob => Value::Bool(glob_match(str_of(&vals[0])?, str_of(&vals[1])?)),
         Func::StartsWith => Value::Bool(str_of(&vals[0])?.starts_with(str_of(&vals[1])?)),
@@ -362,7 +383,9 @@ fn call<'s>(f: Func, args: &'s [Op], ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s
         Func::ToDouble => match &vals[0] {
             Value::Int64(i) => Value::Double(*i as f64),
             Value::Double(d) => Value::Double(*d),
-            v @ Value::String(s) => Value::Double(s.trim().parse().map_err(|_| invalid("double", v))?),
+            v @ Value::String(s) => {
+                Value::Double(s.trim().parse().map_err(|_| invalid("double", v))?)
+            }
             other => return Err(type_error("a number", other)),
         },
     })

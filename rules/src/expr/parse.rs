@@ -68,8 +68,8 @@ enum Tok {
 }
 
 const PUNCTS: &[&str] = &[
-    "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", ".", ",", "!", "<", ">", "|", "+",
-    "-", "*", "/", "%", "?", ":",
+    "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", ".", ",", "!", "<", ">", "|", "+", "-",
+    "*", "/", "%", "?", ":",
 ];
 
 fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
@@ -145,8 +145,8 @@ fn lex_string(src: &str, start: usize) -> Result<(String, usize), ExprError> {
                     '\\' | '"' | '\'' => out.push(e),
                     // Regex escapes stay escaped for the regex compiler: Mixer configs
                     // write both "\\." and "\." and both must work.
-                    '.' | '/' | '*' | '?' | '-' | '[' | ']' | '(' | ')' | '{' | '}' | '^'
-                    | '$' | '+' | '|' | 'd' | 'w' | 's' | 'b' | 'D' | 'W' | 'S' | 'B' => {
+                    '.' | '/' | '*' | '?' | '-' | '[' | ']' | '(' | ')' | '{' | '}' | '^' | '$'
+                    | '+' | '|' | 'd' | 'w' | 's' | 'b' | 'D' | 'W' | 'S' | 'B' => {
                         out.push('\\');
                         out.push(e);
                     }
@@ -178,7 +178,10 @@ pub fn parse(src: &str) -> Result<Node, ExprError> {
     let node = p.ternary()?;
     match p.peek() {
         Tok::End => Ok(node),
-        other => Err(ExprError::new(p.pos(), format!("unexpected {}", describe(other)))),
+        other => Err(ExprError::new(
+            p.pos(),
+            format!("unexpected {}", describe(other)),
+        )),
     }
 }
 
@@ -400,7 +403,10 @@ impl Parser {
                 return Ok(inner);
             }
             other => {
-                return Err(ExprError::new(pos, format!("unexpected {}", describe(&other))));
+                return Err(ExprError::new(
+                    pos,
+                    format!("unexpected {}", describe(&other)),
+                ));
             }
         };
         Ok(Node { ast, pos })
@@ -461,28 +467,43 @@ mod tests {
 
     #[test]
     fn calls_methods_literals_and_ternary() {
-        let n = parse(r#""^/api.*".matches(request.path) || x.startsWith('a') ? -1 : 2.5"#).unwrap();
+        let n =
+            parse(r#""^/api.*".matches(request.path) || x.startsWith('a') ? -1 : 2.5"#).unwrap();
         assert_eq!(
             shape(&n),
             r#"((Or "^/api.*".matches(request.path) x.startsWith("a")) ? -1 : 2.5)"#
         );
-        assert_eq!(shape(&parse("!(a == 1) && \"k\" in m").unwrap()), r#"(And (Not (Eq a 1)) (In "k" m))"#);
+        assert_eq!(
+            shape(&parse("!(a == 1) && \"k\" in m").unwrap()),
+            r#"(And (Not (Eq a 1)) (In "k" m))"#
+        );
     }
 
     #[test]
     fn reports_positions_of_errors() {
         assert_eq!(parse("a ==").unwrap_err().pos, 4);
-        assert_eq!(parse("a == \"x").unwrap_err().message, "unterminated string");
+        assert_eq!(
+            parse("a == \"x").unwrap_err().message,
+            "unterminated string"
+        );
         assert_eq!(parse("a # b").unwrap_err().pos, 2);
         let e = parse("f(a,").unwrap_err();
         assert_eq!(e.pos, 4);
         assert!(parse("(a").unwrap_err().message.contains("expected ')'"));
-        assert!(parse("a b").unwrap_err().message.contains("unexpected identifier"));
+        assert!(
+            parse("a b")
+                .unwrap_err()
+                .message
+                .contains("unexpected identifier")
+        );
     }
 
     #[test]
     fn regex_escapes_survive() {
         assert_eq!(parse(r#""a\.b""#).unwrap().ast, Ast::Str(r"a\.b".into()));
-        assert_eq!(parse(r#""say \"hi\"""#).unwrap().ast, Ast::Str(r#"say "hi""#.into()));
+        assert_eq!(
+            parse(r#""say \"hi\"""#).unwrap().ast,
+            Ast::Str(r#"say "hi""#.into())
+        );
     }
 }

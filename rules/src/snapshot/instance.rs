@@ -39,13 +39,18 @@ impl InstanceValues {
 
 impl CompiledInstance {
     /// Evaluates every field; any failing expression fails the instance, as in Mixer.
-    pub fn eval<'s>(&'s self, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Result<InstanceValues, EvalError> {
+    pub fn eval<'s>(
+        &'s self,
+        bag: &'s Bag<'s>,
+        refs: &mut Referenced<'s>,
+    ) -> Result<InstanceValues, EvalError> {
         let mut out = InstanceValues {
             fields: Vec::with_capacity(self.fields.len()),
             maps: Vec::with_capacity(self.maps.len()),
         };
         for (name, program) in &self.fields {
-            out.fields.push((name, program.eval(bag, refs)?.into_owned()));
+            out.fields
+                .push((name, program.eval(bag, refs)?.into_owned()));
         }
         for (name, entries) in &self.maps {
             let mut values = Vec::with_capacity(entries.len());

@@ -14,7 +14,11 @@ use crate::runtime::compile_config;
 use crate::serve::{ServeOptions, serve};
 
 #[derive(Debug, Parser)]
-#[command(name = "mixr", version, about = "Policy, telemetry and quota service for service meshes (Istio Mixer compatible)")]
+#[command(
+    name = "mixr",
+    version,
+    about = "Policy, telemetry and quota service for service meshes (Istio Mixer compatible)"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -71,7 +75,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mixr: cannot start the async runtime: {e}");
@@ -79,7 +86,15 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config, grpc_addr, monitoring_addr, default_namespace, addr_file, no_watch, shutdown_grace } => {
+        Command::Serve {
+            config,
+            grpc_addr,
+            monitoring_addr,
+            default_namespace,
+            addr_file,
+            no_watch,
+            shutdown_grace,
+        } => {
             let opts = ServeOptions {
                 config,
                 grpc_addr,
@@ -98,7 +113,10 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { paths, default_namespace } => match compile_config(&paths, &default_namespace, &Registry::builtin()) {
+        Command::Validate {
+            paths,
+            default_namespace,
+        } => match compile_config(&paths, &default_namespace, &Registry::builtin()) {
             Ok(snapshot) => {
                 println!(
                     "ok: {} handlers, {} instances, {} rules",

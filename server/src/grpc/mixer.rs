@@ -9,7 +9,8 @@ use mixr_proto::istio::mixer::v1::check_response::PreconditionResult;
 use mixr_proto::istio::mixer::v1::mixer_server::{Mixer, MixerServer};
 use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
 use mixr_proto::istio::mixer::v1::{
-    CheckRequest, CheckResponse, HeaderOperation, ReportRequest, ReportResponse, RouteDirective, header_operation,
+    CheckRequest, CheckResponse, HeaderOperation, ReportRequest, ReportResponse, RouteDirective,
+    header_operation,
 };
 use mixr_rules::bag::{decode_compressed, decode_report};
 use mixr_rules::config::model::HeaderOpKind;
@@ -19,31 +20,31 @@ use tonic::{Request, Response};
 use super::InFlight;
 use super::status::CallError;
 use crate::dispatch::{self, CheckOutcome, HeaderOp};
-use crate::metrics::{Metrics, code_name};
+use crate::metrics::{MethodMetrics, Metrics};
 use crate::runtime::ConfigStore;
 
 #[derive(Debug, Clone)]
 pub struct MixerService {
     store: Arc<ConfigStore>,
     metrics: Metrics,
+    check_metrics: MethodMetrics,
+    report_metrics: MethodMetrics,
     in_flight: InFlight,
 }
 
 impl MixerService {
     pub fn new(store: Arc<ConfigStore>, metrics: Metrics, in_flight: InFlight) -> MixerService {
-        MixerService { store, metrics, in_flight }
+        MixerService {
+            check_metrics: MethodMetrics::new(&metrics, "mixer", "check"),
+            report_metrics: MethodMetrics::new(&metrics, "mixer", "report"),
+            store,
+            metrics,
+            in_flight,
+        }
     }
 
     pub fn into_server(self) -> MixerServer<MixerService> {
         MixerServer::new(self)
-    }
-
-    fn observe(&self, method: &str, code: &str, started: Instant) {
-        self.metrics.calls.with_label_values(&["mixer", method, code]).inc();
-        self.metrics
-            .call_seconds
-            .with_label_values(&["mixer", method])
-            .observe(started.elapsed().as_secs_f64());
     }
 
     fn check_inner(&self, req: &CheckRequest) -> Result<CheckResponse, CallError> {
@@ -57,9 +58,19 @@ impl MixerService {
 
     fn report_inner(&self, req: &ReportRequest) -> Result<(), CallError> {
         let rt = self.store.current();
-        let delta = req.repeated_attributes_semantics != RepeatedAttributesSemantics::IndependentEncoding as i32;
-        let bags = decode_report(&req.attributes, &req.default_words, req.global_word_count, delta, &rt.snapshot.manifest)?;
-        self.metrics.report_entries.with_label_values(&["mixer"]).inc_by(bags.len() as u64);
+        let delta = req.repeated_attributes_semantics
+            != RepeatedAttributesSemantics::IndependentEncoding as i32;
+        let bags = decode_report(
+            &req.attributes,
+            &req.default_words,
+            req.global_word_count,
+            delta,
+            &rt.snapshot.manifest,
+        )?;
+        self.metrics
+            .report_entries
+            .with_label_values(&["mixer"])
+            .inc_by(bags.len() as u64);
         dispatch::report(&rt, &bags, &self.metrics);
         Ok(())
     }
@@ -118,34 +129,44 @@ pub fn encode_check(outcome: &CheckOutcome<'_>, global_word_count: u32) -> Check
 
 #[tonic::async_trait]
 impl Mixer for MixerService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, tonic::Status> {
         let _call = self.in_flight.enter();
         let started = Instant::now();
         match self.check_inner(request.get_ref()) {
             Ok(resp) => {
-                let code = resp.precondition.as_ref().and_then(|p| p.status.as_ref()).map_or(0, |s| s.code);
-                self.observe("check", code_name(code), started);
+                let code = resp
+                    .precondition
+                    .as_ref()
+                    .and_then(|p| p.status.as_ref())
+                    .map_or(0, |s| s.code);
+                self.check_metrics.observe(code, started);
                 Ok(Response::new(resp))
             }
             Err(e) => {
                 let status = tonic::Status::from(e);
-                self.observe("check", code_name(status.code() as i32), started);
+                self.check_metrics.observe(status.code() as i32, started);
                 Err(status)
             }
         }
     }
 
-    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, tonic::Status> {
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, tonic::Status> {
         let _call = self.in_flight.enter();
         let started = Instant::now();
         match self.report_inner(request.get_ref()) {
             Ok(()) => {
-                self.observe("report", "OK", started);
+                self.report_metrics.observe(0, started);
                 Ok(Response::new(ReportResponse {}))
             }
             Err(e) => {
                 let status = tonic::Status::from(e);
-                self.observe("report", code_name(status.code() as i32), started);
+                self.report_metrics.observe(status.code() as i32, started);
                 Err(status)
             }
         }

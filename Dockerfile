@@ -1,0 +1,13 @@
+# Builds the mixr binaries. Used by docker-compose.yml.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bins
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/mixr /usr/local/bin/mixr
+COPY rules/examples /etc/mixr
+EXPOSE 9091 15014
+ENTRYPOINT ["/usr/local/bin/mixr"]
+CMD ["serve", "--config", "/etc/mixr", "--grpc-addr", "0.0.0.0:9091", "--monitoring-addr", "0.0.0.0:15014"]

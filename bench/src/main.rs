@@ -1,0 +1,81 @@
+//! `mixr-bench`: runs mixr and a no-op baseline server side by side under the same load
+//! generator and prints throughput, latency, server CPU per call and the ratios.
+//!
+//! Both servers run as separate processes pinned to CPU 1 (with `taskset`, when present);
+//! the load generator runs here, pinned to CPU 0, so server CPU is read cleanly from
+//! `/proc/<pid>/stat`.
+
+mod load;
+mod noop;
+mod procstat;
+mod scenario;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "mixr-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mixer Check: a no-op tonic server vs `mixr serve` with 50 rules, a 10k-entry
+    /// listchecker and a denier.
+    Check {
+        /// Measured seconds per server (after a 1 s warm-up).
+        #[arg(long, default_value = "5")]
+        seconds: u64,
+        /// Concurrent requests in flight (beyond ~10 the generator, not the server, queues).
+        #[arg(long, default_value = "8")]
+        concurrency: usize,
+        /// Path of the mixr binary (default: next to this one).
+        #[arg(long)]
+        mixr: Option<PathBuf>,
+    },
+    /// The baseline: a Mixer server that decodes each request and answers OK.
+    NoopServer {
+        #[arg(long)]
+        addr_file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::NoopServer { addr_file } => noop::run(&addr_file),
+        Command::Check {
+            seconds,
+            concurrency,
+            mixr,
+        } => {
+            if let Some(code) = procstat::pin_self_to_cpu0() {
+                return code;
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build();
+            let Ok(rt) = rt else {
+                eprintln!("cannot start runtime");
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(scenario::check(
+                Duration::from_secs(seconds),
+                concurrency,
+                mixr,
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mixr-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The baseline server: same service, same request decoding, fixed OK answer.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use mixr_proto::google::rpc;
+use mixr_proto::istio::mixer::v1::check_response::PreconditionResult;
+use mixr_proto::istio::mixer::v1::mixer_server::{Mixer, MixerServer};
+use mixr_proto::istio::mixer::v1::{CheckRequest, CheckResponse, ReportRequest, ReportResponse};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+struct Noop;
+
+#[tonic::async_trait]
+impl Mixer for Noop {
+    async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(CheckResponse {
+            precondition: Some(PreconditionResult {
+                status: Some(rpc::Status::default()),
+                valid_duration: Some(prost_duration()),
+                valid_use_count: 10000,
+                ..Default::default()
+            }),
+            quotas: Default::default(),
+        }))
+    }
+
+    async fn report(&self, _: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        Ok(Response::new(ReportResponse {}))
+    }
+}
+
+fn prost_duration() -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    }
+}
+
+pub fn run(addr_file: &Path) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::FAILURE;
+    };
+    let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        std::fs::write(addr_file, format!("grpc={}\n", listener.local_addr()?))?;
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(MixerServer::new(Noop))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("noop server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
