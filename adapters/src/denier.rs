@@ -22,6 +22,7 @@ pub fn info() -> AdapterInfo {
         name: "denier",
         templates: &[Template::CheckNothing, Template::ListEntry, Template::Quota],
         validate: |doc| parse(doc).map(drop),
+        validate_instances: None,
         build,
     }
 }
@@ -141,6 +142,7 @@ impl QuotaHandler for Denier {
                 status: Status::ok(),
                 granted: 0,
                 valid_duration: self.valid_duration,
+                limit: None,
             }
         })
     }

@@ -18,6 +18,7 @@ pub fn info() -> AdapterInfo {
         name: "noop",
         templates: &Template::ALL,
         validate,
+        validate_instances: None,
         build,
     }
 }
@@ -61,6 +62,7 @@ impl QuotaHandler for Noop {
                 status: Status::ok(),
                 granted: args.amount,
                 valid_duration: Duration::from_secs(60),
+                limit: None,
             }
         })
     }

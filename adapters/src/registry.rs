@@ -9,7 +9,7 @@ use mixr_rules::templates::Template;
 
 use crate::clock::{Clock, SystemClock};
 use crate::variety::{CheckHandler, QuotaHandler, ReportHandler};
-use crate::{denier, listchecker, noop};
+use crate::{denier, listchecker, memquota, noop};
 
 /// A built handler: the varieties its adapter implements.
 #[derive(Clone, Default)]
@@ -52,6 +52,8 @@ pub struct AdapterInfo {
     pub name: &'static str,
     pub templates: &'static [Template],
     pub validate: fn(&HandlerDoc) -> Result<(), ConfigError>,
+    /// Checks the instances rules send to a handler (a quota adapter must configure each).
+    pub validate_instances: Option<fn(&HandlerDoc, &[String]) -> Result<(), ConfigError>>,
     pub build: fn(&HandlerDoc, &BuildContext) -> Result<Handler, ConfigError>,
 }
 
@@ -73,7 +75,7 @@ impl Registry {
     /// Every adapter mixr ships.
     pub fn builtin() -> Registry {
         Registry {
-            adapters: vec![denier::info(), listchecker::info(), noop::info()],
+            adapters: vec![denier::info(), listchecker::info(), memquota::info(), noop::info()],
         }
     }
 
@@ -169,6 +171,13 @@ impl AdapterCatalog for Registry {
     fn check_params(&self, handler: &HandlerDoc) -> Result<(), ConfigError> {
         match self.adapter(&handler.adapter) {
             Some(info) => (info.validate)(handler),
+            None => Ok(()),
+        }
+    }
+
+    fn check_instances(&self, handler: &HandlerDoc, instances: &[String]) -> Result<(), ConfigError> {
+        match self.adapter(&handler.adapter).and_then(|a| a.validate_instances) {
+            Some(check) => check(handler, instances),
             None => Ok(()),
         }
     }

@@ -101,6 +101,25 @@ pub struct QuotaResult {
     pub status: Status,
     pub granted: i64,
     pub valid_duration: Duration,
+    /// The limit that applied and the counter's state after this call, when the adapter
+    /// keeps one (Envoy's rate-limit answers report it).
+    pub limit: Option<QuotaLimit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaLimit {
+    pub max_amount: i64,
+    pub window: Duration,
+    pub remaining: i64,
+    /// When capacity next returns.
+    pub reset_after: Duration,
+}
+
+impl QuotaResult {
+    /// A failure that grants nothing, with a status saying why.
+    pub fn failed(status: Status) -> QuotaResult {
+        QuotaResult { status, granted: 0, valid_duration: Duration::ZERO, limit: None }
+    }
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

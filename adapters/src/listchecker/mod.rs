@@ -31,6 +31,7 @@ pub fn info() -> AdapterInfo {
         name: "listchecker",
         templates: &[Template::ListEntry],
         validate: |doc| parse(doc).map(drop),
+        validate_instances: None,
         build,
     }
 }

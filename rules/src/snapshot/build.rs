@@ -19,6 +19,10 @@ pub trait AdapterCatalog {
     fn templates(&self, adapter: &str) -> Option<&'static [Template]>;
     /// Validates a handler's params without starting anything.
     fn check_params(&self, handler: &HandlerDoc) -> Result<(), ConfigError>;
+    /// Validates the instances (full names) that rules send to a handler.
+    fn check_instances(&self, _handler: &HandlerDoc, _instances: &[String]) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
 /// Compiles `config`; on failure returns every error found.
@@ -189,6 +193,25 @@ pub fn build(
                 request_header_operations: request_ops,
                 response_header_operations: response_ops,
             });
+        }
+    }
+
+    // Which instances each handler receives, for adapters that must know them up front.
+    let mut bound: Vec<Vec<String>> = vec![Vec::new(); config.handlers.len()];
+    for rule in &rules {
+        for a in &rule.actions {
+            for &i in &a.instances {
+                if !bound[a.handler].contains(&instances[i].full_name) {
+                    bound[a.handler].push(instances[i].full_name.clone());
+                }
+            }
+        }
+    }
+    for (h, names) in bound.iter().enumerate() {
+        if !names.is_empty()
+            && let Err(e) = catalog.check_instances(&config.handlers[h], names)
+        {
+            errors.push(e);
         }
     }
 
