@@ -6,7 +6,8 @@
 //!   how its params are validated and how it is built from a handler document. Handlers
 //!   whose adapter and params did not change are carried over across config reloads, so
 //!   their state (a fetched list, counters) survives.
-//! - One module per adapter: [`denier`], [`listchecker`], [`memquota`], [`noop`]; [`quota`]
+//! - One module per adapter: [`denier`], [`listchecker`], [`memquota`], [`redisquota`],
+//!   [`noop`]; [`quota`]
 //!   holds what the quota adapters share (params, keys, rolling-window arithmetic).
 //! - [`clock`]: time as adapters see it, replaceable in tests.
 //!
@@ -19,11 +20,12 @@ pub mod listchecker;
 pub mod memquota;
 pub mod noop;
 pub mod quota;
+pub mod redisquota;
 pub mod params;
 pub mod registry;
 pub mod variety;
 
-pub use registry::{BuildContext, Handler, HandlerSet, Registry};
+pub use registry::{AdapterMetrics, BuildContext, Handler, HandlerSet, Registry};
 pub use variety::{
     CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaLimit, QuotaResult, ReportHandler, Status,
 };

@@ -9,7 +9,9 @@ use mixr_rules::templates::Template;
 
 use crate::clock::{Clock, SystemClock};
 use crate::variety::{CheckHandler, QuotaHandler, ReportHandler};
-use crate::{denier, listchecker, memquota, noop};
+use prometheus::{IntCounterVec, Opts};
+
+use crate::{denier, listchecker, memquota, noop, redisquota};
 
 /// A built handler: the varieties its adapter implements.
 #[derive(Clone, Default)]
@@ -29,20 +31,51 @@ impl std::fmt::Debug for Handler {
     }
 }
 
+/// Metrics adapters record, registered once per process (handlers come and go with
+/// reloads; their series stay).
+#[derive(Debug, Clone)]
+pub struct AdapterMetrics {
+    pub redis_errors: IntCounterVec,
+    pub quota_fail_open: IntCounterVec,
+}
+
+impl AdapterMetrics {
+    pub fn register(registry: &prometheus::Registry) -> AdapterMetrics {
+        let redis_errors = IntCounterVec::new(
+            Opts::new("mixr_redis_errors_total", "Redis calls that failed or timed out, by handler and kind (error, timeout)."),
+            &["handler", "kind"],
+        )
+        .expect("valid metric");
+        let quota_fail_open = IntCounterVec::new(
+            Opts::new("mixr_quota_fail_open_total", "Quota requests granted without Redis because the handler fails open."),
+            &["handler"],
+        )
+        .expect("valid metric");
+        for c in [redis_errors.clone(), quota_fail_open.clone()] {
+            if let Err(e) = registry.register(Box::new(c)) {
+                tracing::error!(error = %e, "adapter metric not registered");
+            }
+        }
+        AdapterMetrics { redis_errors, quota_fail_open }
+    }
+}
+
 /// What adapters may use while being built.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
     pub clock: Arc<dyn Clock>,
-    /// Where mixr's own metrics live; adapters register theirs here.
-    pub metrics: prometheus::Registry,
+    pub adapter_metrics: AdapterMetrics,
+}
+
+impl BuildContext {
+    pub fn new(registry: &prometheus::Registry) -> BuildContext {
+        BuildContext { clock: Arc::new(SystemClock), adapter_metrics: AdapterMetrics::register(registry) }
+    }
 }
 
 impl Default for BuildContext {
     fn default() -> Self {
-        BuildContext {
-            clock: Arc::new(SystemClock),
-            metrics: prometheus::Registry::new(),
-        }
+        BuildContext::new(&prometheus::Registry::new())
     }
 }
 
@@ -75,7 +108,7 @@ impl Registry {
     /// Every adapter mixr ships.
     pub fn builtin() -> Registry {
         Registry {
-            adapters: vec![denier::info(), listchecker::info(), memquota::info(), noop::info()],
+            adapters: vec![denier::info(), listchecker::info(), memquota::info(), noop::info(), redisquota::info()],
         }
     }
 

@@ -49,10 +49,7 @@ pub enum ServeError {
 
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let metrics = Metrics::new();
-    let ctx = BuildContext {
-        metrics: metrics.registry.clone(),
-        ..BuildContext::default()
-    };
+    let ctx = BuildContext::new(&metrics.registry);
     let store = Arc::new(
         ConfigStore::open(
             opts.config.clone(),

@@ -1,0 +1,132 @@
+//! Connections to Redis: a pool of multiplexed, self-reconnecting connections to one
+//! server, or a Cluster connection. Both are made lazily: a handler is built (and config
+//! loads) even while Redis is down, and the first calls after it returns connect again.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use tokio::sync::Mutex;
+
+/// Where Redis is: `host:port`, `redis://...`, `rediss://...` (TLS), or a Cluster as
+/// `redis+cluster://host1:port1,host2:port2` (`rediss+cluster://` for TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddress {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl ServerAddress {
+    pub fn parse(text: &str) -> Result<ServerAddress, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("must not be empty".into());
+        }
+        for (prefix, scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+            if let Some(rest) = text.strip_prefix(prefix) {
+                let nodes: Vec<String> = rest.split(',').filter(|n| !n.is_empty()).map(|n| format!("{scheme}{n}")).collect();
+                if nodes.is_empty() {
+                    return Err(format!("{text:?} names no cluster nodes"));
+                }
+                for n in &nodes {
+                    redis::Client::open(n.as_str()).map_err(|e| format!("{n:?}: {e}"))?;
+                }
+                return Ok(ServerAddress::Cluster(nodes));
+            }
+        }
+        let url = if text.contains("://") { text.to_string() } else { format!("redis://{text}") };
+        redis::Client::open(url.as_str()).map_err(|e| format!("{text:?} is not a Redis address: {e}"))?;
+        Ok(ServerAddress::Single(url))
+    }
+}
+
+enum Target {
+    Single { client: redis::Client, pool: Vec<Mutex<Option<ConnectionManager>>>, next: AtomicUsize },
+    Cluster { client: ClusterClient, conn: Mutex<Option<ClusterConnection>> },
+}
+
+pub struct Backend {
+    target: Target,
+    timeout: Duration,
+}
+
+impl Backend {
+    pub fn new(addr: &ServerAddress, pool_size: usize, timeout: Duration) -> Result<Backend, String> {
+        let target = match addr {
+            ServerAddress::Single(url) => Target::Single {
+                client: redis::Client::open(url.as_str()).map_err(|e| e.to_string())?,
+                pool: (0..pool_size.max(1)).map(|_| Mutex::new(None)).collect(),
+                next: AtomicUsize::new(0),
+            },
+            ServerAddress::Cluster(nodes) => Target::Cluster {
+                client: ClusterClient::builder(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+                conn: Mutex::new(None),
+            },
+        };
+        Ok(Backend { target, timeout })
+    }
+
+    /// Runs the script; returns (granted, remaining, reset in µs).
+    pub async fn invoke(&self, invocation: &redis::ScriptInvocation<'_>) -> redis::RedisResult<(i64, i64, i64)> {
+        match &self.target {
+            Target::Single { client, pool, next } => {
+                let slot = &pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()];
+                let mut conn = {
+                    let mut guard = slot.lock().await;
+                    match guard.as_ref() {
+                        Some(c) => c.clone(),
+                        None => {
+                            let config = ConnectionManagerConfig::new()
+                                .set_connection_timeout(Some(self.timeout))
+                                .set_response_timeout(Some(self.timeout))
+                                .set_number_of_retries(1)
+                                .set_max_delay(Duration::from_secs(1));
+                            let c = ConnectionManager::new_with_config(client.clone(), config).await?;
+                            *guard = Some(c.clone());
+                            c
+                        }
+                    }
+                };
+                invocation.invoke_async(&mut conn).await
+            }
+            Target::Cluster { client, conn } => {
+                let mut c = {
+                    let mut guard = conn.lock().await;
+                    match guard.as_ref() {
+                        Some(c) => c.clone(),
+                        None => {
+                            let c = client.get_async_connection().await?;
+                            *guard = Some(c.clone());
+                            c
+                        }
+                    }
+                };
+                invocation.invoke_async(&mut c).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(ServerAddress::parse("localhost:6379"), Ok(ServerAddress::Single("redis://localhost:6379".into())));
+        assert_eq!(ServerAddress::parse("rediss://r:6380/0"), Ok(ServerAddress::Single("rediss://r:6380/0".into())));
+        assert_eq!(
+            ServerAddress::parse("redis+cluster://a:7000,b:7001"),
+            Ok(ServerAddress::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()]))
+        );
+        assert!(ServerAddress::parse("").is_err());
+        assert!(ServerAddress::parse("redis+cluster://").is_err());
+        assert!(ServerAddress::parse("ftp://x").is_err());
+    }
+}

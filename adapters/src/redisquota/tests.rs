@@ -1,0 +1,216 @@
+//! redisquota against real Redis: the shared quota suite, fixed windows, script reloads,
+//! two replicas sharing one limit, and Redis dying and coming back.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{RedisQuota, parse};
+use crate::quota::tests::{INSTANCE, dims, handler_doc, params, take};
+use crate::registry::BuildContext;
+use crate::variety::{QuotaArgs, QuotaHandler, code};
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn redisquota(params: &str, url: &str) -> Arc<RedisQuota> {
+    let p = format!("{params}    redisServerUrl: {url}\n    timeout: 500ms\n");
+    let q = RedisQuota::new("q.istio-system".into(), parse(&handler_doc("redisquota", &p)).unwrap(), &BuildContext::default());
+    Arc::new(q.unwrap())
+}
+
+fn make(params: &str) -> Arc<dyn QuotaHandler> {
+    redisquota(params, &redis_url())
+}
+
+#[tokio::test]
+async fn windows() {
+    crate::quota::tests::windows(&make).await;
+}
+
+#[tokio::test]
+async fn overrides() {
+    crate::quota::tests::overrides(&make).await;
+}
+
+#[tokio::test]
+async fn best_effort() {
+    crate::quota::tests::best_effort(&make).await;
+}
+
+#[tokio::test]
+async fn dedup() {
+    crate::quota::tests::dedup(&make).await;
+}
+
+#[tokio::test]
+async fn rolling_expiry() {
+    crate::quota::tests::rolling_expiry(&make).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exact_under_concurrency() {
+    crate::quota::tests::exact_under_concurrency(&make).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_one_limit() {
+    let p = params(30, "2s", "");
+    let (a, b) = (make(&p), make(&p));
+    let d = Arc::new(dims(&[]));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..10 {
+                n += take(&*q, &d, 1, false, "").await;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 30, "160 requests over two handlers, one limit of 30");
+}
+
+#[tokio::test]
+async fn fixed_window_resets_at_the_window_end() {
+    let p = "    quotas:\n    - name: requestcount\n      maxAmount: 3\n      validDuration: 1s\n      rateLimitAlgorithm: FIXED_WINDOW\n";
+    let q = make(p);
+    let d = dims(&[]);
+    let r = q.alloc(&d, INSTANCE, QuotaArgs { dedup_id: String::new(), amount: 3, best_effort: false }).await;
+    assert_eq!(r.granted, 3);
+    let l = r.limit.unwrap();
+    assert_eq!((l.max_amount, l.remaining), (3, 0));
+    assert!(l.reset_after <= Duration::from_secs(1) && l.reset_after > Duration::from_millis(500), "{:?}", l.reset_after);
+    assert_eq!(take(&*q, &d, 1, false, "").await, 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(take(&*q, &d, 3, false, "").await, 3);
+}
+
+#[tokio::test]
+async fn script_is_loaded_again_after_a_flush() {
+    let q = make(&params(5, "1s", ""));
+    let d = dims(&[]);
+    assert_eq!(take(&*q, &d, 1, false, "").await, 1);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut con).await.unwrap();
+    assert_eq!(take(&*q, &d, 1, false, "").await, 1, "NOSCRIPT is answered by loading the script");
+}
+
+#[tokio::test]
+async fn keys_share_one_cluster_slot() {
+    let q = make(&params(5, "1s", ""));
+    let d = crate::quota::tests::with(&dims(&[]), "weird", "a{b}c");
+    assert_eq!(take(&*q, &d, 1, false, "x").await, 1);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let run = d.maps[0].1[0].1.to_text();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("mixr:*{run}*")).query_async(&mut con).await.unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    // Redis Cluster hashes only the text between the first '{' and the next '}'.
+    let tag = |k: &str| -> String {
+        let open = k.find('{').expect("hash tag");
+        let close = open + 1 + k[open + 1..].find('}').expect("closing brace");
+        k[open + 1..close].to_string()
+    };
+    let tags: Vec<String> = keys.iter().map(|k| tag(k)).collect();
+    assert!(tags.iter().all(|t| *t == tags[0] && !t.is_empty()), "{keys:?}");
+    assert!(tags[0].contains("a%7Bb%7Dc"), "braces in values are escaped: {}", tags[0]);
+}
+
+/// A redis-server of our own, on a free port, that the test may kill.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (it is on CI: see .ci/run)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { child, port }
+    }
+
+    fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn timed(q: &dyn QuotaHandler, d: &mixr_rules::snapshot::InstanceValues) -> (crate::variety::QuotaResult, Duration) {
+    let start = Instant::now();
+    let r = q.alloc(d, INSTANCE, QuotaArgs { dedup_id: String::new(), amount: 1, best_effort: false }).await;
+    (r, start.elapsed())
+}
+
+#[tokio::test]
+async fn redis_dies_and_returns() {
+    let redis = OwnRedis::start(free_port());
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let base = params(1000, "1s", "");
+    let closed = redisquota(&base, &url);
+    let open = redisquota(&format!("{base}    failOpen: true\n"), &url);
+    let d = dims(&[]);
+    assert_eq!(timed(&*closed, &d).await.0.granted, 1);
+    assert_eq!(timed(&*open, &d).await.0.granted, 1);
+
+    let port = redis.kill();
+    for _ in 0..5 {
+        let (r, took) = timed(&*closed, &d).await;
+        assert_eq!((r.granted, r.status.code), (0, code::UNAVAILABLE), "fail closed: {:?}", r.status);
+        assert!(took < Duration::from_millis(700), "a call waited {took:?}, beyond the 500 ms timeout");
+        let (r, took) = timed(&*open, &d).await;
+        assert!(r.status.is_ok() && r.granted == 1, "fail open grants: {:?}", r.status);
+        assert!(took < Duration::from_millis(700), "a call waited {took:?}");
+    }
+
+    let _back = OwnRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (r, _) = timed(&*closed, &d).await;
+        if r.status.is_ok() && r.granted == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the handler did not reconnect by itself: {:?}", r.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn param_errors() {
+    let err = |p: &str| parse(&handler_doc("redisquota", p)).unwrap_err().to_string();
+    assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s, rateLimitAlgorithm: ROLLING_WINDOW}\n").contains("ROLLING_WINDOW needs 0 < bucketDuration < validDuration"));
+    assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s, rateLimitAlgorithm: ROLLING_WINDOW, bucketDuration: 2s}\n").contains("bucketDuration"));
+    assert!(err("    quotas:\n    - {name: a, maxAmount: 1}\n").contains("validDuration: must be greater than 0"));
+    assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s}\n    redisServerUrl: 'ftp://x'\n").contains("redisServerUrl"));
+    assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s}\n    connectionPoolSize: 0\n").contains("between 1 and 1000"));
+}
