@@ -5,19 +5,10 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = [
-        "protos/istio/mixer/v1/mixer.proto",
-        "protos/istio/policy/v1beta1/http_response.proto",
-    ];
+    let protos = ["protos/istio/mixer/v1/mixer.proto", "protos/istio/policy/v1beta1/http_response.proto"];
     let fds = protox::compile(protos, ["protos"])?;
-    fs::write(
-        out.join("mixr_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    fs::write(out.join("mixr_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     println!("cargo:rerun-if-changed=protos");
 
     let yaml = fs::read_to_string("global_dictionary.yaml")?;

@@ -26,10 +26,7 @@ pub struct ManualClock {
 
 impl Default for ManualClock {
     fn default() -> Self {
-        ManualClock {
-            base: Instant::now(),
-            offset: Mutex::new(Duration::ZERO),
-        }
+        ManualClock { base: Instant::now(), offset: Mutex::new(Duration::ZERO) }
     }
 }
 

@@ -13,9 +13,7 @@ use mixr_rules::templates::Template;
 
 use crate::params;
 use crate::registry::{AdapterInfo, BuildContext, Handler};
-use crate::variety::{
-    BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, Status, code,
-};
+use crate::variety::{BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, Status, code};
 
 pub fn info() -> AdapterInfo {
     AdapterInfo {
@@ -42,30 +40,19 @@ pub fn parse(doc: &HandlerDoc) -> Result<Denier, ConfigError> {
             let code = s
                 .get("code", |p| {
                     let t = p.text()?;
-                    code::parse(&t)
-                        .ok_or_else(|| p.error(format!("{t:?} is not a gRPC status code")))
+                    code::parse(&t).ok_or_else(|| p.error(format!("{t:?} is not a gRPC status code")))
                 })?
                 .unwrap_or(code::FAILED_PRECONDITION);
             let message = s.get("message", |p| p.text())?.unwrap_or_default();
             let direct_response = s.get("details", parse_details)?.flatten();
             s.finish()?;
-            Ok(Status {
-                code,
-                message,
-                direct_response,
-            })
+            Ok(Status { code, message, direct_response })
         })?
         .unwrap_or_else(|| Status::new(code::FAILED_PRECONDITION, ""));
-    let valid_duration = o
-        .get("validDuration", params::duration)?
-        .unwrap_or(Duration::from_secs(5));
+    let valid_duration = o.get("validDuration", params::duration)?.unwrap_or(Duration::from_secs(5));
     let valid_use_count = o.get("validUseCount", params::count)?.unwrap_or(1000);
     o.finish()?;
-    Ok(Denier {
-        status,
-        valid_duration,
-        valid_use_count,
-    })
+    Ok(Denier { status, valid_duration, valid_use_count })
 }
 
 /// `details` is a list of `Any` in protobuf's JSON form; we understand DirectHttpResponse.
@@ -75,18 +62,13 @@ fn parse_details(p: Param<'_>) -> Result<Option<DirectHttpResponse>, ConfigError
         let d = Param::new(&item, p.loc, &path).obj()?;
         let type_url = d.require("@type", |p| p.text())?;
         if type_url != DIRECT_HTTP_RESPONSE_TYPE_URL {
-            return Err(Param::new(&item, p.loc, &path).error(format!(
-                "unsupported detail type {type_url:?} (only {DIRECT_HTTP_RESPONSE_TYPE_URL})"
-            )));
+            return Err(Param::new(&item, p.loc, &path)
+                .error(format!("unsupported detail type {type_url:?} (only {DIRECT_HTTP_RESPONSE_TYPE_URL})")));
         }
         let code = d
             .get("code", |p| {
                 let n = p.i64()?;
-                if (100..=599).contains(&n) {
-                    Ok(n as i32)
-                } else {
-                    Err(p.error(format!("{n} is not an HTTP status")))
-                }
+                if (100..=599).contains(&n) { Ok(n as i32) } else { Err(p.error(format!("{n} is not an HTTP status"))) }
             })?
             .unwrap_or(0);
         let body = d.get("body", |p| p.text())?.unwrap_or_default();
@@ -101,22 +83,14 @@ fn parse_details(p: Param<'_>) -> Result<Option<DirectHttpResponse>, ConfigError
             })?
             .unwrap_or_default();
         d.finish()?;
-        found = Some(DirectHttpResponse {
-            code,
-            body,
-            headers,
-        });
+        found = Some(DirectHttpResponse { code, body, headers });
     }
     Ok(found)
 }
 
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
     let d = Arc::new(parse(doc)?);
-    Ok(Handler {
-        check: Some(d.clone()),
-        quota: Some(d),
-        report: None,
-    })
+    Ok(Handler { check: Some(d.clone()), quota: Some(d), report: None })
 }
 
 impl CheckHandler for Denier {
@@ -131,19 +105,9 @@ impl CheckHandler for Denier {
 }
 
 impl QuotaHandler for Denier {
-    fn alloc<'a>(
-        &'a self,
-        _: &'a InstanceValues,
-        _: &'a str,
-        _: QuotaArgs,
-    ) -> BoxFuture<'a, QuotaResult> {
+    fn alloc<'a>(&'a self, _: &'a InstanceValues, _: &'a str, _: QuotaArgs) -> BoxFuture<'a, QuotaResult> {
         Box::pin(async move {
-            QuotaResult {
-                status: Status::ok(),
-                granted: 0,
-                valid_duration: self.valid_duration,
-                limit: None,
-            }
+            QuotaResult { status: Status::ok(), granted: 0, valid_duration: self.valid_duration, limit: None }
         })
     }
 }
@@ -154,9 +118,7 @@ mod tests {
     use mixr_rules::config::load_str;
 
     fn denier(spec: &str) -> Result<Denier, ConfigError> {
-        let text = format!(
-            "apiVersion: config.istio.io/v1alpha2\nkind: denier\nmetadata: {{name: d}}\nspec:\n{spec}"
-        );
+        let text = format!("apiVersion: config.istio.io/v1alpha2\nkind: denier\nmetadata: {{name: d}}\nspec:\n{spec}");
         let (set, mut errors) = load_str("d.yaml", &text, "istio-system");
         if !errors.is_empty() {
             return Err(errors.remove(0));
@@ -185,17 +147,8 @@ mod tests {
         let dr = d.status.direct_response.as_ref().unwrap();
         assert_eq!((dr.code, dr.body.as_str()), (302, "go away"));
         assert_eq!(dr.headers["location"], "https://login");
-        assert_eq!(
-            (d.valid_duration, d.valid_use_count),
-            (Duration::from_secs(10), 3)
-        );
-        assert_eq!(
-            denier("  status: {code: UNAUTHENTICATED}\n")
-                .unwrap()
-                .status
-                .code,
-            16
-        );
+        assert_eq!((d.valid_duration, d.valid_use_count), (Duration::from_secs(10), 3));
+        assert_eq!(denier("  status: {code: UNAUTHENTICATED}\n").unwrap().status.code, 16);
     }
 
     #[test]
@@ -205,25 +158,14 @@ mod tests {
         let e = denier("  validDuration: soon\n").unwrap_err();
         assert_eq!(e.key, "spec.validDuration");
         let e = denier("  colour: red\n").unwrap_err();
-        assert_eq!(
-            (e.key.as_str(), e.message.as_str()),
-            ("spec.colour", "unknown field")
-        );
+        assert_eq!((e.key.as_str(), e.message.as_str()), ("spec.colour", "unknown field"));
     }
 
     #[tokio::test]
     async fn quota_is_never_granted() {
         let d = denier("  {}\n").unwrap();
         let r = d
-            .alloc(
-                &InstanceValues::default(),
-                "q",
-                QuotaArgs {
-                    dedup_id: "x".into(),
-                    amount: 5,
-                    best_effort: true,
-                },
-            )
+            .alloc(&InstanceValues::default(), "q", QuotaArgs { dedup_id: "x".into(), amount: 5, best_effort: true })
             .await;
         assert_eq!(r.granted, 0);
     }

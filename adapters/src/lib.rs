@@ -19,13 +19,11 @@ pub mod denier;
 pub mod listchecker;
 pub mod memquota;
 pub mod noop;
+pub mod params;
 pub mod quota;
 pub mod redisquota;
-pub mod params;
 pub mod registry;
 pub mod variety;
 
 pub use registry::{AdapterMetrics, BuildContext, Handler, HandlerSet, Registry};
-pub use variety::{
-    CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaLimit, QuotaResult, ReportHandler, Status,
-};
+pub use variety::{CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaLimit, QuotaResult, ReportHandler, Status};

@@ -9,18 +9,11 @@ use std::sync::Arc;
 
 use crate::registry::{AdapterInfo, BuildContext, Handler};
 use crate::variety::{
-    BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, ReportHandler,
-    Status,
+    BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, ReportHandler, Status,
 };
 
 pub fn info() -> AdapterInfo {
-    AdapterInfo {
-        name: "noop",
-        templates: &Template::ALL,
-        validate,
-        validate_instances: None,
-        build,
-    }
+    AdapterInfo { name: "noop", templates: &Template::ALL, validate, validate_instances: None, build }
 }
 
 fn validate(doc: &HandlerDoc) -> Result<(), ConfigError> {
@@ -30,11 +23,7 @@ fn validate(doc: &HandlerDoc) -> Result<(), ConfigError> {
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
     validate(doc)?;
     let n = Arc::new(Noop);
-    Ok(Handler {
-        check: Some(n.clone()),
-        quota: Some(n.clone()),
-        report: Some(n),
-    })
+    Ok(Handler { check: Some(n.clone()), quota: Some(n.clone()), report: Some(n) })
 }
 
 struct Noop;
@@ -51,12 +40,7 @@ impl CheckHandler for Noop {
 }
 
 impl QuotaHandler for Noop {
-    fn alloc<'a>(
-        &'a self,
-        _: &'a InstanceValues,
-        _: &'a str,
-        args: QuotaArgs,
-    ) -> BoxFuture<'a, QuotaResult> {
+    fn alloc<'a>(&'a self, _: &'a InstanceValues, _: &'a str, args: QuotaArgs) -> BoxFuture<'a, QuotaResult> {
         Box::pin(async move {
             QuotaResult {
                 status: Status::ok(),

@@ -16,8 +16,5 @@ pub fn duration(p: Param<'_>) -> Result<Duration, ConfigError> {
 /// A non-negative count that fits an i32 (valid use counts).
 pub fn count(p: Param<'_>) -> Result<i32, ConfigError> {
     let n = p.i64()?;
-    i32::try_from(n)
-        .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| p.error(format!("{n} is out of range (0 to {})", i32::MAX)))
+    i32::try_from(n).ok().filter(|n| *n >= 0).ok_or_else(|| p.error(format!("{n} is out of range (0 to {})", i32::MAX)))
 }

@@ -42,12 +42,18 @@ pub struct AdapterMetrics {
 impl AdapterMetrics {
     pub fn register(registry: &prometheus::Registry) -> AdapterMetrics {
         let redis_errors = IntCounterVec::new(
-            Opts::new("mixr_redis_errors_total", "Redis calls that failed or timed out, by handler and kind (error, timeout)."),
+            Opts::new(
+                "mixr_redis_errors_total",
+                "Redis calls that failed or timed out, by handler and kind (error, timeout).",
+            ),
             &["handler", "kind"],
         )
         .expect("valid metric");
         let quota_fail_open = IntCounterVec::new(
-            Opts::new("mixr_quota_fail_open_total", "Quota requests granted without Redis because the handler fails open."),
+            Opts::new(
+                "mixr_quota_fail_open_total",
+                "Quota requests granted without Redis because the handler fails open.",
+            ),
             &["handler"],
         )
         .expect("valid metric");
@@ -98,9 +104,7 @@ pub struct Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.adapters.iter().map(|a| a.name).collect();
-        f.debug_struct("Registry")
-            .field("adapters", &names)
-            .finish()
+        f.debug_struct("Registry").field("adapters", &names).finish()
     }
 }
 
@@ -157,14 +161,8 @@ impl Registry {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let by_fingerprint = fingerprints
-            .into_iter()
-            .zip(handlers.iter().cloned())
-            .collect();
-        Ok(HandlerSet {
-            handlers,
-            by_fingerprint,
-        })
+        let by_fingerprint = fingerprints.into_iter().zip(handlers.iter().cloned()).collect();
+        Ok(HandlerSet { handlers, by_fingerprint })
     }
 }
 

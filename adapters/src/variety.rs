@@ -61,11 +61,7 @@ impl Status {
     }
 
     pub fn new(code: i32, message: impl Into<String>) -> Status {
-        Status {
-            code,
-            message: message.into(),
-            direct_response: None,
-        }
+        Status { code, message: message.into(), direct_response: None }
     }
 
     pub fn is_ok(&self) -> bool {

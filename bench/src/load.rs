@@ -65,13 +65,9 @@ pub async fn call_raw(
     path: &'static str,
     body: Bytes,
 ) -> Result<usize, Status> {
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
     let path = http::uri::PathAndQuery::from_static(path);
-    grpc.unary(tonic::Request::new(body), path, RawCodec)
-        .await
-        .map(|r| r.into_inner())
+    grpc.unary(tonic::Request::new(body), path, RawCodec).await.map(|r| r.into_inner())
 }
 
 #[derive(Debug, Default)]
@@ -141,9 +137,7 @@ pub async fn run(
                     if !ok {
                         local.errors += 1;
                     }
-                    local
-                        .latencies_us
-                        .push(done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
+                    local.latencies_us.push(done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
                 }
             }
             let mut t = totals.lock().await;

@@ -49,27 +49,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::NoopServer { addr_file } => noop::run(&addr_file),
-        Command::Check {
-            seconds,
-            concurrency,
-            mixr,
-        } => {
+        Command::Check { seconds, concurrency, mixr } => {
             if let Some(code) = procstat::pin_self_to_cpu0() {
                 return code;
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
             let Ok(rt) = rt else {
                 eprintln!("cannot start runtime");
                 return ExitCode::FAILURE;
             };
-            match rt.block_on(scenario::check(
-                Duration::from_secs(seconds),
-                concurrency,
-                mixr,
-            )) {
+            match rt.block_on(scenario::check(Duration::from_secs(seconds), concurrency, mixr)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mixr-bench: {e}");

@@ -32,17 +32,11 @@ impl Mixer for Noop {
 }
 
 fn prost_duration() -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: 60,
-        nanos: 0,
-    }
+    prost_types::Duration { seconds: 60, nanos: 0 }
 }
 
 pub fn run(addr_file: &Path) -> ExitCode {
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
         return ExitCode::FAILURE;
     };
     let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {

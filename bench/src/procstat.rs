@@ -18,10 +18,7 @@ pub fn cpu_micros(pid: u32) -> Option<u64> {
 }
 
 pub fn have_taskset() -> bool {
-    Command::new("taskset")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("taskset").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Re-runs this process pinned to CPU 0. Returns the child's exit code when it did.

@@ -42,10 +42,7 @@ fn start(program: &Path, args: &[String], addr_file: &Path) -> Result<Server, St
         if let Ok(text) = std::fs::read_to_string(addr_file)
             && let Some(addr) = text.lines().find_map(|l| l.strip_prefix("grpc="))
         {
-            return Ok(Server {
-                endpoint: format!("http://{addr}"),
-                child,
-            });
+            return Ok(Server { endpoint: format!("http://{addr}"), child });
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("{} exited: {status}", program.display()));
@@ -63,10 +60,7 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
     if p.exists() {
         Ok(p)
     } else {
-        Err(format!(
-            "{} not found: build it with `cargo build --release --bins`",
-            p.display()
-        ))
+        Err(format!("{} not found: build it with `cargo build --release --bins`", p.display()))
     }
 }
 
@@ -80,11 +74,7 @@ impl Measured {
     /// Calls per second one core could serve at the measured CPU cost per call: the
     /// server's throughput when it, not the load generator, is the limit.
     fn capacity(&self) -> f64 {
-        if self.cpu_us_per_call > 0.0 {
-            1e6 / self.cpu_us_per_call
-        } else {
-            0.0
-        }
+        if self.cpu_us_per_call > 0.0 { 1e6 / self.cpu_us_per_call } else { 0.0 }
     }
 }
 
@@ -100,37 +90,14 @@ async fn measure(
 ) -> Result<Measured, String> {
     let pid = server.child.id();
     let mut samples = Vec::new();
-    let bodies = requests
-        .iter()
-        .map(|r| Bytes::from(r.encode_to_vec()))
-        .collect();
-    let load = run(
-        &server.endpoint,
-        path,
-        bodies,
-        concurrency,
-        Duration::from_secs(1),
-        seconds,
-        || {
-            samples.push(cpu_micros(pid).unwrap_or(0));
-        },
-    )
-    .await?;
-    let cpu = samples
-        .get(1)
-        .zip(samples.first())
-        .map(|(b, a)| b.saturating_sub(*a))
-        .unwrap_or(0);
-    let cpu_us_per_call = if load.requests > 0 {
-        cpu as f64 / load.requests as f64
-    } else {
-        0.0
-    };
-    Ok(Measured {
-        name,
-        load,
-        cpu_us_per_call,
+    let bodies = requests.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+    let load = run(&server.endpoint, path, bodies, concurrency, Duration::from_secs(1), seconds, || {
+        samples.push(cpu_micros(pid).unwrap_or(0));
     })
+    .await?;
+    let cpu = samples.get(1).zip(samples.first()).map(|(b, a)| b.saturating_sub(*a)).unwrap_or(0);
+    let cpu_us_per_call = if load.requests > 0 { cpu as f64 / load.requests as f64 } else { 0.0 };
+    Ok(Measured { name, load, cpu_us_per_call })
 }
 
 fn table(title: &str, rows: &[Measured]) -> String {
@@ -170,10 +137,7 @@ fn table(title: &str, rows: &[Measured]) -> String {
 
 fn labels(pairs: &[(&str, &str)]) -> Value<'static> {
     Value::StringMap(MapVal::from(StringMap::new(
-        pairs
-            .iter()
-            .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
-            .collect(),
+        pairs.iter().map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string()))).collect(),
     )))
 }
 
@@ -183,48 +147,19 @@ fn sidecar_request(service: &str, user: &str, version: &str) -> CheckRequest {
     let attrs: Vec<(&str, Value<'static>)> = vec![
         (
             "source.ip",
-            Value::Bytes(Cow::Owned(ip_to_bytes(
-                "10.1.2.3"
-                    .parse()
-                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
-            ))),
+            Value::Bytes(Cow::Owned(ip_to_bytes("10.1.2.3".parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())))),
         ),
-        (
-            "source.uid",
-            s("kubernetes://productpage-v1-6b746f74dc-9stvs.default"),
-        ),
+        ("source.uid", s("kubernetes://productpage-v1-6b746f74dc-9stvs.default")),
         ("source.namespace", s("default")),
-        (
-            "source.labels",
-            labels(&[
-                ("app", "productpage"),
-                ("version", version),
-                ("pod-template-hash", "6b746f74dc"),
-            ]),
-        ),
-        (
-            "source.principal",
-            s("cluster.local/ns/default/sa/bookinfo-productpage"),
-        ),
-        (
-            "destination.ip",
-            Value::Bytes(Cow::Owned(vec![10, 1, 9, 9])),
-        ),
+        ("source.labels", labels(&[("app", "productpage"), ("version", version), ("pod-template-hash", "6b746f74dc")])),
+        ("source.principal", s("cluster.local/ns/default/sa/bookinfo-productpage")),
+        ("destination.ip", Value::Bytes(Cow::Owned(vec![10, 1, 9, 9]))),
         ("destination.port", Value::Int64(9080)),
-        (
-            "destination.uid",
-            s("kubernetes://reviews-v1-7f6558b974-kq6kz.default"),
-        ),
+        ("destination.uid", s("kubernetes://reviews-v1-7f6558b974-kq6kz.default")),
         ("destination.namespace", s("default")),
         ("destination.service.name", s(service)),
-        (
-            "destination.service.host",
-            s(&format!("{service}.default.svc.cluster.local")),
-        ),
-        (
-            "destination.labels",
-            labels(&[("app", service), ("version", "v1")]),
-        ),
+        ("destination.service.host", s(&format!("{service}.default.svc.cluster.local"))),
+        ("destination.labels", labels(&[("app", service), ("version", "v1")])),
         ("request.method", s("GET")),
         ("request.path", s("/reviews/0")),
         ("request.host", s(&format!("{service}:9080"))),
@@ -232,13 +167,7 @@ fn sidecar_request(service: &str, user: &str, version: &str) -> CheckRequest {
         ("request.useragent", s("python-requests/2.18.4")),
         ("request.id", s("2f5d3fd0-7a55-4b5c-9d4c-6f7b2a8c1e01")),
         ("request.size", Value::Int64(0)),
-        (
-            "request.time",
-            Value::Timestamp(mixr_rules::value::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 0,
-            }),
-        ),
+        ("request.time", Value::Timestamp(mixr_rules::value::Timestamp { seconds: 1_700_000_000, nanos: 0 })),
         ("context.protocol", s("http")),
         (
             "request.headers",
@@ -280,26 +209,14 @@ pub fn check_config(dir: &Path) -> std::io::Result<PathBuf> {
     for i in 0..50 {
         let (matcher, handler, instance) = if i == 49 {
             (
-                format!(
-                    "destination.service.name == \"svc{i}\" && source.labels[\"version\"] == \"v3\""
-                ),
+                format!("destination.service.name == \"svc{i}\" && source.labels[\"version\"] == \"v3\""),
                 "deny",
                 "nothing",
             )
         } else if i % 10 == 0 {
-            (
-                format!("destination.service.name == \"svc{i}\" && request.method == \"GET\""),
-                "users",
-                "user",
-            )
+            (format!("destination.service.name == \"svc{i}\" && request.method == \"GET\""), "users", "user")
         } else {
-            (
-                format!(
-                    "destination.service.name == \"svc{i}\" && match(request.path, \"/admin*\")"
-                ),
-                "deny",
-                "nothing",
-            )
+            (format!("destination.service.name == \"svc{i}\" && match(request.path, \"/admin*\")"), "deny", "nothing")
         };
         let _ = write!(
             y,
@@ -312,11 +229,7 @@ pub fn check_config(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-pub async fn check(
-    seconds: Duration,
-    concurrency: usize,
-    mixr: Option<PathBuf>,
-) -> Result<(), String> {
+pub async fn check(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = check_config(dir.path()).map_err(|e| e.to_string())?;
     let mixr = match mixr {
@@ -331,23 +244,10 @@ pub async fn check(
         sidecar_request("svc7", "user-2", "v1"),     // rule evaluated, no match
     ];
     let addr_file = dir.path().join("addr");
-    println!(
-        "Mixer Check: {concurrency} concurrent callers, 1 s warm-up, {} s measured per server",
-        seconds.as_secs()
-    );
-    println!(
-        "config: 50 rules, a 10000-entry listchecker, a denier; 4 request shapes of 22 attributes"
-    );
+    println!("Mixer Check: {concurrency} concurrent callers, 1 s warm-up, {} s measured per server", seconds.as_secs());
+    println!("config: 50 rules, a 10000-entry listchecker, a denier; 4 request shapes of 22 attributes");
 
-    let noop = start(
-        &me,
-        &[
-            "noop-server".into(),
-            "--addr-file".into(),
-            addr_file.display().to_string(),
-        ],
-        &addr_file,
-    )?;
+    let noop = start(&me, &["noop-server".into(), "--addr-file".into(), addr_file.display().to_string()], &addr_file)?;
     let base = measure("noop", &noop, CHECK, &requests, concurrency, seconds).await?;
     drop(noop);
 
@@ -374,20 +274,11 @@ pub async fn check(
 /// The status code mixr gives each request shape: proof the benchmark exercises real
 /// decisions (allow, whitelist denial, denier, no match).
 async fn answers(server: &Server, requests: &[CheckRequest]) -> Result<String, String> {
-    let mut client = MixerClient::connect(server.endpoint.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client = MixerClient::connect(server.endpoint.clone()).await.map_err(|e| e.to_string())?;
     let mut codes = Vec::new();
     for r in requests {
-        let resp = client
-            .check(r.clone())
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
-        let code = resp
-            .precondition
-            .and_then(|p| p.status)
-            .map_or(-1, |s| s.code);
+        let resp = client.check(r.clone()).await.map_err(|e| e.to_string())?.into_inner();
+        let code = resp.precondition.and_then(|p| p.status).map_or(-1, |s| s.code);
         codes.push(code.to_string());
     }
     Ok(codes.join(", "))

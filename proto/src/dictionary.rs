@@ -38,12 +38,7 @@ mod tests {
         assert_eq!(index_of("source.ip"), Some(0));
         assert_eq!(
             index_of("request.headers"),
-            Some(
-                GLOBAL_WORDS
-                    .iter()
-                    .position(|w| *w == "request.headers")
-                    .unwrap() as i32
-            )
+            Some(GLOBAL_WORDS.iter().position(|w| *w == "request.headers").unwrap() as i32)
         );
         assert_eq!(*GLOBAL_WORDS.last().unwrap(), "context.proxy_version");
         assert_eq!(index_of("no-such-word"), None);
@@ -52,15 +47,8 @@ mod tests {
     #[test]
     fn only_istios_known_duplicates() {
         let mut seen = std::collections::HashSet::new();
-        let dups: Vec<&str> = GLOBAL_WORDS
-            .iter()
-            .copied()
-            .filter(|w| !seen.insert(*w))
-            .collect();
+        let dups: Vec<&str> = GLOBAL_WORDS.iter().copied().filter(|w| !seen.insert(*w)).collect();
         assert_eq!(dups, vec!["0", "1", "200"]);
-        assert_eq!(
-            index_of("0"),
-            Some(GLOBAL_WORDS.iter().position(|w| *w == "0").unwrap() as i32)
-        );
+        assert_eq!(index_of("0"), Some(GLOBAL_WORDS.iter().position(|w| *w == "0").unwrap() as i32));
     }
 }

@@ -31,9 +31,20 @@ pub mod istio {
 }
 
 /// Encoded `FileDescriptorSet` of our protos, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/mixr_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mixr_descriptor.bin"));
 
 /// Type URL under which a `DirectHttpResponse` travels inside `google.rpc.Status.details`.
-pub const DIRECT_HTTP_RESPONSE_TYPE_URL: &str =
-    "type.googleapis.com/istio.policy.v1beta1.DirectHttpResponse";
+pub const DIRECT_HTTP_RESPONSE_TYPE_URL: &str = "type.googleapis.com/istio.policy.v1beta1.DirectHttpResponse";
+
+/// The HTTP status a proxy answers for a denied Check, as Istio's mixer filter mapped it.
+pub fn http_status_for(grpc_code: i32) -> u16 {
+    match grpc_code {
+        0 => 200,
+        3 => 400,  // INVALID_ARGUMENT
+        7 => 403,  // PERMISSION_DENIED
+        8 => 429,  // RESOURCE_EXHAUSTED
+        14 => 503, // UNAVAILABLE
+        16 => 401, // UNAUTHENTICATED
+        _ => 500,
+    }
+}

@@ -106,15 +106,17 @@ const BUILTIN: &[(&str, ValueType)] = {
         ("quota.cache_hit", Bool),
         ("rbac.permissive.response_code", String),
         ("rbac.permissive.effective_policy_id", String),
+        // mixr's own: what Envoy's ext_authz and rate-limit requests carry.
+        ("context.extensions", StringMap),
+        ("ratelimit.domain", String),
+        ("ratelimit.descriptor", StringMap),
     ]
 };
 
 impl Manifest {
     /// Istio's standard vocabulary.
     pub fn builtin() -> Manifest {
-        Manifest {
-            types: BUILTIN.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
-        }
+        Manifest { types: BUILTIN.iter().map(|(n, t)| (n.to_string(), *t)).collect() }
     }
 
     pub fn empty() -> Manifest {

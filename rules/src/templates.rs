@@ -33,17 +33,11 @@ pub enum Template {
 }
 
 const fn expr(name: &'static str, ty: Option<ValueType>) -> Field {
-    Field {
-        name,
-        kind: FieldKind::Expr(ty),
-    }
+    Field { name, kind: FieldKind::Expr(ty) }
 }
 
 const fn map(name: &'static str) -> Field {
-    Field {
-        name,
-        kind: FieldKind::Map(None),
-    }
+    Field { name, kind: FieldKind::Map(None) }
 }
 
 const STR: Option<ValueType> = Some(ValueType::String);

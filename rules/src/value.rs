@@ -62,10 +62,7 @@ impl ValueType {
 
     /// Types whose values travel as strings on the wire.
     pub fn is_stringy(self) -> bool {
-        matches!(
-            self,
-            ValueType::String | ValueType::DnsName | ValueType::EmailAddress | ValueType::Uri
-        )
+        matches!(self, ValueType::String | ValueType::DnsName | ValueType::EmailAddress | ValueType::Uri)
     }
 }
 
@@ -91,10 +88,7 @@ pub struct Duration {
 
 impl Duration {
     pub fn from_nanos(total: i128) -> Duration {
-        Duration {
-            seconds: (total / 1_000_000_000) as i64,
-            nanos: (total % 1_000_000_000) as i32,
-        }
+        Duration { seconds: (total / 1_000_000_000) as i64, nanos: (total % 1_000_000_000) as i32 }
     }
 
     pub fn as_nanos(self) -> i128 {
@@ -129,17 +123,13 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     }
     let mut total: f64 = 0.0;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_len == 0 {
             return None;
         }
         let number: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -189,23 +179,14 @@ pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let s = text.get(r)?;
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
+        if s.bytes().all(|c| c.is_ascii_digit()) { s.parse().ok() } else { None }
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     if b[13] != b':' || b[16] != b':' {
         return None;
     }
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut pos = 19;
@@ -233,10 +214,7 @@ pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
         _ => return None,
     };
     let days = days_from_civil(year, month, day);
-    Some(Timestamp {
-        seconds: days * 86400 + hour * 3600 + minute * 60 + second - offset,
-        nanos: nanos as i32,
-    })
+    Some(Timestamp { seconds: days * 86400 + hour * 3600 + minute * 60 + second - offset, nanos: nanos as i32 })
 }
 
 /// Formats a timestamp as RFC 3339 in UTC.
@@ -244,12 +222,7 @@ pub fn format_timestamp(t: Timestamp) -> String {
     let days = t.seconds.div_euclid(86400);
     let secs = t.seconds.rem_euclid(86400);
     let (y, m, d) = civil_from_days(days);
-    let base = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    );
+    let base = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60);
     if t.nanos == 0 {
         format!("{base}Z")
     } else {
@@ -298,10 +271,7 @@ impl<'a> StringMap<'a> {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
-            .ok()
-            .map(|i| self.entries[i].1.as_ref())
+        self.entries.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| self.entries[i].1.as_ref())
     }
 
     pub fn len(&self) -> usize {
@@ -459,20 +429,8 @@ mod tests {
 
     #[test]
     fn go_durations() {
-        assert_eq!(
-            parse_duration("10ms"),
-            Some(Duration {
-                seconds: 0,
-                nanos: 10_000_000
-            })
-        );
-        assert_eq!(
-            parse_duration("1.5s"),
-            Some(Duration {
-                seconds: 1,
-                nanos: 500_000_000
-            })
-        );
+        assert_eq!(parse_duration("10ms"), Some(Duration { seconds: 0, nanos: 10_000_000 }));
+        assert_eq!(parse_duration("1.5s"), Some(Duration { seconds: 1, nanos: 500_000_000 }));
         assert_eq!(parse_duration("5h10m").unwrap().seconds, 5 * 3600 + 600);
         assert_eq!(parse_duration("-2s").unwrap().as_nanos(), -2_000_000_000);
         assert_eq!(parse_duration("0"), Some(Duration::default()));
@@ -498,11 +456,7 @@ mod tests {
 
     #[test]
     fn string_map_lookup_last_duplicate_wins() {
-        let m = StringMap::new(vec![
-            ("b".into(), "1".into()),
-            ("a".into(), "2".into()),
-            ("b".into(), "3".into()),
-        ]);
+        let m = StringMap::new(vec![("b".into(), "1".into()), ("a".into(), "2".into()), ("b".into(), "3".into())]);
         assert_eq!(m.get("a"), Some("2"));
         assert_eq!(m.get("b"), Some("3"));
         assert_eq!(m.get("c"), None);

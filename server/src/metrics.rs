@@ -1,8 +1,6 @@
 //! mixr's own metrics, registered once in the registry served on `/metrics`.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -15,38 +13,27 @@ pub struct Metrics {
     pub instance_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
+    pub quota_unconfigured: IntCounterVec,
+    pub quota_allocations: IntCounterVec,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let calls = IntCounterVec::new(
-            Opts::new(
-                "mixr_calls_total",
-                "Calls served, by API, method and result code.",
-            ),
+            Opts::new("mixr_calls_total", "Calls served, by API, method and result code."),
             &["api", "method", "code"],
         )
         .expect("valid metric");
         let call_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "mixr_call_duration_seconds",
-                "Time to serve a call, by API and method.",
-            )
-            .buckets(vec![
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
-            ]),
+            HistogramOpts::new("mixr_call_duration_seconds", "Time to serve a call, by API and method.")
+                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]),
             &["api", "method"],
         )
         .expect("valid metric");
-        let report_entries = IntCounterVec::new(
-            Opts::new(
-                "mixr_report_entries_total",
-                "Report entries received, by API.",
-            ),
-            &["api"],
-        )
-        .expect("valid metric");
+        let report_entries =
+            IntCounterVec::new(Opts::new("mixr_report_entries_total", "Report entries received, by API."), &["api"])
+                .expect("valid metric");
         let expression_errors = IntCounterVec::new(
             Opts::new(
                 "mixr_expression_errors_total",
@@ -64,20 +51,33 @@ impl Metrics {
         )
         .expect("valid metric");
         let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "mixr_config_reloads_total",
-                "Config loads, by result (ok, failed).",
-            ),
+            Opts::new("mixr_config_reloads_total", "Config loads, by result (ok, failed)."),
             &["result"],
         )
         .expect("valid metric");
-        let config_generation = IntGauge::new(
-            "mixr_config_generation",
-            "Generation of the active config (1 is the first).",
+        let config_generation =
+            IntGauge::new("mixr_config_generation", "Generation of the active config (1 is the first).")
+                .expect("valid metric");
+        let quota_unconfigured = IntCounterVec::new(
+            Opts::new(
+                "mixr_quota_unconfigured_total",
+                "Quota names requested that no rule selects (granted in full), by quota.",
+            ),
+            &["quota"],
+        )
+        .expect("valid metric");
+        let quota_allocations = IntCounterVec::new(
+            Opts::new(
+                "mixr_quota_allocations_total",
+                "Quota allocations by handler and result (granted, denied, error).",
+            ),
+            &["handler", "result"],
         )
         .expect("valid metric");
         for c in [
-            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(quota_unconfigured.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(quota_allocations.clone()),
+            Box::new(calls.clone()),
             Box::new(call_seconds.clone()),
             Box::new(report_entries.clone()),
             Box::new(expression_errors.clone()),
@@ -96,6 +96,8 @@ impl Metrics {
             instance_errors,
             config_reloads,
             config_generation,
+            quota_unconfigured,
+            quota_allocations,
         }
     }
 
@@ -127,22 +129,13 @@ pub struct MethodMetrics {
 impl MethodMetrics {
     pub fn new(metrics: &Metrics, api: &str, method: &str) -> MethodMetrics {
         MethodMetrics {
-            by_code: (0..=16)
-                .map(|c| {
-                    metrics
-                        .calls
-                        .with_label_values(&[api, method, code_name(c)])
-                })
-                .collect(),
+            by_code: (0..=16).map(|c| metrics.calls.with_label_values(&[api, method, code_name(c)])).collect(),
             seconds: metrics.call_seconds.with_label_values(&[api, method]),
         }
     }
 
     pub fn observe(&self, code: i32, started: std::time::Instant) {
-        let i = usize::try_from(code)
-            .ok()
-            .filter(|i| *i < self.by_code.len())
-            .unwrap_or(2);
+        let i = usize::try_from(code).ok().filter(|i| *i < self.by_code.len()).unwrap_or(2);
         self.by_code[i].inc();
         self.seconds.observe(started.elapsed().as_secs_f64());
     }

@@ -65,24 +65,12 @@ impl Monitor {
             "/readyz" => {
                 let rt = self.store.current();
                 if rt.generation > 0 {
-                    reply(
-                        StatusCode::OK,
-                        "text/plain",
-                        format!("ready, config generation {}\n", rt.generation),
-                    )
+                    reply(StatusCode::OK, "text/plain", format!("ready, config generation {}\n", rt.generation))
                 } else {
-                    reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "no config loaded\n".into(),
-                    )
+                    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no config loaded\n".into())
                 }
             }
-            "/metrics" => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
+            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
             "/debug/config" => {
                 let rt = self.store.current();
                 let body = serde_json::to_string_pretty(&config_summary(&rt)).unwrap_or_default();
@@ -112,10 +100,7 @@ impl Monitor {
                     let resp = this.route(&req);
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(sock), svc)
-                    .await
-                {
+                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(sock), svc).await {
                     tracing::debug!(error = %e, "monitoring connection ended");
                 }
             });

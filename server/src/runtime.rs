@@ -125,6 +125,11 @@ impl ConfigStore {
         self.current.load()
     }
 
+    /// The active runtime as an owned handle, for calls that wait (quota adapters).
+    pub fn current_full(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
     }
@@ -137,13 +142,10 @@ impl ConfigStore {
         if !force && fp == previous.fingerprint {
             return ReloadOutcome::Unchanged;
         }
-        let compiled = compile_config(&self.paths, &self.default_namespace, &self.registry)
-            .and_then(|snapshot| {
-                let handlers =
-                    self.registry
-                        .build_handlers(&snapshot, Some(&previous.handlers), &self.ctx)?;
-                Ok((snapshot, handlers))
-            });
+        let compiled = compile_config(&self.paths, &self.default_namespace, &self.registry).and_then(|snapshot| {
+            let handlers = self.registry.build_handlers(&snapshot, Some(&previous.handlers), &self.ctx)?;
+            Ok((snapshot, handlers))
+        });
         match compiled {
             Ok((snapshot, handlers)) => {
                 let generation = previous.generation + 1;
@@ -170,14 +172,8 @@ impl ConfigStore {
                 for e in &errors {
                     tracing::error!(error = %e, "config rejected");
                 }
-                tracing::warn!(
-                    generation = previous.generation,
-                    "keeping the last good config"
-                );
-                self.metrics
-                    .config_reloads
-                    .with_label_values(&["failed"])
-                    .inc();
+                tracing::warn!(generation = previous.generation, "keeping the last good config");
+                self.metrics.config_reloads.with_label_values(&["failed"]).inc();
                 ReloadOutcome::Rejected { errors }
             }
         }

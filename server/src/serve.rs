@@ -13,8 +13,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::grpc::InFlight;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use mixr_proto::istio::mixer::v1::mixer_server::MixerServer;
+
+use crate::grpc::envoy_authz::AuthzService;
+use crate::grpc::envoy_rls::RlsService;
 use crate::grpc::mixer::MixerService;
+use crate::grpc::{InFlight, Shared};
 use crate::metrics::Metrics;
 use crate::monitor::Monitor;
 use crate::runtime::ConfigStore;
@@ -30,6 +36,8 @@ pub struct ServeOptions {
     pub watch: bool,
     /// How long shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    /// Add `X-RateLimit-*` headers to rate-limit service answers.
+    pub rate_limit_headers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +45,7 @@ pub enum ServeError {
     #[error("config is invalid:\n{}", .0.join("\n"))]
     Config(Vec<String>),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
@@ -61,52 +66,53 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .map_err(ServeError::Config)?,
     );
 
-    let grpc = TcpListener::bind(opts.grpc_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: opts.grpc_addr,
-            source,
-        })?;
+    let grpc =
+        TcpListener::bind(opts.grpc_addr).await.map_err(|source| ServeError::Bind { addr: opts.grpc_addr, source })?;
     let monitoring = TcpListener::bind(opts.monitoring_addr)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: opts.monitoring_addr,
-            source,
-        })?;
+        .map_err(|source| ServeError::Bind { addr: opts.monitoring_addr, source })?;
     let grpc_addr = grpc.local_addr()?;
     let monitoring_addr = monitoring.local_addr()?;
     tracing::info!(%grpc_addr, %monitoring_addr, "mixr listening");
     if let Some(path) = &opts.addr_file {
         let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            format!("grpc={grpc_addr}\nmonitoring={monitoring_addr}\n"),
-        )?;
+        std::fs::write(&tmp, format!("grpc={grpc_addr}\nmonitoring={monitoring_addr}\n"))?;
         std::fs::rename(&tmp, path)?;
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let _watcher = if opts.watch {
-        start_watching(store.clone())
-    } else {
-        None
-    };
+    let _watcher = if opts.watch { start_watching(store.clone()) } else { None };
     tokio::spawn(reload_on_sighup(store.clone()));
-    tokio::spawn(
-        Monitor {
-            store: store.clone(),
-            metrics: metrics.clone(),
-        }
-        .serve(monitoring, shutdown_rx.clone()),
-    );
+    tokio::spawn(Monitor { store: store.clone(), metrics: metrics.clone() }.serve(monitoring, shutdown_rx.clone()));
 
     let in_flight = InFlight::default();
-    let mixer = MixerService::new(store.clone(), metrics.clone(), in_flight.clone()).into_server();
+    let shared = Shared {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        in_flight: in_flight.clone(),
+        unconfigured: Default::default(),
+    };
+    let mixer = MixerService::new(shared.clone()).into_server();
+    let authz = AuthzService::new(shared.clone()).into_server();
+    let rls = RlsService::new(shared.clone(), opts.rate_limit_headers).into_server();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<MixerServer<MixerService>>().await;
+    health.set_serving::<AuthorizationServer<AuthzService>>().await;
+    health.set_serving::<RateLimitServiceServer<RlsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mixr_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
     let mut grpc_shutdown = shutdown_rx.clone();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(mixer)
+            .add_service(authz)
+            .add_service(rls)
+            .add_service(health_service)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 let _ = grpc_shutdown.changed().await;
             }),
@@ -141,10 +147,7 @@ async fn drain(
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                in_flight = in_flight.count(),
-                "shutdown grace period over; abandoning calls"
-            );
+            tracing::warn!(in_flight = in_flight.count(), "shutdown grace period over; abandoning calls");
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -153,10 +156,7 @@ async fn drain(
 
 async fn wait_for_termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;
@@ -181,18 +181,17 @@ async fn reload_on_sighup(store: Arc<ConfigStore>) {
 /// Watches the config paths; bursts of events (an editor's save) become one reload.
 fn start_watching(store: Arc<ConfigStore>) -> Option<notify::RecommendedWatcher> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher =
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.send(());
-            }
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch config files; reload with SIGHUP");
-                return None;
-            }
-        };
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch config files; reload with SIGHUP");
+            return None;
+        }
+    };
     for path in store.paths() {
         // Watch a file's directory: editors replace files by renaming over them.
         let (target, mode) = if path.is_dir() {
@@ -200,13 +199,7 @@ fn start_watching(store: Arc<ConfigStore>) -> Option<notify::RecommendedWatcher>
         } else {
             (
                 path.parent()
-                    .map(|p| {
-                        if p.as_os_str().is_empty() {
-                            PathBuf::from(".")
-                        } else {
-                            p.to_path_buf()
-                        }
-                    })
+                    .map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() })
                     .unwrap_or_else(|| PathBuf::from(".")),
                 RecursiveMode::NonRecursive,
             )

@@ -49,17 +49,14 @@ impl Mixr {
         let addr_file = dir.path().join("addrs");
         let log = dir.path().join("mixr.log");
         let mut cmd = Command::new(binary("mixr"));
-        cmd.arg("serve")
-            .arg("--grpc-addr=127.0.0.1:0")
-            .arg("--monitoring-addr=127.0.0.1:0");
+        cmd.arg("serve").arg("--grpc-addr=127.0.0.1:0").arg("--monitoring-addr=127.0.0.1:0");
         cmd.arg("--addr-file").arg(&addr_file);
         for c in config {
             cmd.arg("--config").arg(c);
         }
         cmd.args(extra);
         cmd.env("RUST_LOG", "info");
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
         let mut child = cmd.spawn().expect("start mixr");
         let deadline = Instant::now() + Duration::from_secs(20);
         let text = loop {
@@ -67,15 +64,9 @@ impl Mixr {
                 break t;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "mixr exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                panic!("mixr exited with {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
             }
-            assert!(
-                Instant::now() < deadline,
-                "mixr did not start listening in time"
-            );
+            assert!(Instant::now() < deadline, "mixr did not start listening in time");
             std::thread::sleep(Duration::from_millis(20));
         };
         let field = |k: &str| {
@@ -84,13 +75,7 @@ impl Mixr {
                 .unwrap_or_else(|| panic!("no {k} in {text}"))
                 .to_string()
         };
-        Mixr {
-            grpc: field("grpc"),
-            monitoring: field("monitoring"),
-            child,
-            _dir: dir,
-            log,
-        }
+        Mixr { grpc: field("grpc"), monitoring: field("monitoring"), child, _dir: dir, log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -98,17 +83,11 @@ impl Mixr {
     }
 
     pub async fn client(&self) -> MixerClient<Channel> {
-        MixerClient::connect(format!("http://{}", self.grpc))
-            .await
-            .expect("connect to mixr")
+        MixerClient::connect(format!("http://{}", self.grpc)).await.expect("connect to mixr")
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
         assert!(ok.success());
     }
 
@@ -131,9 +110,7 @@ impl Mixr {
 
     /// GET on the monitoring port.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("http://{}{path}", self.monitoring))
-            .await
-            .expect("monitoring GET");
+        let resp = reqwest::get(format!("http://{}{path}", self.monitoring)).await.expect("monitoring GET");
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap_or_default())
     }
@@ -166,11 +143,7 @@ pub fn check_request(attrs: &[(&str, Value<'_>)]) -> CheckRequest {
 
 /// The precondition's (code, message).
 pub fn precondition(resp: &CheckResponse) -> (i32, String) {
-    let s = resp
-        .precondition
-        .as_ref()
-        .and_then(|p| p.status.clone())
-        .unwrap_or_default();
+    let s = resp.precondition.as_ref().and_then(|p| p.status.clone()).unwrap_or_default();
     (s.code, s.message)
 }
 

@@ -68,10 +68,7 @@ spec:
 
 fn map(pairs: &[(&str, &str)]) -> Value<'static> {
     Value::StringMap(MapVal::from(StringMap::new(
-        pairs
-            .iter()
-            .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
-            .collect(),
+        pairs.iter().map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string()))).collect(),
     )))
 }
 
@@ -98,18 +95,12 @@ async fn check_denies_and_allows_with_exact_messages() {
     let denied = client
         .check(check_request(&[
             ("destination.labels", map(&[("app", "ratings")])),
-            (
-                "source.labels",
-                map(&[("app", "reviews"), ("version", "v3")]),
-            ),
+            ("source.labels", map(&[("app", "reviews"), ("version", "v3")])),
         ]))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        precondition(&denied),
-        (7, "denyv3.istio-system:Not allowed".to_string())
-    );
+    assert_eq!(precondition(&denied), (7, "denyv3.istio-system:Not allowed".to_string()));
     let p = denied.precondition.as_ref().unwrap();
     assert_eq!(p.valid_duration.unwrap().seconds, 7);
     assert_eq!(p.valid_use_count, 50);
@@ -125,26 +116,14 @@ async fn check_denies_and_allows_with_exact_messages() {
     assert_eq!(precondition(&allowed), (0, String::new()));
     // No check ran: Mixer's default validity.
     let p = allowed.precondition.as_ref().unwrap();
-    assert_eq!(
-        (p.valid_duration.unwrap().seconds, p.valid_use_count),
-        (60, 10000)
-    );
+    assert_eq!((p.valid_duration.unwrap().seconds, p.valid_use_count), (60, 10000));
 
     let outsider = client
-        .check(check_request(&[
-            ("destination.labels", map(&[("app", "details")])),
-            ("source.ip", ip("192.168.0.1")),
-        ]))
+        .check(check_request(&[("destination.labels", map(&[("app", "details")])), ("source.ip", ip("192.168.0.1"))]))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        precondition(&outsider),
-        (
-            7,
-            "nets.istio-system:192.168.0.1 is not whitelisted".to_string()
-        )
-    );
+    assert_eq!(precondition(&outsider), (7, "nets.istio-system:192.168.0.1 is not whitelisted".to_string()));
 
     let insider = client
         .check(check_request(&[
@@ -156,52 +135,18 @@ async fn check_denies_and_allows_with_exact_messages() {
         .unwrap()
         .into_inner();
     assert_eq!(precondition(&insider).0, 0);
-    let ops = &insider
-        .precondition
-        .as_ref()
-        .unwrap()
-        .route_directive
-        .as_ref()
-        .unwrap()
-        .request_header_operations;
-    let got: Vec<(&str, &str)> = ops
-        .iter()
-        .map(|o| (o.name.as_str(), o.value.as_str()))
-        .collect();
+    let ops = &insider.precondition.as_ref().unwrap().route_directive.as_ref().unwrap().request_header_operations;
+    let got: Vec<(&str, &str)> = ops.iter().map(|o| (o.name.as_str(), o.value.as_str())).collect();
     assert_eq!(got, vec![("x-checked", "yes"), ("x-user", "jason")]);
 
     // Referenced attributes: what the answer depended on, so a proxy can cache it.
-    let refs = decode_referenced(
-        insider
-            .precondition
-            .as_ref()
-            .unwrap()
-            .referenced_attributes
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap();
+    let refs =
+        decode_referenced(insider.precondition.as_ref().unwrap().referenced_attributes.as_ref().unwrap()).unwrap();
     let names: Vec<String> = refs
         .iter()
-        .map(|r| {
-            format!(
-                "{}{}",
-                r.name,
-                r.map_key
-                    .as_ref()
-                    .map(|k| format!("[{k}]"))
-                    .unwrap_or_default()
-            )
-        })
+        .map(|r| format!("{}{}", r.name, r.map_key.as_ref().map(|k| format!("[{k}]")).unwrap_or_default()))
         .collect();
-    assert_eq!(
-        names,
-        vec![
-            "destination.labels[app]",
-            "request.headers[end-user]",
-            "source.ip"
-        ]
-    );
+    assert_eq!(names, vec!["destination.labels[app]", "request.headers[end-user]", "source.ip"]);
     mixr.terminate();
 }
 
@@ -221,22 +166,12 @@ async fn bad_input_gets_clear_errors() {
     };
     let err = client.check(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(
-        err.message().contains("word index -5 is out of range"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("word index -5 is out of range"), "{}", err.message());
 
-    let req = mixr_proto::istio::mixer::v1::CheckRequest {
-        global_word_count: 500,
-        ..Default::default()
-    };
+    let req = mixr_proto::istio::mixer::v1::CheckRequest { global_word_count: 500, ..Default::default() };
     let err = client.check(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal);
-    assert!(
-        err.message()
-            .contains("inconsistent global dictionary versions")
-    );
+    assert!(err.message().contains("inconsistent global dictionary versions"));
 
     let mut attrs = CompressedAttributes::default();
     attrs.bytes.insert(0, vec![1, 2, 3]);
@@ -247,10 +182,7 @@ async fn bad_input_gets_clear_errors() {
     };
     let err = client.check(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(
-        err.message()
-            .contains("source.ip: an IP address must be 4 or 16 bytes")
-    );
+    assert!(err.message().contains("source.ip: an IP address must be 4 or 16 bytes"));
 
     // The server is still healthy afterwards.
     let ok = client.check(check_request(&[])).await.unwrap().into_inner();
@@ -264,10 +196,7 @@ async fn short_global_dictionary_moves_names_into_reply_words() {
     let path = write_policy(dir.path(), POLICY);
     let mixr = Mixr::start(&[&path], &[]);
     let mut client = mixr.client().await;
-    let mut req = check_request(&[
-        ("destination.labels", map(&[("app", "details")])),
-        ("source.ip", ip("10.0.0.1")),
-    ]);
+    let mut req = check_request(&[("destination.labels", map(&[("app", "details")])), ("source.ip", ip("10.0.0.1"))]);
     // A caller built against an older, shorter dictionary: encode every name locally.
     let mut enc_words = Vec::new();
     let mut ca = CompressedAttributes::default();
@@ -285,17 +214,10 @@ async fn short_global_dictionary_moves_names_into_reply_words() {
     let resp = client.check(req).await.unwrap().into_inner();
     let refs = resp.precondition.unwrap().referenced_attributes.unwrap();
     for m in &refs.attribute_matches {
-        assert!(
-            m.name < 1,
-            "name index {} is beyond the caller's dictionary",
-            m.name
-        );
+        assert!(m.name < 1, "name index {} is beyond the caller's dictionary", m.name);
     }
     let decoded = decode_referenced(&refs).unwrap();
-    let source_ip = decoded
-        .iter()
-        .find(|r| r.name == "source.ip")
-        .expect("source.ip referenced");
+    let source_ip = decoded.iter().find(|r| r.name == "source.ip").expect("source.ip referenced");
     assert_eq!(source_ip.condition, mixr_rules::bag::Condition::Exact);
     assert!(refs.words.contains(&"destination.labels".to_string()));
     assert!(refs.words.contains(&"app".to_string()));
@@ -310,10 +232,8 @@ async fn report_accepts_batches() {
     let mut enc = Encoder::new();
     let entries: Vec<CompressedAttributes> = (0..10)
         .map(|i| {
-            let attrs = [
-                ("request.path", Value::String(format!("/p{i}").into())),
-                ("response.code", Value::Int64(200)),
-            ];
+            let attrs =
+                [("request.path", Value::String(format!("/p{i}").into())), ("response.code", Value::Int64(200))];
             enc.encode(attrs.iter().map(|(n, v)| (*n, v)))
         })
         .collect();
@@ -324,20 +244,12 @@ async fn report_accepts_batches() {
         repeated_attributes_semantics: RepeatedAttributesSemantics::IndependentEncoding as i32,
     };
     client.report(req).await.unwrap();
-    assert_eq!(
-        mixr.metric("mixr_report_entries_total{api=\"mixer\"}")
-            .await,
-        Some(10.0)
-    );
+    assert_eq!(mixr.metric("mixr_report_entries_total{api=\"mixer\"}").await, Some(10.0));
 
     let mut bad = CompressedAttributes::default();
     bad.int64s.insert(-99, 1);
     let err = client
-        .report(ReportRequest {
-            attributes: vec![bad],
-            global_word_count: 222,
-            ..Default::default()
-        })
+        .report(ReportRequest { attributes: vec![bad], global_word_count: 222, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -364,49 +276,23 @@ async fn hot_reload_changes_answers_and_invalid_config_keeps_the_last_good_one()
     assert_eq!(answer(&mixr).await.0, 7);
 
     // Edit: the denier now answers UNAUTHENTICATED with another message.
-    write_policy(
-        dir.path(),
-        &POLICY.replace(
-            "{code: 7, message: Not allowed}",
-            "{code: 16, message: Log in first}",
-        ),
-    );
-    let changed = eventually(Duration::from_secs(10), || async {
-        answer(&mixr).await.0 == 16
-    })
-    .await;
-    assert!(
-        changed,
-        "reload did not change the answer; logs:\n{}",
-        mixr.logs()
-    );
+    write_policy(dir.path(), &POLICY.replace("{code: 7, message: Not allowed}", "{code: 16, message: Log in first}"));
+    let changed = eventually(Duration::from_secs(10), || async { answer(&mixr).await.0 == 16 }).await;
+    assert!(changed, "reload did not change the answer; logs:\n{}", mixr.logs());
     assert_eq!(answer(&mixr).await.1, "denyv3.istio-system:Log in first");
     assert_eq!(mixr.metric("mixr_config_generation").await, Some(2.0));
 
     // An invalid edit: rejected, counted, and the last good config keeps answering.
-    write_policy(
-        dir.path(),
-        &POLICY.replace("compiledAdapter: denier", "compiledAdapter: nosuch"),
-    );
+    write_policy(dir.path(), &POLICY.replace("compiledAdapter: denier", "compiledAdapter: nosuch"));
     let rejected = eventually(Duration::from_secs(10), || async {
-        mixr.metric("mixr_config_reloads_total{result=\"failed\"}")
-            .await
-            == Some(1.0)
+        mixr.metric("mixr_config_reloads_total{result=\"failed\"}").await == Some(1.0)
     })
     .await;
-    assert!(
-        rejected,
-        "invalid reload not counted; logs:\n{}",
-        mixr.logs()
-    );
-    assert_eq!(
-        answer(&mixr).await,
-        (16, "denyv3.istio-system:Log in first".to_string())
-    );
+    assert!(rejected, "invalid reload not counted; logs:\n{}", mixr.logs());
+    assert_eq!(answer(&mixr).await, (16, "denyv3.istio-system:Log in first".to_string()));
     assert_eq!(mixr.metric("mixr_config_generation").await, Some(2.0));
     assert!(
-        mixr.logs().contains("unknown adapter \\\"nosuch\\\"")
-            || mixr.logs().contains("unknown adapter \"nosuch\"")
+        mixr.logs().contains("unknown adapter \\\"nosuch\\\"") || mixr.logs().contains("unknown adapter \"nosuch\"")
     );
     let (status, body) = mixr.http_get("/readyz").await;
     assert_eq!((status, body.trim()), (200, "ready, config generation 2"));
@@ -422,12 +308,7 @@ async fn hot_reload_changes_answers_and_invalid_config_keeps_the_last_good_one()
             .join("---")
             .as_str(),
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            answer(&mixr).await.0 == 0
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(10), || async { answer(&mixr).await.0 == 0 }).await);
     assert_eq!(mixr.terminate().code(), Some(0));
 }
 
@@ -439,18 +320,9 @@ async fn sighup_reloads_when_watching_is_off() {
     assert_eq!(answer(&mixr).await.0, 7);
     write_policy(dir.path(), &POLICY.replace("code: 7,", "code: 9,"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        answer(&mixr).await.0,
-        7,
-        "without watching, nothing changes until SIGHUP"
-    );
+    assert_eq!(answer(&mixr).await.0, 7, "without watching, nothing changes until SIGHUP");
     mixr.signal("HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            answer(&mixr).await.0 == 9
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(10), || async { answer(&mixr).await.0 == 9 }).await);
     let (_, summary) = mixr.http_get("/debug/config").await;
     assert!(summary.contains("\"generation\": 2"), "{summary}");
     assert!(summary.contains("denyv3.rule.istio-system"), "{summary}");
@@ -459,24 +331,13 @@ async fn sighup_reloads_when_watching_is_off() {
 #[tokio::test]
 async fn invalid_initial_config_fails_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_policy(
-        dir.path(),
-        "apiVersion: v1\nkind: rule\nmetadata: {name: r}\nspec: {match: 'nope =='}\n",
-    );
+    let path = write_policy(dir.path(), "apiVersion: v1\nkind: rule\nmetadata: {name: r}\nspec: {match: 'nope =='}\n");
     let out = std::process::Command::new(mixr_e2e::binary("mixr"))
-        .args([
-            "serve",
-            "--grpc-addr=127.0.0.1:0",
-            "--monitoring-addr=127.0.0.1:0",
-            "--config",
-        ])
+        .args(["serve", "--grpc-addr=127.0.0.1:0", "--monitoring-addr=127.0.0.1:0", "--config"])
         .arg(&path)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("document 1 (rule r): spec.match"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("document 1 (rule r): spec.match"), "{stderr}");
 }

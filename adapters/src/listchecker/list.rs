@@ -82,10 +82,7 @@ pub fn parse_cidr(entry: &str) -> Result<IpNet, String> {
     if let Ok(net) = entry.parse::<IpNet>() {
         return Ok(net.trunc());
     }
-    entry
-        .parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("{entry:?} is not an IP address or CIDR"))
+    entry.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("{entry:?} is not an IP address or CIDR"))
 }
 
 impl List {
@@ -94,23 +91,14 @@ impl List {
         let mut bad = Vec::new();
         let compiled = match entry_type {
             EntryType::Strings => Entries::Strings(entries.iter().cloned().collect()),
-            EntryType::CaseInsensitiveStrings => {
-                Entries::Strings(entries.iter().map(|e| e.to_lowercase()).collect())
-            }
+            EntryType::CaseInsensitiveStrings => Entries::Strings(entries.iter().map(|e| e.to_lowercase()).collect()),
             EntryType::IpAddresses => {
                 let (mut v4, mut v6) = (Vec::new(), Vec::new());
                 for e in entries {
                     match parse_cidr(e) {
-                        Ok(IpNet::V4(n)) => {
-                            v4.push((u32::from(n.network()), u32::from(n.broadcast())))
-                        }
-                        Ok(IpNet::V6(n)) => {
-                            v6.push((u128::from(n.network()), u128::from(n.broadcast())))
-                        }
-                        Err(reason) => bad.push(BadEntry {
-                            entry: e.clone(),
-                            reason,
-                        }),
+                        Ok(IpNet::V4(n)) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+                        Ok(IpNet::V6(n)) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+                        Err(reason) => bad.push(BadEntry { entry: e.clone(), reason }),
                     }
                 }
                 Entries::Ips(IpRanges {
@@ -125,25 +113,16 @@ impl List {
                     let anchored = format!("^(?:{e})$");
                     match regex::Regex::new(&anchored) {
                         Ok(_) => good.push(anchored),
-                        Err(err) => bad.push(BadEntry {
-                            entry: e.clone(),
-                            reason: err.to_string(),
-                        }),
+                        Err(err) => bad.push(BadEntry { entry: e.clone(), reason: err.to_string() }),
                     }
                 }
                 let set = if good.is_empty() {
                     None
                 } else {
-                    match regex::RegexSetBuilder::new(&good)
-                        .size_limit(256 << 20)
-                        .build()
-                    {
+                    match regex::RegexSetBuilder::new(&good).size_limit(256 << 20).build() {
                         Ok(s) => Some(s),
                         Err(err) => {
-                            bad.push(BadEntry {
-                                entry: "(all regexes)".into(),
-                                reason: err.to_string(),
-                            });
+                            bad.push(BadEntry { entry: "(all regexes)".into(), reason: err.to_string() });
                             None
                         }
                     }
@@ -152,14 +131,7 @@ impl List {
             }
         };
         let len = entries.len() - bad.len();
-        (
-            List {
-                entry_type,
-                entries: compiled,
-                len,
-            },
-            bad,
-        )
+        (List { entry_type, entries: compiled, len }, bad)
     }
 
     pub fn len(&self) -> usize {
@@ -181,9 +153,7 @@ impl List {
                 }
             }
             Entries::Ips(ranges) => {
-                let ip = value
-                    .as_ip()
-                    .or_else(|| value.as_str().and_then(|s| s.parse().ok()));
+                let ip = value.as_ip().or_else(|| value.as_str().and_then(|s| s.parse().ok()));
                 match ip.map(|ip| ip.to_canonical()) {
                     Some(IpAddr::V4(v4)) => in_ranges(&ranges.v4, u32::from(v4)),
                     Some(IpAddr::V6(v6)) => in_ranges(&ranges.v6, u128::from(v6)),
@@ -223,13 +193,7 @@ mod tests {
     fn ip_addresses_cidrs_v4_and_v6() {
         let l = list(
             EntryType::IpAddresses,
-            &[
-                "10.0.0.0/8",
-                "192.168.1.7",
-                "2001:db8::/32",
-                "172.16.0.0/31",
-                "172.16.0.2/31",
-            ],
+            &["10.0.0.0/8", "192.168.1.7", "2001:db8::/32", "172.16.0.0/31", "172.16.0.2/31"],
         );
         let ip = |t: &str| Value::Bytes(mixr_rules::value::ip_to_bytes(t.parse().unwrap()).into());
         assert!(l.contains(&ip("10.255.1.2")));
@@ -237,10 +201,7 @@ mod tests {
         assert!(!l.contains(&ip("192.168.1.8")));
         assert!(l.contains(&ip("2001:db8::1")));
         assert!(!l.contains(&ip("2001:db9::1")));
-        assert!(
-            l.contains(&ip("::ffff:10.0.0.1")),
-            "v4-mapped addresses are v4"
-        );
+        assert!(l.contains(&ip("::ffff:10.0.0.1")), "v4-mapped addresses are v4");
         assert!(l.contains(&ip("172.16.0.3")), "adjacent ranges merge");
         assert!(l.contains(&s("10.1.1.1")), "IPs given as strings work");
         assert!(!l.contains(&s("not-an-ip")));
@@ -263,9 +224,8 @@ mod tests {
         let (l, _) = List::build(EntryType::Strings, &entries);
         assert_eq!(l.len(), 100_000);
         assert!(l.contains(&s("user-99999")) && !l.contains(&s("user-100000")));
-        let ips: Vec<String> = (0..100_000u32)
-            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i * 4).to_string())
-            .collect();
+        let ips: Vec<String> =
+            (0..100_000u32).map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i * 4).to_string()).collect();
         let (l, _) = List::build(EntryType::IpAddresses, &ips);
         assert!(l.contains(&s("10.0.0.4")) && !l.contains(&s("10.0.0.5")));
     }

@@ -52,40 +52,21 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
     let o = doc.params().obj()?;
     let provider_url = o.get("providerUrl", |p| {
         let url = p.text()?;
-        if ["http://", "https://", "file://"]
-            .iter()
-            .any(|s| url.starts_with(s))
-        {
+        if ["http://", "https://", "file://"].iter().any(|s| url.starts_with(s)) {
             Ok(url)
         } else {
-            Err(p.error(format!(
-                "{url:?} must start with http://, https:// or file://"
-            )))
+            Err(p.error(format!("{url:?} must start with http://, https:// or file://")))
         }
     })?;
-    let refresh_interval = o
-        .get("refreshInterval", params::duration)?
-        .unwrap_or(Duration::from_secs(60));
+    let refresh_interval = o.get("refreshInterval", params::duration)?.unwrap_or(Duration::from_secs(60));
     if refresh_interval < Duration::from_secs(1) {
-        return Err(ConfigError::new(
-            &doc.loc,
-            o.child_path("refreshInterval"),
-            "must be at least 1s",
-        ));
+        return Err(ConfigError::new(&doc.loc, o.child_path("refreshInterval"), "must be at least 1s"));
     }
-    let ttl = o
-        .get("ttl", params::duration)?
-        .unwrap_or(Duration::from_secs(300));
+    let ttl = o.get("ttl", params::duration)?.unwrap_or(Duration::from_secs(300));
     if ttl < refresh_interval {
-        return Err(ConfigError::new(
-            &doc.loc,
-            o.child_path("ttl"),
-            "must be at least refreshInterval",
-        ));
+        return Err(ConfigError::new(&doc.loc, o.child_path("ttl"), "must be at least refreshInterval"));
     }
-    let caching_interval = o
-        .get("cachingInterval", params::duration)?
-        .unwrap_or(Duration::from_secs(300));
+    let caching_interval = o.get("cachingInterval", params::duration)?.unwrap_or(Duration::from_secs(300));
     let caching_use_count = o.get("cachingUseCount", params::count)?.unwrap_or(10000);
     let entry_type = o
         .get("entryType", |p| {
@@ -166,10 +147,7 @@ impl ListChecker {
                     tracing::warn!(url = provider.url(), entry = %b.entry, reason = %b.reason, "skipping list entry");
                 }
                 let n = list.len();
-                self.fetched.store(Some(Arc::new(Fetched {
-                    list,
-                    at: self.clock.now(),
-                })));
+                self.fetched.store(Some(Arc::new(Fetched { list, at: self.clock.now() })));
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(url = provider.url(), entries = n, "list provider recovered");
                 }
@@ -216,9 +194,7 @@ impl ListChecker {
         }
         let guard = self.fetched.load();
         match guard.as_ref() {
-            Some(f) if self.clock.now().saturating_duration_since(f.at) <= self.params.ttl => {
-                Ok(Some(guard))
-            }
+            Some(f) if self.clock.now().saturating_duration_since(f.at) <= self.params.ttl => Ok(Some(guard)),
             _ => Err(()),
         }
     }
@@ -236,10 +212,7 @@ impl ListChecker {
 impl CheckHandler for ListChecker {
     fn check(&self, instance: &InstanceValues) -> CheckResult {
         let Some(value) = instance.field("value") else {
-            return self.result(Status::new(
-                code::INVALID_ARGUMENT,
-                "listentry instance has no value",
-            ));
+            return self.result(Status::new(code::INVALID_ARGUMENT, "listentry instance has no value"));
         };
         let mut found = self.overrides.contains(value);
         if !found {
@@ -247,10 +220,7 @@ impl CheckHandler for ListChecker {
                 Ok(Some(guard)) => found = guard.as_ref().is_some_and(|f| f.list.contains(value)),
                 Ok(None) => {}
                 Err(()) => {
-                    let mut r = self.result(Status::new(
-                        code::UNAVAILABLE,
-                        "list provider data is not available",
-                    ));
+                    let mut r = self.result(Status::new(code::UNAVAILABLE, "list provider data is not available"));
                     r.valid_duration = r.valid_duration.min(self.params.refresh_interval);
                     return r;
                 }
@@ -259,10 +229,7 @@ impl CheckHandler for ListChecker {
         let text = value.to_text();
         let status = match (self.params.blacklist, found) {
             (true, true) => Status::new(code::PERMISSION_DENIED, format!("{text} is blacklisted")),
-            (false, false) => Status::new(
-                code::PERMISSION_DENIED,
-                format!("{text} is not whitelisted"),
-            ),
+            (false, false) => Status::new(code::PERMISSION_DENIED, format!("{text} is not whitelisted")),
             _ => Status::ok(),
         };
         self.result(status)
@@ -272,11 +239,7 @@ impl CheckHandler for ListChecker {
 fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
     let checker = Arc::new(ListChecker::new(parse(doc)?, ctx.clock.clone()));
     checker.start_polling();
-    Ok(Handler {
-        check: Some(checker),
-        quota: None,
-        report: None,
-    })
+    Ok(Handler { check: Some(checker), quota: None, report: None })
 }
 
 #[cfg(test)]

@@ -9,10 +9,7 @@ pub enum FetchError {
     #[error("{url}: HTTP status {status}")]
     Status { url: String, status: u16 },
     #[error("{path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
 }
 
 #[derive(Debug, Clone)]
@@ -23,14 +20,8 @@ pub struct Provider {
 
 impl Provider {
     pub fn new(url: &str, timeout: Duration) -> Provider {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Provider {
-            url: url.to_string(),
-            client,
-        }
+        let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_else(|_| reqwest::Client::new());
+        Provider { url: url.to_string(), client }
     }
 
     pub fn url(&self) -> &str {
@@ -41,21 +32,12 @@ impl Provider {
         let body = if let Some(path) = self.url.strip_prefix("file://") {
             tokio::fs::read_to_string(path)
                 .await
-                .map_err(|source| FetchError::File {
-                    path: path.to_string(),
-                    source,
-                })?
+                .map_err(|source| FetchError::File { path: path.to_string(), source })?
         } else {
-            let http = |source| FetchError::Http {
-                url: self.url.clone(),
-                source,
-            };
+            let http = |source| FetchError::Http { url: self.url.clone(), source };
             let resp = self.client.get(&self.url).send().await.map_err(http)?;
             if !resp.status().is_success() {
-                return Err(FetchError::Status {
-                    url: self.url.clone(),
-                    status: resp.status().as_u16(),
-                });
+                return Err(FetchError::Status { url: self.url.clone(), status: resp.status().as_u16() });
             }
             resp.text().await.map_err(http)?
         };
@@ -81,11 +63,7 @@ pub fn parse_entries(body: &str) -> Vec<String> {
             return lists;
         }
     }
-    body.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect()
+    body.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
 }
 
 #[cfg(test)]
@@ -95,9 +73,6 @@ mod tests {
     #[test]
     fn plain_and_yaml_lists() {
         assert_eq!(parse_entries("a\n\n# c\n b \n"), vec!["a", "b"]);
-        assert_eq!(
-            parse_entries("whitelist:\n- 10.0.0.0/8\n- 1.2.3.4\n"),
-            vec!["10.0.0.0/8", "1.2.3.4"]
-        );
+        assert_eq!(parse_entries("whitelist:\n- 10.0.0.0/8\n- 1.2.3.4\n"), vec!["10.0.0.0/8", "1.2.3.4"]);
     }
 }

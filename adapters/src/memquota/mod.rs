@@ -57,7 +57,12 @@ fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
 }
 
 impl QuotaHandler for MemQuota {
-    fn alloc<'a>(&'a self, instance: &'a InstanceValues, instance_name: &'a str, args: QuotaArgs) -> BoxFuture<'a, QuotaResult> {
+    fn alloc<'a>(
+        &'a self,
+        instance: &'a InstanceValues,
+        instance_name: &'a str,
+        args: QuotaArgs,
+    ) -> BoxFuture<'a, QuotaResult> {
         Box::pin(std::future::ready(self.allocate(instance, instance_name, &args)))
     }
 }

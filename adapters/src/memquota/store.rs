@@ -17,7 +17,10 @@ use crate::variety::{QuotaArgs, QuotaLimit, QuotaResult, Status, code};
 const SHARDS: usize = 64;
 
 enum Counter {
-    Rolling { window: Window, ticks: Ticks },
+    Rolling {
+        window: Window,
+        ticks: Ticks,
+    },
     /// validDuration 0: a plain allocation counter.
     Allocation(i64),
 }
@@ -84,7 +87,10 @@ impl MemQuota {
 
     pub fn allocate(&self, instance: &InstanceValues, instance_name: &str, args: &QuotaArgs) -> QuotaResult {
         let Some(q) = self.params.quotas.iter().find(|q| q.configures(instance_name)) else {
-            return QuotaResult::failed(Status::new(code::INTERNAL, format!("memquota: no quota configured for {instance_name}")));
+            return QuotaResult::failed(Status::new(
+                code::INTERNAL,
+                format!("memquota: no quota configured for {instance_name}"),
+            ));
         };
         let dims = dimensions(instance);
         let limit = q.limit_for(&dims);
@@ -113,7 +119,13 @@ impl MemQuota {
                 -released
             } else {
                 let available = (limit.max_amount - *used).max(0);
-                let g = if args.amount <= available { args.amount } else if args.best_effort { available } else { 0 };
+                let g = if args.amount <= available {
+                    args.amount
+                } else if args.best_effort {
+                    available
+                } else {
+                    0
+                };
                 *used += g;
                 g
             };
@@ -129,11 +141,17 @@ impl MemQuota {
                 }),
             }
         } else if args.amount < 0 {
-            QuotaResult::failed(Status::new(code::INVALID_ARGUMENT, "negative amounts release only allocation quotas (validDuration 0)"))
+            QuotaResult::failed(Status::new(
+                code::INVALID_ARGUMENT,
+                "negative amounts release only allocation quotas (validDuration 0)",
+            ))
         } else {
             let ticks = Ticks::for_window(limit.window);
             let tick = ticks.tick_of(now.saturating_duration_since(self.epoch));
-            let counter = shard.counters.entry(key.into_boxed_str()).or_insert_with(|| Counter::Rolling { window: Window::default(), ticks });
+            let counter = shard
+                .counters
+                .entry(key.into_boxed_str())
+                .or_insert_with(|| Counter::Rolling { window: Window::default(), ticks });
             if !matches!(counter, Counter::Rolling { .. }) {
                 *counter = Counter::Rolling { window: Window::default(), ticks };
             }
@@ -187,7 +205,8 @@ impl MemQuota {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let weak: Weak<MemQuota> = Arc::downgrade(self);
         let shortest = self.params.quotas.iter().map(|q| q.valid_duration).filter(|d| !d.is_zero()).min();
-        let interval = shortest.unwrap_or(Duration::from_secs(60)).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let interval =
+            shortest.unwrap_or(Duration::from_secs(60)).clamp(Duration::from_secs(1), Duration::from_secs(60));
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;

@@ -40,7 +40,8 @@ async fn concurrent_grants_never_exceed_the_limit_in_any_window() {
     let total: i64 = series.iter().map(|s| s.1).sum();
     assert!(total >= 40, "{total}");
     for (i, &(start, _)) in series.iter().enumerate() {
-        let in_window: i64 = series[i..].iter().take_while(|(t, _)| *t < start + Duration::from_secs(1)).map(|s| s.1).sum();
+        let in_window: i64 =
+            series[i..].iter().take_while(|(t, _)| *t < start + Duration::from_secs(1)).map(|s| s.1).sum();
         assert!(in_window <= 10, "{in_window} granted in the window starting at {start:?}");
     }
 }
@@ -74,10 +75,21 @@ async fn dedup_is_remembered_for_one_to_two_intervals() {
 #[tokio::test]
 async fn unconfigured_instance_is_an_error_not_a_grant() {
     let q = memquota(PER_SECOND_10, Arc::new(ManualClock::default()));
-    let r = q.alloc(&dims(&[]), "other.instance.istio-system", QuotaArgs { dedup_id: String::new(), amount: 1, best_effort: false }).await;
+    let r = q
+        .alloc(
+            &dims(&[]),
+            "other.instance.istio-system",
+            QuotaArgs { dedup_id: String::new(), amount: 1, best_effort: false },
+        )
+        .await;
     assert_eq!(r.granted, 0);
     assert_eq!(r.status.code, crate::variety::code::INTERNAL);
-    assert!(q.alloc(&dims(&[]), INSTANCE, QuotaArgs { dedup_id: String::new(), amount: 1, best_effort: false }).await.status.is_ok());
+    assert!(
+        q.alloc(&dims(&[]), INSTANCE, QuotaArgs { dedup_id: String::new(), amount: 1, best_effort: false })
+            .await
+            .status
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -119,7 +131,9 @@ fn idle_counters_expire_and_a_million_keys_fit_the_budget() {
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -133,8 +147,14 @@ fn param_errors() {
         assert!(errors.is_empty());
         parse(&set.handlers[0]).unwrap_err().to_string()
     };
-    assert!(err("    quotas:\n    - name: a\n      maxAmount: 0\n").ends_with("spec.params.quotas[0].maxAmount: must be greater than 0"));
-    assert!(err("    quotas:\n    - name: a\n      maxAmount: 1\n    - name: a\n      maxAmount: 2\n").contains("configured twice"));
+    assert!(
+        err("    quotas:\n    - name: a\n      maxAmount: 0\n")
+            .ends_with("spec.params.quotas[0].maxAmount: must be greater than 0")
+    );
+    assert!(
+        err("    quotas:\n    - name: a\n      maxAmount: 1\n    - name: a\n      maxAmount: 2\n")
+            .contains("configured twice")
+    );
     assert!(err("    quotas:\n    - name: a\n      maxAmount: 1\n      overrides:\n      - dimensions: {}\n        maxAmount: 1\n").contains("must not be empty"));
     assert!(err("    {}\n").contains("spec.params.quotas: required field is missing"));
 }

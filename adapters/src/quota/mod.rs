@@ -62,10 +62,7 @@ impl QuotaConfig {
     /// The first override whose dimensions all equal the instance's, else the defaults.
     pub fn limit_for(&self, dims: &[(String, String)]) -> Limit {
         for (i, o) in self.overrides.iter().enumerate() {
-            let all = o
-                .dimensions
-                .iter()
-                .all(|(k, v)| dims.iter().any(|(dk, dv)| dk == k && dv == v));
+            let all = o.dimensions.iter().all(|(k, v)| dims.iter().any(|(dk, dv)| dk == k && dv == v));
             if all {
                 return Limit {
                     max_amount: o.max_amount,
@@ -80,7 +77,8 @@ impl QuotaConfig {
 
 /// An instance's dimensions as text, sorted by name.
 pub fn dimensions(instance: &InstanceValues) -> Vec<(String, String)> {
-    let mut dims: Vec<(String, String)> = instance.map("dimensions").iter().map(|(k, v)| (k.clone(), v.to_text())).collect();
+    let mut dims: Vec<(String, String)> =
+        instance.map("dimensions").iter().map(|(k, v)| (k.clone(), v.to_text())).collect();
     dims.sort();
     dims
 }
@@ -116,7 +114,11 @@ pub fn parse_quotas(doc: &HandlerDoc, o: &Obj<'_>, dialect: Dialect) -> Result<V
             let q = Param::new(&item, &doc.loc, &path).obj()?;
             let name = q.require("name", |p| p.text())?;
             if out.iter().any(|o| o.name == name) {
-                return Err(ConfigError::new(&doc.loc, q.child_path("name"), format!("quota {name:?} is configured twice")));
+                return Err(ConfigError::new(
+                    &doc.loc,
+                    q.child_path("name"),
+                    format!("quota {name:?} is configured twice"),
+                ));
             }
             let max_amount = q.require("maxAmount", positive)?;
             let valid_duration = q.get("validDuration", params::duration)?.unwrap_or(Duration::ZERO);
@@ -153,15 +155,14 @@ pub fn parse_quotas(doc: &HandlerDoc, o: &Obj<'_>, dialect: Dialect) -> Result<V
                     let mut out = Vec::new();
                     for (item, path) in p.list()? {
                         let ov = Param::new(&item, &doc.loc, &path).obj()?;
-                        let mut dimensions = ov
-                            .require("dimensions", |p| {
-                                let mut dims = Vec::new();
-                                for (k, v) in p.entries()? {
-                                    let path = format!("{}.{k}", p.path());
-                                    dims.push((k, Param::new(v, &doc.loc, &path).text()?));
-                                }
-                                Ok(dims)
-                            })?;
+                        let mut dimensions = ov.require("dimensions", |p| {
+                            let mut dims = Vec::new();
+                            for (k, v) in p.entries()? {
+                                let path = format!("{}.{k}", p.path());
+                                dims.push((k, Param::new(v, &doc.loc, &path).text()?));
+                            }
+                            Ok(dims)
+                        })?;
                         if dimensions.is_empty() {
                             return Err(ConfigError::new(&doc.loc, ov.child_path("dimensions"), "must not be empty"));
                         }

@@ -30,7 +30,11 @@ pub fn dims(extra: &[(&str, &str)]) -> InstanceValues {
     let run = format!(
         "{}-{}",
         std::process::id(),
-        RUN.fetch_add(1, Ordering::Relaxed) + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        RUN.fetch_add(1, Ordering::Relaxed)
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
     );
     let mut m: Vec<(String, Value<'static>)> = vec![("run".into(), Value::String(run.into()))];
     for (k, v) in extra {

@@ -26,7 +26,8 @@ impl ServerAddress {
         }
         for (prefix, scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
             if let Some(rest) = text.strip_prefix(prefix) {
-                let nodes: Vec<String> = rest.split(',').filter(|n| !n.is_empty()).map(|n| format!("{scheme}{n}")).collect();
+                let nodes: Vec<String> =
+                    rest.split(',').filter(|n| !n.is_empty()).map(|n| format!("{scheme}{n}")).collect();
                 if nodes.is_empty() {
                     return Err(format!("{text:?} names no cluster nodes"));
                 }

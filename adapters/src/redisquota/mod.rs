@@ -107,10 +107,16 @@ impl RedisQuota {
 
     async fn allocate(&self, instance: &InstanceValues, instance_name: &str, args: QuotaArgs) -> QuotaResult {
         let Some(q) = self.params.quotas.iter().find(|q| q.configures(instance_name)) else {
-            return QuotaResult::failed(Status::new(code::INTERNAL, format!("redisquota: no quota configured for {instance_name}")));
+            return QuotaResult::failed(Status::new(
+                code::INTERNAL,
+                format!("redisquota: no quota configured for {instance_name}"),
+            ));
         };
         if args.amount < 0 {
-            return QuotaResult::failed(Status::new(code::INVALID_ARGUMENT, "redisquota: amounts must not be negative"));
+            return QuotaResult::failed(Status::new(
+                code::INVALID_ARGUMENT,
+                "redisquota: amounts must not be negative",
+            ));
         }
         let dims = quota::dimensions(instance);
         let limit = q.limit_for(&dims);
@@ -162,13 +168,21 @@ impl RedisQuota {
             self.metrics.quota_fail_open.with_label_values(&[self.name.as_str()]).inc();
             QuotaResult { status: Status::ok(), granted: args.amount, valid_duration: Duration::ZERO, limit: None }
         } else {
-            QuotaResult::failed(Status::new(code::UNAVAILABLE, format!("redisquota: redis unavailable ({})", failure.1)))
+            QuotaResult::failed(Status::new(
+                code::UNAVAILABLE,
+                format!("redisquota: redis unavailable ({})", failure.1),
+            ))
         }
     }
 }
 
 impl QuotaHandler for RedisQuota {
-    fn alloc<'a>(&'a self, instance: &'a InstanceValues, instance_name: &'a str, args: QuotaArgs) -> BoxFuture<'a, QuotaResult> {
+    fn alloc<'a>(
+        &'a self,
+        instance: &'a InstanceValues,
+        instance_name: &'a str,
+        args: QuotaArgs,
+    ) -> BoxFuture<'a, QuotaResult> {
         Box::pin(self.allocate(instance, instance_name, args))
     }
 }

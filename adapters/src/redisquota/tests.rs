@@ -17,7 +17,11 @@ pub fn redis_url() -> String {
 
 fn redisquota(params: &str, url: &str) -> Arc<RedisQuota> {
     let p = format!("{params}    redisServerUrl: {url}\n    timeout: 500ms\n");
-    let q = RedisQuota::new("q.istio-system".into(), parse(&handler_doc("redisquota", &p)).unwrap(), &BuildContext::default());
+    let q = RedisQuota::new(
+        "q.istio-system".into(),
+        parse(&handler_doc("redisquota", &p)).unwrap(),
+        &BuildContext::default(),
+    );
     Arc::new(q.unwrap())
 }
 
@@ -88,7 +92,11 @@ async fn fixed_window_resets_at_the_window_end() {
     assert_eq!(r.granted, 3);
     let l = r.limit.unwrap();
     assert_eq!((l.max_amount, l.remaining), (3, 0));
-    assert!(l.reset_after <= Duration::from_secs(1) && l.reset_after > Duration::from_millis(500), "{:?}", l.reset_after);
+    assert!(
+        l.reset_after <= Duration::from_secs(1) && l.reset_after > Duration::from_millis(500),
+        "{:?}",
+        l.reset_after
+    );
     assert_eq!(take(&*q, &d, 1, false, "").await, 0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(take(&*q, &d, 3, false, "").await, 3);
@@ -166,7 +174,10 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn timed(q: &dyn QuotaHandler, d: &mixr_rules::snapshot::InstanceValues) -> (crate::variety::QuotaResult, Duration) {
+async fn timed(
+    q: &dyn QuotaHandler,
+    d: &mixr_rules::snapshot::InstanceValues,
+) -> (crate::variety::QuotaResult, Duration) {
     let start = Instant::now();
     let r = q.alloc(d, INSTANCE, QuotaArgs { dedup_id: String::new(), amount: 1, best_effort: false }).await;
     (r, start.elapsed())
@@ -208,9 +219,18 @@ async fn redis_dies_and_returns() {
 #[test]
 fn param_errors() {
     let err = |p: &str| parse(&handler_doc("redisquota", p)).unwrap_err().to_string();
-    assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s, rateLimitAlgorithm: ROLLING_WINDOW}\n").contains("ROLLING_WINDOW needs 0 < bucketDuration < validDuration"));
+    assert!(
+        err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s, rateLimitAlgorithm: ROLLING_WINDOW}\n")
+            .contains("ROLLING_WINDOW needs 0 < bucketDuration < validDuration")
+    );
     assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s, rateLimitAlgorithm: ROLLING_WINDOW, bucketDuration: 2s}\n").contains("bucketDuration"));
     assert!(err("    quotas:\n    - {name: a, maxAmount: 1}\n").contains("validDuration: must be greater than 0"));
-    assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s}\n    redisServerUrl: 'ftp://x'\n").contains("redisServerUrl"));
-    assert!(err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s}\n    connectionPoolSize: 0\n").contains("between 1 and 1000"));
+    assert!(
+        err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s}\n    redisServerUrl: 'ftp://x'\n")
+            .contains("redisServerUrl")
+    );
+    assert!(
+        err("    quotas:\n    - {name: a, maxAmount: 1, validDuration: 1s}\n    connectionPoolSize: 0\n")
+            .contains("between 1 and 1000")
+    );
 }

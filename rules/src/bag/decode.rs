@@ -12,16 +12,10 @@ use crate::value::{Duration, MapVal, StringMap, Timestamp, Value, ValueType};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BagError {
-    #[error(
-        "inconsistent global dictionary versions used: mixr knows {ours} words, caller knows {caller} words"
-    )]
+    #[error("inconsistent global dictionary versions used: mixr knows {ours} words, caller knows {caller} words")]
     GlobalWordCount { caller: u32, ours: usize },
     #[error("word index {index} is out of range (global words: {global}, message words: {local})")]
-    BadWordIndex {
-        index: i32,
-        global: usize,
-        local: usize,
-    },
+    BadWordIndex { index: i32, global: usize, local: usize },
     #[error("attribute {name}: an IP address must be 4 or 16 bytes, got {len}")]
     BadIpLength { name: String, len: usize },
     #[error("attribute {name}: timestamp {detail}")]
@@ -45,21 +39,14 @@ impl<'a> Words<'a> {
             let slot = (-(index as i64) - 1) as usize;
             self.local.get(slot).map(String::as_str)
         };
-        word.ok_or(BagError::BadWordIndex {
-            index,
-            global: self.global.len(),
-            local: self.local.len(),
-        })
+        word.ok_or(BagError::BadWordIndex { index, global: self.global.len(), local: self.local.len() })
     }
 }
 
 fn check_global_word_count(global_word_count: u32) -> Result<(), BagError> {
     let ours = dictionary::words().len();
     if global_word_count as usize > ours {
-        return Err(BagError::GlobalWordCount {
-            caller: global_word_count,
-            ours,
-        });
+        return Err(BagError::GlobalWordCount { caller: global_word_count, ours });
     }
     Ok(())
 }
@@ -71,10 +58,7 @@ pub fn decode_compressed<'a>(
     manifest: &Manifest,
 ) -> Result<Bag<'a>, BagError> {
     check_global_word_count(global_word_count)?;
-    let words = Words {
-        global: dictionary::words(),
-        local: &attrs.words,
-    };
+    let words = Words { global: dictionary::words(), local: &attrs.words };
     decode_with(attrs, &words, manifest)
 }
 
@@ -90,15 +74,8 @@ pub fn decode_report<'a>(
     check_global_word_count(global_word_count)?;
     let mut bags: Vec<Bag<'a>> = Vec::with_capacity(entries.len());
     for entry in entries {
-        let local = if entry.words.is_empty() {
-            default_words
-        } else {
-            &entry.words
-        };
-        let words = Words {
-            global: dictionary::words(),
-            local,
-        };
+        let local = if entry.words.is_empty() { default_words } else { &entry.words };
+        let words = Words { global: dictionary::words(), local };
         let bag = decode_with(entry, &words, manifest)?;
         let bag = match (delta_encoding, bags.last()) {
             (true, Some(previous)) => {
@@ -113,11 +90,7 @@ pub fn decode_report<'a>(
     Ok(bags)
 }
 
-fn decode_with<'a>(
-    ca: &'a CompressedAttributes,
-    words: &Words<'a>,
-    manifest: &Manifest,
-) -> Result<Bag<'a>, BagError> {
+fn decode_with<'a>(ca: &'a CompressedAttributes, words: &Words<'a>, manifest: &Manifest) -> Result<Bag<'a>, BagError> {
     let count = ca.strings.len()
         + ca.int64s.len()
         + ca.doubles.len()
@@ -158,20 +131,14 @@ fn decode_with<'a>(
         for (&mk, &mv) in &m.entries {
             entries.push((Cow::Borrowed(words.get(mk)?), Cow::Borrowed(words.get(mv)?)));
         }
-        attrs.push((
-            name,
-            Value::StringMap(MapVal::from(StringMap::new(entries))),
-        ));
+        attrs.push((name, Value::StringMap(MapVal::from(StringMap::new(entries)))));
     }
     Ok(Bag::from_pairs(attrs))
 }
 
 fn check_ip(name: &str, bytes: &[u8], manifest: &Manifest) -> Result<(), BagError> {
     if manifest.type_of(name) == Some(ValueType::IpAddress) && !matches!(bytes.len(), 4 | 16) {
-        return Err(BagError::BadIpLength {
-            name: name.to_string(),
-            len: bytes.len(),
-        });
+        return Err(BagError::BadIpLength { name: name.to_string(), len: bytes.len() });
     }
     Ok(())
 }
@@ -183,10 +150,7 @@ fn timestamp(name: &str, t: &prost_types::Timestamp) -> Result<Timestamp, BagErr
             detail: format!("nanos {} out of range", t.nanos),
         });
     }
-    Ok(Timestamp {
-        seconds: t.seconds,
-        nanos: t.nanos,
-    })
+    Ok(Timestamp { seconds: t.seconds, nanos: t.nanos })
 }
 
 fn duration(name: &str, d: &prost_types::Duration) -> Result<Duration, BagError> {
@@ -196,17 +160,11 @@ fn duration(name: &str, d: &prost_types::Duration) -> Result<Duration, BagError>
             detail: format!("duration nanos {} out of range", d.nanos),
         });
     }
-    Ok(Duration {
-        seconds: d.seconds,
-        nanos: d.nanos,
-    })
+    Ok(Duration { seconds: d.seconds, nanos: d.nanos })
 }
 
 /// Decodes the uncompressed form (proxy config, the `x-istio-attributes` header).
-pub fn decode_uncompressed<'a>(
-    attrs: &'a Attributes,
-    manifest: &Manifest,
-) -> Result<Bag<'a>, BagError> {
+pub fn decode_uncompressed<'a>(attrs: &'a Attributes, manifest: &Manifest) -> Result<Bag<'a>, BagError> {
     let mut pairs = Vec::with_capacity(attrs.attributes.len());
     for (name, value) in &attrs.attributes {
         let Some(v) = &value.value else { continue };
@@ -221,14 +179,9 @@ pub fn decode_uncompressed<'a>(
             }
             attribute_value::Value::TimestampValue(t) => Value::Timestamp(timestamp(name, t)?),
             attribute_value::Value::DurationValue(d) => Value::Duration(duration(name, d)?),
-            attribute_value::Value::StringMapValue(m) => {
-                Value::StringMap(MapVal::from(StringMap::new(
-                    m.entries
-                        .iter()
-                        .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
-                        .collect(),
-                )))
-            }
+            attribute_value::Value::StringMapValue(m) => Value::StringMap(MapVal::from(StringMap::new(
+                m.entries.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))).collect(),
+            ))),
         };
         pairs.push((name.as_str(), v));
     }
@@ -251,12 +204,7 @@ mod tests {
     #[test]
     fn decodes_global_and_local_words_of_every_type() {
         let mut ca = CompressedAttributes {
-            words: vec![
-                "my.attr".into(),
-                "hello".into(),
-                "x-custom".into(),
-                "my.ratio".into(),
-            ],
+            words: vec!["my.attr".into(), "hello".into(), "x-custom".into(), "my.ratio".into()],
             ..Default::default()
         };
         ca.strings.insert(idx("request.method"), idx("GET"));
@@ -264,20 +212,8 @@ mod tests {
         ca.int64s.insert(idx("request.size"), 42);
         ca.doubles.insert(-4, 0.25);
         ca.bools.insert(idx("connection.mtls"), true);
-        ca.timestamps.insert(
-            idx("request.time"),
-            prost_types::Timestamp {
-                seconds: 10,
-                nanos: 5,
-            },
-        );
-        ca.durations.insert(
-            idx("response.duration"),
-            prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            },
-        );
+        ca.timestamps.insert(idx("request.time"), prost_types::Timestamp { seconds: 10, nanos: 5 });
+        ca.durations.insert(idx("response.duration"), prost_types::Duration { seconds: 1, nanos: 0 });
         ca.bytes.insert(idx("source.ip"), vec![10, 0, 0, 1]);
         let mut hm = WireMap::default();
         hm.entries.insert(-3, -2);
@@ -285,25 +221,13 @@ mod tests {
         ca.string_maps.insert(idx("request.headers"), hm);
 
         let bag = decode_compressed(&ca, 222, &manifest()).unwrap();
-        assert_eq!(
-            bag.get("request.method"),
-            Some(&Value::String("GET".into()))
-        );
+        assert_eq!(bag.get("request.method"), Some(&Value::String("GET".into())));
         assert_eq!(bag.get("my.attr"), Some(&Value::String("hello".into())));
         assert_eq!(bag.get("request.size"), Some(&Value::Int64(42)));
         assert_eq!(bag.get("my.ratio"), Some(&Value::Double(0.25)));
         assert_eq!(bag.get("connection.mtls"), Some(&Value::Bool(true)));
-        assert_eq!(
-            bag.get("request.time"),
-            Some(&Value::Timestamp(Timestamp {
-                seconds: 10,
-                nanos: 5
-            }))
-        );
-        assert_eq!(
-            bag.get("source.ip").and_then(Value::as_ip),
-            Some("10.0.0.1".parse().unwrap())
-        );
+        assert_eq!(bag.get("request.time"), Some(&Value::Timestamp(Timestamp { seconds: 10, nanos: 5 })));
+        assert_eq!(bag.get("source.ip").and_then(Value::as_ip), Some("10.0.0.1".parse().unwrap()));
         match bag.get("request.headers") {
             Some(Value::StringMap(m)) => {
                 assert_eq!(m.get("x-custom"), Some("hello"));
@@ -320,10 +244,7 @@ mod tests {
             let mut ca = CompressedAttributes::default();
             ca.strings.insert(bad, idx("GET"));
             let err = decode_compressed(&ca, 222, &manifest()).unwrap_err();
-            assert!(
-                matches!(err, BagError::BadWordIndex { index, .. } if index == bad),
-                "{err}"
-            );
+            assert!(matches!(err, BagError::BadWordIndex { index, .. } if index == bad), "{err}");
             let mut ca = CompressedAttributes::default();
             ca.strings.insert(idx("request.method"), bad);
             assert!(decode_compressed(&ca, 222, &manifest()).is_err());
@@ -337,8 +258,7 @@ mod tests {
 
     #[test]
     fn rejects_a_larger_dictionary_than_ours() {
-        let err =
-            decode_compressed(&CompressedAttributes::default(), 223, &manifest()).unwrap_err();
+        let err = decode_compressed(&CompressedAttributes::default(), 223, &manifest()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "inconsistent global dictionary versions used: mixr knows 222 words, caller knows 223 words"
@@ -351,13 +271,7 @@ mod tests {
         let mut ca = CompressedAttributes::default();
         ca.bytes.insert(idx("destination.ip"), vec![1, 2, 3]);
         let err = decode_compressed(&ca, 222, &manifest()).unwrap_err();
-        assert_eq!(
-            err,
-            BagError::BadIpLength {
-                name: "destination.ip".into(),
-                len: 3
-            }
-        );
+        assert_eq!(err, BagError::BadIpLength { name: "destination.ip".into(), len: 3 });
         let mut ca = CompressedAttributes::default();
         ca.bytes.insert(idx("destination.ip"), vec![0; 16]);
         assert!(decode_compressed(&ca, 222, &manifest()).is_ok());
@@ -365,11 +279,7 @@ mod tests {
 
     #[test]
     fn report_default_words_and_delta_encoding() {
-        let defaults = vec![
-            "custom.attr".to_string(),
-            "v1".to_string(),
-            "v2".to_string(),
-        ];
+        let defaults = vec!["custom.attr".to_string(), "v1".to_string(), "v2".to_string()];
         let mut first = CompressedAttributes::default();
         first.strings.insert(-1, -2);
         first.int64s.insert(idx("response.code"), 200);
@@ -378,30 +288,18 @@ mod tests {
         let entries = vec![first, second];
 
         let delta = decode_report(&entries, &defaults, 222, true, &manifest()).unwrap();
-        assert_eq!(
-            delta[1].get("custom.attr"),
-            Some(&Value::String("v2".into()))
-        );
+        assert_eq!(delta[1].get("custom.attr"), Some(&Value::String("v2".into())));
         assert_eq!(delta[1].get("response.code"), Some(&Value::Int64(200)));
 
         let independent = decode_report(&entries, &defaults, 222, false, &manifest()).unwrap();
-        assert_eq!(
-            independent[0].get("custom.attr"),
-            Some(&Value::String("v1".into()))
-        );
+        assert_eq!(independent[0].get("custom.attr"), Some(&Value::String("v1".into())));
         assert_eq!(independent[1].get("response.code"), None);
 
-        let mut own = CompressedAttributes {
-            words: vec!["own".into()],
-            ..Default::default()
-        };
+        let mut own = CompressedAttributes { words: vec!["own".into()], ..Default::default() };
         own.strings.insert(idx("request.method"), -1);
         let entries = vec![own];
         let bags = decode_report(&entries, &defaults, 222, false, &manifest()).unwrap();
-        assert_eq!(
-            bags[0].get("request.method"),
-            Some(&Value::String("own".into()))
-        );
+        assert_eq!(bags[0].get("request.method"), Some(&Value::String("own".into())));
     }
 
     #[test]
@@ -410,9 +308,7 @@ mod tests {
         let mut a = Attributes::default();
         a.attributes.insert(
             "source.namespace".into(),
-            AttributeValue {
-                value: Some(attribute_value::Value::StringValue("ns".into())),
-            },
+            AttributeValue { value: Some(attribute_value::Value::StringValue("ns".into())) },
         );
         a.attributes.insert(
             "source.labels".into(),
@@ -423,12 +319,7 @@ mod tests {
             },
         );
         let bag = decode_uncompressed(&a, &manifest()).unwrap();
-        assert_eq!(
-            bag.get("source.namespace"),
-            Some(&Value::String("ns".into()))
-        );
-        assert!(
-            matches!(bag.get("source.labels"), Some(Value::StringMap(m)) if m.get("app") == Some("web"))
-        );
+        assert_eq!(bag.get("source.namespace"), Some(&Value::String("ns".into())));
+        assert!(matches!(bag.get("source.labels"), Some(Value::StringMap(m)) if m.get("app") == Some("web")));
     }
 }

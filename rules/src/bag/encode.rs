@@ -40,10 +40,7 @@ impl Encoder {
     }
 
     /// Encodes attributes without filling `words`: call [`Encoder::into_words`] for them.
-    pub fn encode<'v>(
-        &mut self,
-        attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>,
-    ) -> CompressedAttributes {
+    pub fn encode<'v>(&mut self, attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>) -> CompressedAttributes {
         let mut ca = CompressedAttributes::default();
         for (name, value) in attrs {
             let k = self.word(name);
@@ -62,22 +59,10 @@ impl Encoder {
                     ca.bools.insert(k, *v);
                 }
                 Value::Timestamp(t) => {
-                    ca.timestamps.insert(
-                        k,
-                        prost_types::Timestamp {
-                            seconds: t.seconds,
-                            nanos: t.nanos,
-                        },
-                    );
+                    ca.timestamps.insert(k, prost_types::Timestamp { seconds: t.seconds, nanos: t.nanos });
                 }
                 Value::Duration(d) => {
-                    ca.durations.insert(
-                        k,
-                        prost_types::Duration {
-                            seconds: d.seconds,
-                            nanos: d.nanos,
-                        },
-                    );
+                    ca.durations.insert(k, prost_types::Duration { seconds: d.seconds, nanos: d.nanos });
                 }
                 Value::Bytes(b) => {
                     ca.bytes.insert(k, b.to_vec());
@@ -96,9 +81,7 @@ impl Encoder {
     }
 
     /// Encodes one standalone message (a Check request's attributes).
-    pub fn encode_message<'v>(
-        attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>,
-    ) -> CompressedAttributes {
+    pub fn encode_message<'v>(attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>) -> CompressedAttributes {
         let mut enc = Encoder::new();
         let mut ca = enc.encode(attrs);
         ca.words = enc.into_words();
@@ -131,12 +114,8 @@ mod tests {
             ("request.headers", headers),
         ];
         let ca = Encoder::encode_message(attrs.iter().map(|(n, v)| (*n, v)));
-        assert_eq!(
-            ca.words,
-            vec!["custom.name", "custom-value", "x-user", "jason"]
-        );
-        let bag =
-            decode_compressed(&ca, Encoder::global_word_count(), &Manifest::builtin()).unwrap();
+        assert_eq!(ca.words, vec!["custom.name", "custom-value", "x-user", "jason"]);
+        let bag = decode_compressed(&ca, Encoder::global_word_count(), &Manifest::builtin()).unwrap();
         for (name, value) in &attrs {
             assert_eq!(bag.get(name), Some(value), "{name}");
         }

@@ -36,10 +36,7 @@ impl<'a> Bag<'a> {
     }
 
     pub fn get(&self, name: &str) -> Option<&Value<'a>> {
-        self.attrs
-            .binary_search_by(|(n, _)| (*n).cmp(name))
-            .ok()
-            .map(|i| &self.attrs[i].1)
+        self.attrs.binary_search_by(|(n, _)| (*n).cmp(name)).ok().map(|i| &self.attrs[i].1)
     }
 
     /// Sets one attribute, replacing any earlier value (Report's delta encoding).

@@ -37,11 +37,7 @@ impl<'a> Referenced<'a> {
         self.entries.push(Reference {
             name: Cow::Borrowed(name),
             map_key: None,
-            condition: if present {
-                Condition::Exact
-            } else {
-                Condition::Absence
-            },
+            condition: if present { Condition::Exact } else { Condition::Absence },
         });
     }
 
@@ -49,11 +45,7 @@ impl<'a> Referenced<'a> {
         self.entries.push(Reference {
             name: Cow::Borrowed(name),
             map_key: Some(key),
-            condition: if present {
-                Condition::Exact
-            } else {
-                Condition::Absence
-            },
+            condition: if present { Condition::Exact } else { Condition::Absence },
         });
     }
 
@@ -107,25 +99,22 @@ impl<'a> Referenced<'a> {
                     i => i,
                 })
                 .unwrap_or(0);
-            out.attribute_matches
-                .push(referenced_attributes::AttributeMatch {
-                    name,
-                    condition: match r.condition {
-                        Condition::Absence => referenced_attributes::Condition::Absence as i32,
-                        Condition::Exact => referenced_attributes::Condition::Exact as i32,
-                    },
-                    regex: String::new(),
-                    map_key,
-                });
+            out.attribute_matches.push(referenced_attributes::AttributeMatch {
+                name,
+                condition: match r.condition {
+                    Condition::Absence => referenced_attributes::Condition::Absence as i32,
+                    Condition::Exact => referenced_attributes::Condition::Exact as i32,
+                },
+                regex: String::new(),
+                map_key,
+            });
         }
         out
     }
 }
 
 /// Decodes a reply's referenced attributes back into names (for clients and tests).
-pub fn decode_referenced(
-    refs: &ReferencedAttributes,
-) -> Result<Vec<Reference<'static>>, super::BagError> {
+pub fn decode_referenced(refs: &ReferencedAttributes) -> Result<Vec<Reference<'static>>, super::BagError> {
     let word = |i: i32| -> Result<String, super::BagError> {
         let global = dictionary::words();
         let w = if i >= 0 {
@@ -133,11 +122,7 @@ pub fn decode_referenced(
         } else {
             refs.words.get((-(i as i64) - 1) as usize).cloned()
         };
-        w.ok_or(super::BagError::BadWordIndex {
-            index: i,
-            global: global.len(),
-            local: refs.words.len(),
-        })
+        w.ok_or(super::BagError::BadWordIndex { index: i, global: global.len(), local: refs.words.len() })
     };
     let mut out = Vec::new();
     for m in &refs.attribute_matches {
@@ -146,16 +131,8 @@ pub fn decode_referenced(
             _ => Condition::Exact,
         };
         // A map key of 0 is "source.ip": never a header name, so it means "no key".
-        let map_key = if m.map_key != 0 {
-            Some(Cow::Owned(word(m.map_key)?))
-        } else {
-            None
-        };
-        out.push(Reference {
-            name: Cow::Owned(word(m.name)?),
-            map_key,
-            condition,
-        });
+        let map_key = if m.map_key != 0 { Some(Cow::Owned(word(m.map_key)?)) } else { None };
+        out.push(Reference { name: Cow::Owned(word(m.name)?), map_key, condition });
     }
     Ok(out)
 }

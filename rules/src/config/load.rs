@@ -23,13 +23,7 @@ pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (ConfigSet, Vec
     let mut set = ConfigSet::default();
     for file in files {
         match std::fs::read_to_string(&file) {
-            Ok(text) => load_into(
-                &mut set,
-                &file.display().to_string(),
-                &text,
-                default_namespace,
-                &mut errors,
-            ),
+            Ok(text) => load_into(&mut set, &file.display().to_string(), &text, default_namespace, &mut errors),
             Err(e) => errors.push(io_error(&file, e)),
         }
     }
@@ -46,12 +40,7 @@ pub fn load_str(file: &str, text: &str, default_namespace: &str) -> (ConfigSet, 
 
 fn io_error(path: &Path, e: std::io::Error) -> ConfigError {
     ConfigError {
-        loc: Loc {
-            file: path.display().to_string().into(),
-            document: 0,
-            kind: String::new(),
-            name: String::new(),
-        },
+        loc: Loc { file: path.display().to_string().into(), document: 0, kind: String::new(), name: String::new() },
         key: "-".into(),
         message: e.to_string(),
     }
@@ -59,11 +48,8 @@ fn io_error(path: &Path, e: std::io::Error) -> ConfigError {
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .map(|e| e.path())
-            .collect();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(path)?.collect::<Result<Vec<_>, _>>()?.into_iter().map(|e| e.path()).collect();
         entries.sort();
         for e in entries {
             let is_yaml = e.extension().is_some_and(|x| x == "yaml" || x == "yml");
@@ -79,21 +65,10 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     }
 }
 
-fn load_into(
-    set: &mut ConfigSet,
-    file: &str,
-    text: &str,
-    default_namespace: &str,
-    errors: &mut Vec<ConfigError>,
-) {
+fn load_into(set: &mut ConfigSet, file: &str, text: &str, default_namespace: &str, errors: &mut Vec<ConfigError>) {
     let file: Arc<str> = file.into();
     for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let mut loc = Loc {
-            file: file.clone(),
-            document: i + 1,
-            kind: String::new(),
-            name: String::new(),
-        };
+        let mut loc = Loc { file: file.clone(), document: i + 1, kind: String::new(), name: String::new() };
         let value = match Yaml::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
@@ -111,12 +86,7 @@ fn load_into(
     }
 }
 
-fn load_document(
-    set: &mut ConfigSet,
-    loc: &mut Loc,
-    value: &Yaml,
-    default_namespace: &str,
-) -> Result<(), ConfigError> {
+fn load_document(set: &mut ConfigSet, loc: &mut Loc, value: &Yaml, default_namespace: &str) -> Result<(), ConfigError> {
     let root = Param::new(value, loc, "").obj()?;
     let kind = root.require("kind", |p| p.text())?;
     let (name, namespace) = root.require("metadata", |p| {
@@ -124,31 +94,17 @@ fn load_document(
         let name = m.require("name", |p| p.text())?;
         let namespace = m.get("namespace", |p| p.text())?;
         // Kubernetes metadata carries more (labels, annotations...); none of it matters here.
-        for k in [
-            "labels",
-            "annotations",
-            "uid",
-            "resourceVersion",
-            "creationTimestamp",
-            "generation",
-        ] {
+        for k in ["labels", "annotations", "uid", "resourceVersion", "creationTimestamp", "generation"] {
             let _ = m.raw(k);
         }
         m.finish()?;
         Ok((name, namespace))
     })?;
     root.require("apiVersion", |p| p.text())?;
-    let spec = root
-        .raw("spec")
-        .map(|(v, _)| v.clone())
-        .unwrap_or(Yaml::Null);
+    let spec = root.raw("spec").map(|(v, _)| v.clone()).unwrap_or(Yaml::Null);
     let _ = root.raw("status");
     root.finish()?;
     let namespace = namespace.unwrap_or_else(|| default_namespace.to_string());
-    let loc = Loc {
-        kind: kind.clone(),
-        name,
-        ..loc.clone()
-    };
+    let loc = Loc { kind: kind.clone(), name, ..loc.clone() };
     set.add_document(&loc, &kind, &namespace, &spec)
 }

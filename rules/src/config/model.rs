@@ -8,24 +8,11 @@ use crate::templates::Template;
 use crate::value::ValueType;
 
 /// Adapters that may appear as a document kind of their own (Istio 1.4's legacy form).
-pub const LEGACY_ADAPTER_KINDS: &[&str] = &[
-    "denier",
-    "listchecker",
-    "memquota",
-    "redisquota",
-    "prometheus",
-    "stdio",
-    "noop",
-];
+pub const LEGACY_ADAPTER_KINDS: &[&str] =
+    &["denier", "listchecker", "memquota", "redisquota", "prometheus", "stdio", "noop"];
 
 /// Kinds the proxy reads; the server skips them so one directory can serve both.
-const PROXY_KINDS: &[&str] = &[
-    "VirtualService",
-    "DestinationRule",
-    "ServiceEntry",
-    "Gateway",
-    "Sidecar",
-];
+const PROXY_KINDS: &[&str] = &["VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar"];
 
 /// A reference to a handler or instance as written in a rule, resolved to its parts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -139,26 +126,16 @@ pub fn parse_ref(text: &str, referring_namespace: &str, kinds: &[&str]) -> Objec
     let parts: Vec<&str> = text.splitn(3, '.').collect();
     let is_kind = |k: &str| kinds.contains(&k);
     match parts.as_slice() {
-        [name, kind, ns] if is_kind(kind) => ObjectRef {
-            name: name.to_string(),
-            kind: Some(kind.to_string()),
-            namespace: ns.to_string(),
-        },
+        [name, kind, ns] if is_kind(kind) => {
+            ObjectRef { name: name.to_string(), kind: Some(kind.to_string()), namespace: ns.to_string() }
+        }
         [name, kind] if is_kind(kind) => ObjectRef {
             name: name.to_string(),
             kind: Some(kind.to_string()),
             namespace: referring_namespace.to_string(),
         },
-        [name, ns] => ObjectRef {
-            name: name.to_string(),
-            kind: None,
-            namespace: ns.to_string(),
-        },
-        _ => ObjectRef {
-            name: text.to_string(),
-            kind: None,
-            namespace: referring_namespace.to_string(),
-        },
+        [name, ns] => ObjectRef { name: name.to_string(), kind: None, namespace: ns.to_string() },
+        _ => ObjectRef { name: text.to_string(), kind: None, namespace: referring_namespace.to_string() },
     }
 }
 
@@ -186,10 +163,8 @@ impl ConfigSet {
                     "out-of-process adapters are not supported; use a compiledAdapter",
                 ));
             }
-            let (params, params_path) = o
-                .raw("params")
-                .map(|(v, p)| (v.clone(), p))
-                .unwrap_or((Yaml::Null, "spec.params".into()));
+            let (params, params_path) =
+                o.raw("params").map(|(v, p)| (v.clone(), p)).unwrap_or((Yaml::Null, "spec.params".into()));
             o.finish()?;
             self.handlers.push(HandlerDoc {
                 loc: loc.clone(),
@@ -218,11 +193,7 @@ impl ConfigSet {
                 None => o.require("template", |p| p.text())?,
             };
             let template = Template::parse(&template_name).ok_or_else(|| {
-                ConfigError::new(
-                    loc,
-                    o.child_path("compiledTemplate"),
-                    format!("unknown template {template_name:?}"),
-                )
+                ConfigError::new(loc, o.child_path("compiledTemplate"), format!("unknown template {template_name:?}"))
             })?;
             if o.raw("attributeBindings").is_some() {
                 return Err(ConfigError::new(
@@ -231,10 +202,8 @@ impl ConfigSet {
                     "attribute-producing templates are not supported",
                 ));
             }
-            let (params, params_path) = o
-                .raw("params")
-                .map(|(v, p)| (v.clone(), p))
-                .unwrap_or((Yaml::Null, "spec.params".into()));
+            let (params, params_path) =
+                o.raw("params").map(|(v, p)| (v.clone(), p)).unwrap_or((Yaml::Null, "spec.params".into()));
             o.finish()?;
             self.instances.push(InstanceDoc {
                 loc: loc.clone(),
@@ -262,19 +231,13 @@ impl ConfigSet {
         } else if kind == "attributemanifest" {
             self.manifests.push(parse_manifest(loc, spec.obj()?)?);
         } else if kind == "QuotaSpec" {
-            self.quota_specs
-                .push(QuotaSpec::parse(loc, namespace, spec)?);
+            self.quota_specs.push(QuotaSpec::parse(loc, namespace, spec)?);
         } else if kind == "QuotaSpecBinding" {
-            self.quota_spec_bindings
-                .push(QuotaSpecBinding::parse(loc, namespace, spec)?);
+            self.quota_spec_bindings.push(QuotaSpecBinding::parse(loc, namespace, spec)?);
         } else if PROXY_KINDS.contains(&kind) {
             // Traffic config for the proxy; not ours.
         } else {
-            return Err(ConfigError::new(
-                loc,
-                "kind",
-                format!("unknown kind {kind:?}"),
-            ));
+            return Err(ConfigError::new(loc, "kind", format!("unknown kind {kind:?}")));
         }
         Ok(())
     }
@@ -283,10 +246,7 @@ impl ConfigSet {
 const HANDLER_KINDS: &[&str] = &["handler"];
 const INSTANCE_KINDS: &[&str] = &["instance"];
 
-fn kinds_with(
-    base: &[&'static str],
-    extra: impl Iterator<Item = &'static str>,
-) -> Vec<&'static str> {
+fn kinds_with(base: &[&'static str], extra: impl Iterator<Item = &'static str>) -> Vec<&'static str> {
     base.iter().copied().chain(extra).collect()
 }
 
@@ -305,10 +265,7 @@ fn parse_rule(loc: &Loc, namespace: &str, o: Obj<'_>) -> Result<RuleDoc, ConfigE
                 a.finish()?;
                 actions.push(ActionDoc {
                     handler: parse_ref(&handler, namespace, &handler_kinds),
-                    instances: instances
-                        .iter()
-                        .map(|i| parse_ref(i, namespace, &instance_kinds))
-                        .collect(),
+                    instances: instances.iter().map(|i| parse_ref(i, namespace, &instance_kinds)).collect(),
                     name,
                     path,
                 });
@@ -316,12 +273,8 @@ fn parse_rule(loc: &Loc, namespace: &str, o: Obj<'_>) -> Result<RuleDoc, ConfigE
             Ok(actions)
         })?
         .unwrap_or_default();
-    let request_header_operations = o
-        .get("requestHeaderOperations", |p| header_ops(loc, p))?
-        .unwrap_or_default();
-    let response_header_operations = o
-        .get("responseHeaderOperations", |p| header_ops(loc, p))?
-        .unwrap_or_default();
+    let request_header_operations = o.get("requestHeaderOperations", |p| header_ops(loc, p))?.unwrap_or_default();
+    let response_header_operations = o.get("responseHeaderOperations", |p| header_ops(loc, p))?.unwrap_or_default();
     // Sampling (report rate limiting) is accepted and ignored: every report is dispatched.
     let _ = o.raw("sampling");
     o.finish()?;
@@ -347,18 +300,11 @@ fn header_ops(loc: &Loc, p: Param<'_>) -> Result<Vec<HeaderOpDoc>, ConfigError> 
                 "REPLACE" => Ok(HeaderOpKind::Replace),
                 "REMOVE" => Ok(HeaderOpKind::Remove),
                 "APPEND" => Ok(HeaderOpKind::Append),
-                other => Err(p.error(format!(
-                    "unknown operation {other:?} (REPLACE, REMOVE or APPEND)"
-                ))),
+                other => Err(p.error(format!("unknown operation {other:?} (REPLACE, REMOVE or APPEND)"))),
             })?
             .unwrap_or(HeaderOpKind::Replace);
         o.finish()?;
-        ops.push(HeaderOpDoc {
-            name,
-            values,
-            operation,
-            path,
-        });
+        ops.push(HeaderOpDoc { name, values, operation, path });
     }
     Ok(ops)
 }
@@ -385,8 +331,5 @@ fn parse_manifest(loc: &Loc, o: Obj<'_>) -> Result<ManifestDoc, ConfigError> {
         })?
         .unwrap_or_default();
     o.finish()?;
-    Ok(ManifestDoc {
-        loc: loc.clone(),
-        attributes,
-    })
+    Ok(ManifestDoc { loc: loc.clone(), attributes })
 }

@@ -55,9 +55,7 @@ fn named_refs(loc: &Loc, p: Param<'_>, default_ns: &str) -> Result<Vec<NamedRef>
     for (item, path) in p.list()? {
         let o = Param::new(&item, loc, &path).obj()?;
         let name = o.require("name", |p| p.text())?;
-        let namespace = o
-            .get("namespace", |p| p.text())?
-            .unwrap_or_else(|| default_ns.to_string());
+        let namespace = o.get("namespace", |p| p.text())?.unwrap_or_else(|| default_ns.to_string());
         let _ = o.raw("service");
         let _ = o.raw("domain");
         o.finish()?;
@@ -67,20 +65,14 @@ fn named_refs(loc: &Loc, p: Param<'_>, default_ns: &str) -> Result<Vec<NamedRef>
 }
 
 impl QuotaSpec {
-    pub(crate) fn parse(
-        loc: &Loc,
-        namespace: &str,
-        spec: Param<'_>,
-    ) -> Result<QuotaSpec, ConfigError> {
+    pub(crate) fn parse(loc: &Loc, namespace: &str, spec: Param<'_>) -> Result<QuotaSpec, ConfigError> {
         let o = spec.obj()?;
         let rules = o
             .get("rules", |p| {
                 let mut rules = Vec::new();
                 for (item, path) in p.list()? {
                     let r = Param::new(&item, loc, &path).obj()?;
-                    let matches = r
-                        .get("match", |p| parse_matches(loc, p))?
-                        .unwrap_or_default();
+                    let matches = r.get("match", |p| parse_matches(loc, p))?.unwrap_or_default();
                     let quotas = r.require("quotas", |p| {
                         let mut out = Vec::new();
                         for (q, qpath) in p.list()? {
@@ -106,11 +98,7 @@ impl QuotaSpec {
             })?
             .unwrap_or_default();
         o.finish()?;
-        Ok(QuotaSpec {
-            name: loc.name.clone(),
-            namespace: namespace.to_string(),
-            rules,
-        })
+        Ok(QuotaSpec { name: loc.name.clone(), namespace: namespace.to_string(), rules })
     }
 }
 
@@ -128,16 +116,11 @@ fn parse_matches(loc: &Loc, p: Param<'_>) -> Result<Vec<AttributeMatch>, ConfigE
                 } else if let Some(s) = c.get("prefix", |p| p.text())? {
                     StringMatch::Prefix(s)
                 } else if let Some(s) = c.get("regex", |p| p.text())? {
-                    regex::Regex::new(&s).map_err(|e| {
-                        ConfigError::new(loc, c.child_path("regex"), format!("invalid regex: {e}"))
-                    })?;
+                    regex::Regex::new(&s)
+                        .map_err(|e| ConfigError::new(loc, c.child_path("regex"), format!("invalid regex: {e}")))?;
                     StringMatch::Regex(s)
                 } else {
-                    return Err(ConfigError::new(
-                        loc,
-                        cpath.clone(),
-                        "needs one of exact, prefix or regex",
-                    ));
+                    return Err(ConfigError::new(loc, cpath.clone(), "needs one of exact, prefix or regex"));
                 };
                 c.finish()?;
                 clause.push((attr, sm));
@@ -151,24 +134,11 @@ fn parse_matches(loc: &Loc, p: Param<'_>) -> Result<Vec<AttributeMatch>, ConfigE
 }
 
 impl QuotaSpecBinding {
-    pub(crate) fn parse(
-        loc: &Loc,
-        namespace: &str,
-        spec: Param<'_>,
-    ) -> Result<QuotaSpecBinding, ConfigError> {
+    pub(crate) fn parse(loc: &Loc, namespace: &str, spec: Param<'_>) -> Result<QuotaSpecBinding, ConfigError> {
         let o = spec.obj()?;
-        let services = o
-            .get("services", |p| named_refs(loc, p, namespace))?
-            .unwrap_or_default();
-        let quota_specs = o
-            .get("quotaSpecs", |p| named_refs(loc, p, namespace))?
-            .unwrap_or_default();
+        let services = o.get("services", |p| named_refs(loc, p, namespace))?.unwrap_or_default();
+        let quota_specs = o.get("quotaSpecs", |p| named_refs(loc, p, namespace))?.unwrap_or_default();
         o.finish()?;
-        Ok(QuotaSpecBinding {
-            name: loc.name.clone(),
-            namespace: namespace.to_string(),
-            services,
-            quota_specs,
-        })
+        Ok(QuotaSpecBinding { name: loc.name.clone(), namespace: namespace.to_string(), services, quota_specs })
     }
 }

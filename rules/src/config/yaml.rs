@@ -41,20 +41,13 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(loc: &Loc, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            loc: loc.clone(),
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError { loc: loc.clone(), key: key.into(), message: message.into() }
     }
 }
 
 /// `maxAmount`, `max_amount` and `MaxAmount` all become `maxamount`.
 pub fn normalize_key(key: &str) -> String {
-    key.chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect()
+    key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
 }
 
 /// One YAML value at a known path.
@@ -129,12 +122,8 @@ impl<'y> Param<'y> {
     /// Integers may be written as numbers or strings (protobuf JSON writes int64 as text).
     pub fn i64(&self) -> Result<i64, ConfigError> {
         match self.value {
-            Yaml::Number(n) => n
-                .as_i64()
-                .ok_or_else(|| self.error(format!("{n} is not an integer"))),
-            Yaml::String(s) => s
-                .parse()
-                .map_err(|_| self.error(format!("{s:?} is not an integer"))),
+            Yaml::Number(n) => n.as_i64().ok_or_else(|| self.error(format!("{n} is not an integer"))),
+            Yaml::String(s) => s.parse().map_err(|_| self.error(format!("{s:?} is not an integer"))),
             _ => Err(self.wrong("an integer")),
         }
     }
@@ -142,9 +131,7 @@ impl<'y> Param<'y> {
     pub fn f64(&self) -> Result<f64, ConfigError> {
         match self.value {
             Yaml::Number(n) => n.as_f64().ok_or_else(|| self.wrong("a number")),
-            Yaml::String(s) => s
-                .parse()
-                .map_err(|_| self.error(format!("{s:?} is not a number"))),
+            Yaml::String(s) => s.parse().map_err(|_| self.error(format!("{s:?} is not a number"))),
             _ => Err(self.wrong("a number")),
         }
     }
@@ -152,11 +139,8 @@ impl<'y> Param<'y> {
     /// A Go-syntax duration (`"5s"`, `"100ms"`); a bare number is seconds.
     pub fn duration(&self) -> Result<Duration, ConfigError> {
         match self.value {
-            Yaml::String(s) => parse_duration(s).ok_or_else(|| {
-                self.error(format!(
-                    "{s:?} is not a duration (like \"5s\" or \"100ms\")"
-                ))
-            }),
+            Yaml::String(s) => parse_duration(s)
+                .ok_or_else(|| self.error(format!("{s:?} is not a duration (like \"5s\" or \"100ms\")"))),
             Yaml::Number(n) => n
                 .as_f64()
                 .map(|secs| Duration::from_nanos((secs * 1e9) as i128))
@@ -168,11 +152,9 @@ impl<'y> Param<'y> {
     /// The entries of a list, with their paths (`key[0]`, `key[1]`...).
     pub fn list(&self) -> Result<Vec<(Yaml, String)>, ConfigError> {
         match self.value {
-            Yaml::Sequence(items) => Ok(items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v.clone(), format!("{}[{i}]", self.path)))
-                .collect()),
+            Yaml::Sequence(items) => {
+                Ok(items.iter().enumerate().map(|(i, v)| (v.clone(), format!("{}[{i}]", self.path))).collect())
+            }
             Yaml::Null => Ok(Vec::new()),
             _ => Err(self.wrong("a list")),
         }
@@ -195,10 +177,7 @@ impl<'y> Param<'y> {
                     Yaml::String(s) => Ok((s.clone(), v)),
                     Yaml::Number(n) => Ok((n.to_string(), v)),
                     Yaml::Bool(b) => Ok((b.to_string(), v)),
-                    other => Err(self.error(format!(
-                        "map keys must be strings, found {}",
-                        type_name(other)
-                    ))),
+                    other => Err(self.error(format!("map keys must be strings, found {}", type_name(other)))),
                 })
                 .collect(),
             Yaml::Null => Ok(Vec::new()),
@@ -208,10 +187,7 @@ impl<'y> Param<'y> {
 
     pub fn obj(&self) -> Result<Obj<'y>, ConfigError> {
         match self.value {
-            Yaml::Mapping(_) | Yaml::Null => Ok(Obj {
-                param: *self,
-                used: RefCell::new(Vec::new()),
-            }),
+            Yaml::Mapping(_) | Yaml::Null => Ok(Obj { param: *self, used: RefCell::new(Vec::new()) }),
             _ => Err(self.wrong("a map")),
         }
     }
@@ -266,13 +242,8 @@ impl<'y> Obj<'y> {
         name: &str,
         f: impl FnOnce(Param<'_>) -> Result<T, ConfigError>,
     ) -> Result<T, ConfigError> {
-        self.get(name, f)?.ok_or_else(|| {
-            ConfigError::new(
-                self.param.loc,
-                self.child_path(name),
-                "required field is missing",
-            )
-        })
+        self.get(name, f)?
+            .ok_or_else(|| ConfigError::new(self.param.loc, self.child_path(name), "required field is missing"))
     }
 
     /// The raw value of a field, for storing and reading later (instance params).
@@ -281,21 +252,14 @@ impl<'y> Obj<'y> {
     }
 
     pub fn child_path(&self, key: &str) -> String {
-        if self.param.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.param.path)
-        }
+        if self.param.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.param.path) }
     }
 
     /// Errors for every key that was never read.
     pub fn finish(self) -> Result<(), ConfigError> {
         let Obj { param, used } = self;
         let used = used.into_inner();
-        let obj = Obj {
-            param,
-            used: RefCell::new(Vec::new()),
-        };
+        let obj = Obj { param, used: RefCell::new(Vec::new()) };
         if let Yaml::Mapping(m) = param.value {
             for k in m.keys() {
                 let name = match k {
@@ -303,11 +267,7 @@ impl<'y> Obj<'y> {
                     other => format!("{other:?}"),
                 };
                 if !used.contains(&normalize_key(&name)) {
-                    return Err(ConfigError::new(
-                        param.loc,
-                        obj.child_path(&name),
-                        "unknown field",
-                    ));
+                    return Err(ConfigError::new(param.loc, obj.child_path(&name), "unknown field"));
                 }
             }
         }
@@ -320,12 +280,7 @@ mod tests {
     use super::*;
 
     fn loc() -> Loc {
-        Loc {
-            file: "f.yaml".into(),
-            document: 1,
-            kind: "handler".into(),
-            name: "h".into(),
-        }
+        Loc { file: "f.yaml".into(), document: 1, kind: "handler".into(), name: "h".into() }
     }
 
     #[test]
@@ -334,13 +289,7 @@ mod tests {
         let l = loc();
         let o = Param::new(&y, &l, "spec").obj().unwrap();
         assert_eq!(o.get("maxAmount", |p| p.i64()).unwrap(), Some(5));
-        assert_eq!(
-            o.get("valid_duration", |p| p.duration())
-                .unwrap()
-                .unwrap()
-                .seconds,
-            2
-        );
+        assert_eq!(o.get("valid_duration", |p| p.duration()).unwrap().unwrap().seconds, 2);
         assert!(o.finish().is_ok());
     }
 
@@ -350,10 +299,7 @@ mod tests {
         let l = loc();
         let o = Param::new(&y, &l, "spec.params").obj().unwrap();
         let e = o.get("maxAmount", |p| p.i64()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "f.yaml: document 1 (handler h): spec.params.maxAmount: \"five\" is not an integer"
-        );
+        assert_eq!(e.to_string(), "f.yaml: document 1 (handler h): spec.params.maxAmount: \"five\" is not an integer");
         let e = o.finish().unwrap_err();
         assert_eq!(e.key, "spec.params.bogus");
         assert_eq!(e.message, "unknown field");

@@ -8,9 +8,7 @@ use super::ExprError;
 use super::functions::{parse_ip, valid_dns_name, valid_email, valid_uri};
 use super::parse::{Ast, BinaryOp, Node, UnaryOp, parse};
 use crate::manifest::Manifest;
-use crate::value::{
-    MapVal, OwnedValue, StringMap, Value, ValueType, parse_duration, parse_timestamp,
-};
+use crate::value::{MapVal, OwnedValue, StringMap, Value, ValueType, parse_duration, parse_timestamp};
 
 /// What the compiler may resolve names against.
 #[derive(Debug, Clone, Copy)]
@@ -115,11 +113,7 @@ impl Program {
     /// A program that always yields `value` (an empty match is `true`).
     pub fn constant(value: OwnedValue, ty: ValueType) -> Program {
         let text = value.to_text();
-        Program {
-            op: Op::Const(value),
-            ty,
-            text,
-        }
+        Program { op: Op::Const(value), ty, text }
     }
 
     /// Whether this program is the constant `true` (an always-matching rule).
@@ -144,20 +138,12 @@ fn collect_equalities(op: &Op, out: &mut Vec<(IndexKey, String)>) {
         }
         Op::Eq(a, b, EqKind::Exact) => {
             let (lhs, rhs) = match (a.as_ref(), b.as_ref()) {
-                (Op::Const(Value::String(s)), other) | (other, Op::Const(Value::String(s))) => {
-                    (other, s)
-                }
+                (Op::Const(Value::String(s)), other) | (other, Op::Const(Value::String(s))) => (other, s),
                 _ => return,
             };
             let key = match lhs {
-                Op::Attr(name) => IndexKey {
-                    attr: name.clone(),
-                    map_key: None,
-                },
-                Op::MapKey { attr, key } => IndexKey {
-                    attr: attr.clone(),
-                    map_key: Some(key.clone()),
-                },
+                Op::Attr(name) => IndexKey { attr: name.clone(), map_key: None },
+                Op::MapKey { attr, key } => IndexKey { attr: attr.clone(), map_key: Some(key.clone()) },
                 _ => return,
             };
             out.push((key, rhs.to_string()));
@@ -167,26 +153,15 @@ fn collect_equalities(op: &Op, out: &mut Vec<(IndexKey, String)>) {
 }
 
 /// Compiles `text`; with `expected`, the result must have that type.
-pub fn compile(
-    text: &str,
-    expected: Option<ValueType>,
-    opts: CompileOptions<'_>,
-) -> Result<Program, ExprError> {
+pub fn compile(text: &str, expected: Option<ValueType>, opts: CompileOptions<'_>) -> Result<Program, ExprError> {
     let ast = parse(text)?;
     let (op, ty) = Compiler { opts }.node(&ast)?;
     if let Some(want) = expected
         && !assignable(ty, want)
     {
-        return Err(ExprError::new(
-            0,
-            format!("expression has type {ty}, expected {want}"),
-        ));
+        return Err(ExprError::new(0, format!("expression has type {ty}, expected {want}")));
     }
-    Ok(Program {
-        op,
-        ty,
-        text: text.to_string(),
-    })
+    Ok(Program { op, ty, text: text.to_string() })
 }
 
 /// A value of type `have` may be used where `want` is expected (typed strings accept
@@ -212,10 +187,7 @@ fn dotted(node: &Node) -> Option<String> {
 impl Compiler<'_> {
     fn node(&self, n: &Node) -> Result<Typed, ExprError> {
         match &n.ast {
-            Ast::Str(s) => Ok((
-                Op::Const(Value::String(s.clone().into())),
-                ValueType::String,
-            )),
+            Ast::Str(s) => Ok((Op::Const(Value::String(s.clone().into())), ValueType::String)),
             Ast::Int(i) => Ok((Op::Const(Value::Int64(*i)), ValueType::Int64)),
             Ast::Double(d) => Ok((Op::Const(Value::Double(*d)), ValueType::Double)),
             Ast::Bool(b) => Ok((Op::Const(Value::Bool(*b)), ValueType::Bool)),
@@ -228,10 +200,7 @@ impl Compiler<'_> {
             }
             Ast::Unary(UnaryOp::Neg, x) => {
                 let (op, ty) = self.node(x)?;
-                if !matches!(
-                    ty,
-                    ValueType::Int64 | ValueType::Double | ValueType::Duration
-                ) {
+                if !matches!(ty, ValueType::Int64 | ValueType::Double | ValueType::Duration) {
                     return Err(ExprError::new(x.pos, format!("cannot negate {ty}")));
                 }
                 Ok((Op::Neg(Box::new(op)), ty))
@@ -241,9 +210,8 @@ impl Compiler<'_> {
                 let c = self.expect(c, ValueType::Bool)?;
                 let (a_op, a_ty) = self.node(a)?;
                 let (b_op, b_ty) = self.node(b)?;
-                let ty = unify(a_ty, b_ty).ok_or_else(|| {
-                    ExprError::new(b.pos, format!("branches have types {a_ty} and {b_ty}"))
-                })?;
+                let ty = unify(a_ty, b_ty)
+                    .ok_or_else(|| ExprError::new(b.pos, format!("branches have types {a_ty} and {b_ty}")))?;
                 Ok((Op::Ternary(Box::new(c), Box::new(a_op), Box::new(b_op)), ty))
             }
         }
@@ -252,10 +220,7 @@ impl Compiler<'_> {
     fn expect(&self, n: &Node, want: ValueType) -> Result<Op, ExprError> {
         let (op, ty) = self.node(n)?;
         if !assignable(ty, want) {
-            return Err(ExprError::new(
-                n.pos,
-                format!("expected {want}, found {ty}"),
-            ));
+            return Err(ExprError::new(n.pos, format!("expected {want}, found {ty}")));
         }
         Ok(op)
     }
@@ -268,10 +233,7 @@ impl Compiler<'_> {
             };
             let (op, ty) = self.node(target)?;
             if ty != ValueType::StringMap {
-                return Err(ExprError::new(
-                    n.pos,
-                    format!("cannot select field {field:?} of {ty}"),
-                ));
+                return Err(ExprError::new(n.pos, format!("cannot select field {field:?} of {ty}")));
             }
             let key = Op::Const(Value::String(field.clone().into()));
             return Ok((Op::Index(Box::new(op), Box::new(key)), ValueType::String));
@@ -281,56 +243,29 @@ impl Compiler<'_> {
             return Ok((Op::Attr(full.into()), ty));
         }
         let parts: Vec<&str> = full.split('.').collect();
-        if parts.len() == 3
-            && parts[1] == "output"
-            && self.opts.actions.iter().any(|a| a == parts[0])
-        {
-            return Ok((
-                Op::Output {
-                    action: parts[0].into(),
-                    field: parts[2].into(),
-                },
-                ValueType::String,
-            ));
+        if parts.len() == 3 && parts[1] == "output" && self.opts.actions.iter().any(|a| a == parts[0]) {
+            return Ok((Op::Output { action: parts[0].into(), field: parts[2].into() }, ValueType::String));
         }
         // CEL field selection on a map attribute: `source.labels.app`.
         if let Some((map, key)) = full.rsplit_once('.')
             && manifest.type_of(map) == Some(ValueType::StringMap)
         {
-            return Ok((
-                Op::MapKey {
-                    attr: map.into(),
-                    key: key.into(),
-                },
-                ValueType::String,
-            ));
+            return Ok((Op::MapKey { attr: map.into(), key: key.into() }, ValueType::String));
         }
-        Err(ExprError::new(
-            n.pos,
-            format!("unknown attribute {full} (declare it in an attributemanifest)"),
-        ))
+        Err(ExprError::new(n.pos, format!("unknown attribute {full} (declare it in an attributemanifest)")))
     }
 
     fn index(&self, target: &Node, key: &Node) -> Result<Typed, ExprError> {
         let (t_op, t_ty) = self.node(target)?;
         if t_ty != ValueType::StringMap {
-            return Err(ExprError::new(
-                target.pos,
-                format!("cannot index a value of type {t_ty}"),
-            ));
+            return Err(ExprError::new(target.pos, format!("cannot index a value of type {t_ty}")));
         }
         let (k_op, k_ty) = self.node(key)?;
         if !k_ty.is_stringy() {
-            return Err(ExprError::new(
-                key.pos,
-                format!("map keys are strings, found {k_ty}"),
-            ));
+            return Err(ExprError::new(key.pos, format!("map keys are strings, found {k_ty}")));
         }
         let op = match (t_op, k_op) {
-            (Op::Attr(attr), Op::Const(Value::String(k))) => Op::MapKey {
-                attr,
-                key: k.as_ref().into(),
-            },
+            (Op::Attr(attr), Op::Const(Value::String(k))) => Op::MapKey { attr, key: k.as_ref().into() },
             (t, k) => Op::Index(Box::new(t), Box::new(k)),
         };
         Ok((op, ValueType::String))
@@ -341,38 +276,24 @@ impl Compiler<'_> {
             BinaryOp::And | BinaryOp::Or => {
                 let x = Box::new(self.expect(a, ValueType::Bool)?);
                 let y = Box::new(self.expect(b, ValueType::Bool)?);
-                let op = if op == BinaryOp::And {
-                    Op::And(x, y)
-                } else {
-                    Op::Or(x, y)
-                };
+                let op = if op == BinaryOp::And { Op::And(x, y) } else { Op::Or(x, y) };
                 Ok((op, ValueType::Bool))
             }
             BinaryOp::Default => {
                 let (x, xt) = self.node(a)?;
                 let (y, yt) = self.node(b)?;
-                let ty = unify(xt, yt).ok_or_else(|| {
-                    ExprError::new(
-                        b.pos,
-                        format!("default of type {yt} for a value of type {xt}"),
-                    )
-                })?;
+                let ty = unify(xt, yt)
+                    .ok_or_else(|| ExprError::new(b.pos, format!("default of type {yt} for a value of type {xt}")))?;
                 Ok((Op::Default(Box::new(x), Box::new(y)), ty))
             }
             BinaryOp::In => {
                 let (k, kt) = self.node(a)?;
                 let (m, mt) = self.node(b)?;
                 if mt != ValueType::StringMap || !kt.is_stringy() {
-                    return Err(ExprError::new(
-                        a.pos,
-                        format!("'in' needs a string and a map, found {kt} and {mt}"),
-                    ));
+                    return Err(ExprError::new(a.pos, format!("'in' needs a string and a map, found {kt} and {mt}")));
                 }
                 let lookup = match (m, k) {
-                    (Op::Attr(attr), Op::Const(Value::String(key))) => Op::MapKey {
-                        attr,
-                        key: key.as_ref().into(),
-                    },
+                    (Op::Attr(attr), Op::Const(Value::String(key))) => Op::MapKey { attr, key: key.as_ref().into() },
                     (m, k) => Op::Index(Box::new(m), Box::new(k)),
                 };
                 Ok((Op::Has(Box::new(lookup)), ValueType::Bool))
@@ -394,17 +315,8 @@ impl Compiler<'_> {
                 let (x, xt) = coerce_literal(x, xt, yt);
                 let (y, yt) = coerce_literal(y, yt, xt);
                 let ok = match (xt, yt) {
-                    (
-                        ValueType::Int64 | ValueType::Double,
-                        ValueType::Int64 | ValueType::Double,
-                    ) => true,
-                    (l, r) => {
-                        l == r
-                            && matches!(
-                                l,
-                                ValueType::String | ValueType::Timestamp | ValueType::Duration
-                            )
-                    }
+                    (ValueType::Int64 | ValueType::Double, ValueType::Int64 | ValueType::Double) => true,
+                    (l, r) => l == r && matches!(l, ValueType::String | ValueType::Timestamp | ValueType::Duration),
                 };
                 if !ok {
                     return Err(ExprError::new(a.pos, format!("cannot order {xt} and {yt}")));
@@ -429,10 +341,7 @@ impl Compiler<'_> {
                     (BinaryOp::Add | BinaryOp::Sub, Timestamp, Duration) => Timestamp,
                     (BinaryOp::Sub, Timestamp, Timestamp) => Duration,
                     _ => {
-                        return Err(ExprError::new(
-                            a.pos,
-                            format!("cannot apply {op:?} to {xt} and {yt}"),
-                        ));
+                        return Err(ExprError::new(a.pos, format!("cannot apply {op:?} to {xt} and {yt}")));
                     }
                 };
                 let arith = match op {
@@ -447,20 +356,11 @@ impl Compiler<'_> {
         }
     }
 
-    fn call(
-        &self,
-        pos: usize,
-        target: Option<&Node>,
-        name: &str,
-        args: &[Node],
-    ) -> Result<Typed, ExprError> {
+    fn call(&self, pos: usize, target: Option<&Node>, name: &str, args: &[Node]) -> Result<Typed, ExprError> {
         use ValueType as T;
         let arity = |n: usize| -> Result<(), ExprError> {
             if args.len() != n {
-                return Err(ExprError::new(
-                    pos,
-                    format!("{name}() takes {n} argument(s), got {}", args.len()),
-                ));
+                return Err(ExprError::new(pos, format!("{name}() takes {n} argument(s), got {}", args.len())));
             }
             Ok(())
         };
@@ -527,28 +427,23 @@ impl Compiler<'_> {
                 };
                 let arg = self.expect(&args[0], T::String)?;
                 if let Op::Const(Value::String(s)) = &arg {
-                    let folded = literal(f, s).ok_or_else(|| {
-                        ExprError::new(args[0].pos, format!("{s:?} is not a valid {name}"))
-                    })?;
+                    let folded = literal(f, s)
+                        .ok_or_else(|| ExprError::new(args[0].pos, format!("{s:?} is not a valid {name}")))?;
                     return Ok((Op::Const(folded), ty));
                 }
                 Ok((Op::Call(f, vec![arg]), ty))
             }
             "emptyStringMap" => {
                 arity(0)?;
-                Ok((
-                    Op::Const(Value::StringMap(MapVal::from(StringMap::default()))),
-                    T::StringMap,
-                ))
+                Ok((Op::Const(Value::StringMap(MapVal::from(StringMap::default()))), T::StringMap))
             }
             "conditional" => {
                 arity(3)?;
                 let c = self.expect(&args[0], T::Bool)?;
                 let (a, at) = self.node(&args[1])?;
                 let (b, bt) = self.node(&args[2])?;
-                let ty = unify(at, bt).ok_or_else(|| {
-                    ExprError::new(args[2].pos, format!("branches have types {at} and {bt}"))
-                })?;
+                let ty = unify(at, bt)
+                    .ok_or_else(|| ExprError::new(args[2].pos, format!("branches have types {at} and {bt}")))?;
                 Ok((Op::Ternary(Box::new(c), Box::new(a), Box::new(b)), ty))
             }
             "toLower" => {
@@ -564,10 +459,7 @@ impl Compiler<'_> {
                 arity(1)?;
                 let (op, _) = self.node(&args[0])?;
                 if !matches!(op, Op::Attr(_) | Op::MapKey { .. } | Op::Index(..)) {
-                    return Err(ExprError::new(
-                        args[0].pos,
-                        "has() needs an attribute or a map entry",
-                    ));
+                    return Err(ExprError::new(args[0].pos, "has() needs an attribute or a map entry"));
                 }
                 Ok((Op::Has(Box::new(op)), T::Bool))
             }
@@ -580,16 +472,9 @@ impl Compiler<'_> {
                 arity(1)?;
                 let (a, at) = self.node(&args[0])?;
                 if !matches!(at, T::Int64 | T::Double | T::String) {
-                    return Err(ExprError::new(
-                        args[0].pos,
-                        format!("cannot convert {at} to {name}"),
-                    ));
+                    return Err(ExprError::new(args[0].pos, format!("cannot convert {at} to {name}")));
                 }
-                let (f, ty) = if name == "int" {
-                    (Func::ToInt, T::Int64)
-                } else {
-                    (Func::ToDouble, T::Double)
-                };
+                let (f, ty) = if name == "int" { (Func::ToInt, T::Int64) } else { (Func::ToDouble, T::Double) };
                 Ok((Op::Call(f, vec![a]), ty))
             }
             _ => Err(ExprError::new(pos, format!("unknown function {name}()"))),
@@ -611,20 +496,13 @@ impl Compiler<'_> {
             (Ast::Str(p), _) => (p, arg),
             (_, Ast::Str(p)) => (p, recv),
             _ => {
-                return Err(ExprError::new(
-                    pos,
-                    "matches() needs a string literal pattern",
-                ));
+                return Err(ExprError::new(pos, "matches() needs a string literal pattern"));
             }
         };
         // Go's regexp.MatchString finds a match anywhere, as does RE2 in CEL.
-        let re = Regex::new(pattern)
-            .map_err(|e| ExprError::new(pos, format!("invalid regex {pattern:?}: {e}")))?;
+        let re = Regex::new(pattern).map_err(|e| ExprError::new(pos, format!("invalid regex {pattern:?}: {e}")))?;
         let subject = self.expect(subject, ValueType::String)?;
-        Ok((
-            Op::Matches(Arc::new(re), Box::new(subject)),
-            ValueType::Bool,
-        ))
+        Ok((Op::Matches(Arc::new(re), Box::new(subject)), ValueType::Bool))
     }
 }
 
@@ -670,9 +548,7 @@ fn equality(x: Op, xt: ValueType, y: Op, yt: ValueType) -> Result<(Op, Op, EqKin
         (T::IpAddress, T::IpAddress) => EqKind::Ip,
         (l, r) if l == r || (l.is_stringy() && r.is_stringy()) => EqKind::Exact,
         (l, r) if l == T::Duration || r == T::Duration => {
-            return Err(format!(
-                "cannot compare {l} with {r} (a duration literal looks like \"10ms\")"
-            ));
+            return Err(format!("cannot compare {l} with {r} (a duration literal looks like \"10ms\")"));
         }
         (l, r) => return Err(format!("cannot compare {l} with {r}")),
     };

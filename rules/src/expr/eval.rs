@@ -32,11 +32,7 @@ struct Ctx<'s, 'o> {
 
 impl Program {
     /// Evaluates against `bag`, recording every attribute looked at in `refs`.
-    pub fn eval<'s>(
-        &'s self,
-        bag: &'s Bag<'s>,
-        refs: &mut Referenced<'s>,
-    ) -> Result<Value<'s>, EvalError> {
+    pub fn eval<'s>(&'s self, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
         eval(&self.op, &Ctx { bag, outputs: None }, refs)
     }
 
@@ -47,22 +43,11 @@ impl Program {
         outputs: &Outputs,
         refs: &mut Referenced<'s>,
     ) -> Result<Value<'s>, EvalError> {
-        eval(
-            &self.op,
-            &Ctx {
-                bag,
-                outputs: Some(outputs),
-            },
-            refs,
-        )
+        eval(&self.op, &Ctx { bag, outputs: Some(outputs) }, refs)
     }
 
     /// Evaluates a boolean program (a rule's match).
-    pub fn eval_bool<'s>(
-        &'s self,
-        bag: &'s Bag<'s>,
-        refs: &mut Referenced<'s>,
-    ) -> Result<bool, EvalError> {
+    pub fn eval_bool<'s>(&'s self, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Result<bool, EvalError> {
         match self.eval(bag, refs)? {
             Value::Bool(b) => Ok(b),
             other => Err(type_error("BOOL", &other)),
@@ -74,11 +59,7 @@ fn type_error(want: &str, got: &Value<'_>) -> EvalError {
     EvalError::Invalid(format!("expected {want}, found {got:?}"))
 }
 
-fn eval<'s>(
-    op: &'s Op,
-    ctx: &Ctx<'s, '_>,
-    refs: &mut Referenced<'s>,
-) -> Result<Value<'s>, EvalError> {
+fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
     match op {
         Op::Const(v) => Ok(v.reborrow()),
         Op::Attr(name) => match ctx.bag.get(name) {
@@ -99,10 +80,7 @@ fn eval<'s>(
                 }
                 None => {
                     refs.map_key(attr, Cow::Borrowed(key), false);
-                    Err(EvalError::AbsentKey {
-                        map: attr.to_string(),
-                        key: key.to_string(),
-                    })
+                    Err(EvalError::AbsentKey { map: attr.to_string(), key: key.to_string() })
                 }
             },
             Some(other) => {
@@ -125,10 +103,7 @@ fn eval<'s>(
                         refs.map_key(attr, Cow::Owned(key.clone()), found.is_some());
                         found
                             .map(|v| Value::String(Cow::Borrowed(v)))
-                            .ok_or(EvalError::AbsentKey {
-                                map: attr.to_string(),
-                                key,
-                            })
+                            .ok_or(EvalError::AbsentKey { map: attr.to_string(), key })
                     }
                     Some(other) => Err(type_error("STRING_MAP", other)),
                     None => {
@@ -140,10 +115,7 @@ fn eval<'s>(
             match eval(map, ctx, refs)? {
                 Value::StringMap(m) => match m.get(&key) {
                     Some(v) => Ok(Value::String(Cow::Owned(v.to_string()))),
-                    None => Err(EvalError::AbsentKey {
-                        map: "map".into(),
-                        key,
-                    }),
+                    None => Err(EvalError::AbsentKey { map: "map".into(), key }),
                 },
                 other => Err(type_error("STRING_MAP", &other)),
             }
@@ -153,10 +125,7 @@ fn eval<'s>(
             .and_then(|o| o.get(action.as_ref()))
             .and_then(|fields| fields.get(field.as_ref()))
             .map(|v| Value::String(Cow::Owned(v.clone())))
-            .ok_or_else(|| EvalError::AbsentKey {
-                map: format!("{action}.output"),
-                key: field.to_string(),
-            }),
+            .ok_or_else(|| EvalError::AbsentKey { map: format!("{action}.output"), key: field.to_string() }),
         Op::Has(inner) => match eval(inner, ctx, refs) {
             Ok(_) => Ok(Value::Bool(true)),
             Err(EvalError::Absent(_) | EvalError::AbsentKey { .. }) => Ok(Value::Bool(false)),
@@ -202,10 +171,9 @@ fn eval<'s>(
             arith(*aop, x, y)
         }
         Op::Neg(a) => match eval(a, ctx, refs)? {
-            Value::Int64(i) => i
-                .checked_neg()
-                .map(Value::Int64)
-                .ok_or_else(|| EvalError::Invalid("integer overflow".into())),
+            Value::Int64(i) => {
+                i.checked_neg().map(Value::Int64).ok_or_else(|| EvalError::Invalid("integer overflow".into()))
+            }
             Value::Double(d) => Ok(Value::Double(-d)),
             Value::Duration(d) => Ok(Value::Duration(Duration::from_nanos(-d.as_nanos()))),
             other => Err(type_error("a number", &other)),
@@ -274,9 +242,7 @@ fn order(x: &Value<'_>, y: &Value<'_>) -> Result<std::cmp::Ordering, EvalError> 
 fn arith<'s>(op: ArithOp, x: Value<'s>, y: Value<'s>) -> Result<Value<'s>, EvalError> {
     let overflow = || EvalError::Invalid("integer overflow or division by zero".into());
     Ok(match (op, x, y) {
-        (ArithOp::Add, Value::String(a), Value::String(b)) => {
-            Value::String(Cow::Owned(format!("{a}{b}")))
-        }
+        (ArithOp::Add, Value::String(a), Value::String(b)) => Value::String(Cow::Owned(format!("{a}{b}"))),
         (op, Value::Int64(a), Value::Int64(b)) => Value::Int64(
             match op {
                 ArithOp::Add => a.checked_add(b),
@@ -287,34 +253,25 @@ fn arith<'s>(op: ArithOp, x: Value<'s>, y: Value<'s>) -> Result<Value<'s>, EvalE
             }
             .ok_or_else(overflow)?,
         ),
-        (op, Value::Duration(a), Value::Duration(b)) => {
-            Value::Duration(Duration::from_nanos(match op {
-                ArithOp::Add => a.as_nanos() + b.as_nanos(),
-                _ => a.as_nanos() - b.as_nanos(),
-            }))
-        }
+        (op, Value::Duration(a), Value::Duration(b)) => Value::Duration(Duration::from_nanos(match op {
+            ArithOp::Add => a.as_nanos() + b.as_nanos(),
+            _ => a.as_nanos() - b.as_nanos(),
+        })),
         (op, Value::Timestamp(t), Value::Duration(d)) => {
             let base = t.seconds as i128 * 1_000_000_000 + t.nanos as i128;
-            let n = if op == ArithOp::Add {
-                base + d.as_nanos()
-            } else {
-                base - d.as_nanos()
-            };
+            let n = if op == ArithOp::Add { base + d.as_nanos() } else { base - d.as_nanos() };
             Value::Timestamp(Timestamp {
                 seconds: n.div_euclid(1_000_000_000) as i64,
                 nanos: n.rem_euclid(1_000_000_000) as i32,
             })
         }
         (_, Value::Timestamp(a), Value::Timestamp(b)) => {
-            let n = (a.seconds as i128 - b.seconds as i128) * 1_000_000_000
-                + (a.nanos - b.nanos) as i128;
+            let n = (a.seconds as i128 - b.seconds as i128) * 1_000_000_000 + (a.nanos - b.nanos) as i128;
             Value::Duration(Duration::from_nanos(n))
         }
         (op, a, b) => {
             let (Some(a), Some(b)) = (as_f64(&a), as_f64(&b)) else {
-                return Err(EvalError::Invalid(format!(
-                    "cannot apply {op:?} to {a:?} and {b:?}"
-                )));
+                return Err(EvalError::Invalid(format!("cannot apply {op:?} to {a:?} and {b:?}")));
             };
             Value::Double(match op {
                 ArithOp::Add => a + b,
@@ -327,18 +284,12 @@ fn arith<'s>(op: ArithOp, x: Value<'s>, y: Value<'s>) -> Result<Value<'s>, EvalE
     })
 }
 
-fn call<'s>(
-    f: Func,
-    args: &'s [Op],
-    ctx: &Ctx<'s, '_>,
-    refs: &mut Referenced<'s>,
-) -> Result<Value<'s>, EvalError> {
+fn call<'s>(f: Func, args: &'s [Op], ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
     let mut vals = Vec::with_capacity(args.len());
     for a in args {
         vals.push(eval(a, ctx, refs)?);
     }
-    let invalid =
-        |what: &str, v: &Value<'_>| EvalError::Invalid(format!("{v:?} is not a valid {what}"));
+    let invalid = |what: &str, v: &Value<'_>| EvalError::Invalid(format!("{v:?} is not a valid {what}"));
     Ok(match f {
         Func::Glob => Value::Bool(glob_match(str_of(&vals[0])?, str_of(&vals[1])?)),
         Func::StartsWith => Value::Bool(str_of(&vals[0])?.starts_with(str_of(&vals[1])?)),
@@ -383,9 +334,7 @@ fn call<'s>(
         Func::ToDouble => match &vals[0] {
             Value::Int64(i) => Value::Double(*i as f64),
             Value::Double(d) => Value::Double(*d),
-            v @ Value::String(s) => {
-                Value::Double(s.trim().parse().map_err(|_| invalid("double", v))?)
-            }
+            v @ Value::String(s) => Value::Double(s.trim().parse().map_err(|_| invalid("double", v))?),
             other => return Err(type_error("a number", other)),
         },
     })

@@ -51,9 +51,7 @@ pub fn valid_dns_name(s: &str) -> bool {
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -61,9 +59,7 @@ pub fn valid_dns_name(s: &str) -> bool {
 
 pub fn valid_email(s: &str) -> bool {
     match s.rsplit_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty() && !local.contains(' ') && valid_dns_name(domain)
-        }
+        Some((local, domain)) => !local.is_empty() && !local.contains(' ') && valid_dns_name(domain),
         None => false,
     }
 }
@@ -74,9 +70,7 @@ pub fn valid_uri(s: &str) -> bool {
         Some((scheme, rest)) => {
             !scheme.is_empty()
                 && scheme.as_bytes()[0].is_ascii_alphabetic()
-                && scheme
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
                 && !rest.is_empty()
                 && !s.contains(' ')
         }

@@ -29,9 +29,6 @@ pub struct ExprError {
 
 impl ExprError {
     pub(crate) fn new(pos: usize, message: impl Into<String>) -> ExprError {
-        ExprError {
-            pos,
-            message: message.into(),
-        }
+        ExprError { pos, message: message.into() }
     }
 }

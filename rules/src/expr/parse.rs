@@ -16,11 +16,7 @@ pub enum Ast {
     Bool(bool),
     Select(Box<Node>, String),
     Index(Box<Node>, Box<Node>),
-    Call {
-        target: Option<Box<Node>>,
-        name: String,
-        args: Vec<Node>,
-    },
+    Call { target: Option<Box<Node>>, name: String, args: Vec<Node> },
     Unary(UnaryOp, Box<Node>),
     Binary(BinaryOp, Box<Node>, Box<Node>),
     Ternary(Box<Node>, Box<Node>, Box<Node>),
@@ -68,8 +64,8 @@ enum Tok {
 }
 
 const PUNCTS: &[&str] = &[
-    "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", ".", ",", "!", "<", ">", "|", "+", "-",
-    "*", "/", "%", "?", ":",
+    "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", ".", ",", "!", "<", ">", "|", "+", "-", "*", "/", "%", "?",
+    ":",
 ];
 
 fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
@@ -111,13 +107,10 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             }
             out.push((Tok::Ident(src[start..i].to_string()), start));
         } else {
-            let p = PUNCTS
-                .iter()
-                .find(|p| src[i..].starts_with(**p))
-                .ok_or_else(|| {
-                    let ch = src[i..].chars().next().unwrap_or('?');
-                    ExprError::new(start, format!("unexpected character {ch:?}"))
-                })?;
+            let p = PUNCTS.iter().find(|p| src[i..].starts_with(**p)).ok_or_else(|| {
+                let ch = src[i..].chars().next().unwrap_or('?');
+                ExprError::new(start, format!("unexpected character {ch:?}"))
+            })?;
             i += p.len();
             out.push((Tok::Punct(p), start));
         }
@@ -134,9 +127,7 @@ fn lex_string(src: &str, start: usize) -> Result<(String, usize), ExprError> {
         match c {
             c if c == quote => return Ok((out, start + 1 + off + 1)),
             '\\' => {
-                let (_, e) = chars
-                    .next()
-                    .ok_or_else(|| ExprError::new(start, "unterminated string"))?;
+                let (_, e) = chars.next().ok_or_else(|| ExprError::new(start, "unterminated string"))?;
                 match e {
                     'n' => out.push('\n'),
                     't' => out.push('\t'),
@@ -145,16 +136,13 @@ fn lex_string(src: &str, start: usize) -> Result<(String, usize), ExprError> {
                     '\\' | '"' | '\'' => out.push(e),
                     // Regex escapes stay escaped for the regex compiler: Mixer configs
                     // write both "\\." and "\." and both must work.
-                    '.' | '/' | '*' | '?' | '-' | '[' | ']' | '(' | ')' | '{' | '}' | '^' | '$'
-                    | '+' | '|' | 'd' | 'w' | 's' | 'b' | 'D' | 'W' | 'S' | 'B' => {
+                    '.' | '/' | '*' | '?' | '-' | '[' | ']' | '(' | ')' | '{' | '}' | '^' | '$' | '+' | '|' | 'd'
+                    | 'w' | 's' | 'b' | 'D' | 'W' | 'S' | 'B' => {
                         out.push('\\');
                         out.push(e);
                     }
                     other => {
-                        return Err(ExprError::new(
-                            start + 1 + off,
-                            format!("unknown escape \\{other}"),
-                        ));
+                        return Err(ExprError::new(start + 1 + off, format!("unknown escape \\{other}")));
                     }
                 }
             }
@@ -171,17 +159,11 @@ struct Parser {
 
 /// Parses one expression.
 pub fn parse(src: &str) -> Result<Node, ExprError> {
-    let mut p = Parser {
-        toks: lex(src)?,
-        at: 0,
-    };
+    let mut p = Parser { toks: lex(src)?, at: 0 };
     let node = p.ternary()?;
     match p.peek() {
         Tok::End => Ok(node),
-        other => Err(ExprError::new(
-            p.pos(),
-            format!("unexpected {}", describe(other)),
-        )),
+        other => Err(ExprError::new(p.pos(), format!("unexpected {}", describe(other)))),
     }
 }
 
@@ -226,10 +208,7 @@ impl Parser {
         if self.eat(p) {
             Ok(())
         } else {
-            Err(ExprError::new(
-                self.pos(),
-                format!("expected '{p}', found {}", describe(self.peek())),
-            ))
+            Err(ExprError::new(self.pos(), format!("expected '{p}', found {}", describe(self.peek()))))
         }
     }
 
@@ -240,10 +219,7 @@ impl Parser {
             self.expect(":")?;
             let b = self.ternary()?;
             let pos = cond.pos;
-            return Ok(Node {
-                ast: Ast::Ternary(Box::new(cond), Box::new(a), Box::new(b)),
-                pos,
-            });
+            return Ok(Node { ast: Ast::Ternary(Box::new(cond), Box::new(a), Box::new(b)), pos });
         }
         Ok(cond)
     }
@@ -283,10 +259,7 @@ impl Parser {
             self.bump();
             let right = self.binary(level + 1)?;
             let pos = left.pos;
-            left = Node {
-                ast: Ast::Binary(op, Box::new(left), Box::new(right)),
-                pos,
-            };
+            left = Node { ast: Ast::Binary(op, Box::new(left), Box::new(right)), pos };
         }
         Ok(left)
     }
@@ -295,23 +268,14 @@ impl Parser {
         let pos = self.pos();
         if self.eat("!") {
             let inner = self.unary()?;
-            return Ok(Node {
-                ast: Ast::Unary(UnaryOp::Not, Box::new(inner)),
-                pos,
-            });
+            return Ok(Node { ast: Ast::Unary(UnaryOp::Not, Box::new(inner)), pos });
         }
         if self.eat("-") {
             let inner = self.unary()?;
             let ast = match inner.ast {
                 Ast::Int(i) => Ast::Int(-i),
                 Ast::Double(d) => Ast::Double(-d),
-                other => Ast::Unary(
-                    UnaryOp::Neg,
-                    Box::new(Node {
-                        ast: other,
-                        pos: inner.pos,
-                    }),
-                ),
+                other => Ast::Unary(UnaryOp::Neg, Box::new(Node { ast: other, pos: inner.pos })),
             };
             return Ok(Node { ast, pos });
         }
@@ -326,37 +290,21 @@ impl Parser {
                 let name = match self.bump() {
                     (Tok::Ident(s), _) => s,
                     (t, p) => {
-                        return Err(ExprError::new(
-                            p,
-                            format!("expected a name after '.', found {}", describe(&t)),
-                        ));
+                        return Err(ExprError::new(p, format!("expected a name after '.', found {}", describe(&t))));
                     }
                 };
                 if self.eat("(") {
                     let args = self.args()?;
-                    node = Node {
-                        ast: Ast::Call {
-                            target: Some(Box::new(node)),
-                            name,
-                            args,
-                        },
-                        pos,
-                    };
+                    node = Node { ast: Ast::Call { target: Some(Box::new(node)), name, args }, pos };
                 } else {
                     let p = node.pos;
-                    node = Node {
-                        ast: Ast::Select(Box::new(node), name),
-                        pos: p,
-                    };
+                    node = Node { ast: Ast::Select(Box::new(node), name), pos: p };
                 }
             } else if self.eat("[") {
                 let key = self.ternary()?;
                 self.expect("]")?;
                 let p = node.pos;
-                node = Node {
-                    ast: Ast::Index(Box::new(node), Box::new(key)),
-                    pos: p,
-                };
+                node = Node { ast: Ast::Index(Box::new(node), Box::new(key)), pos: p };
             } else {
                 return Ok(node);
             }
@@ -388,11 +336,7 @@ impl Parser {
             Tok::Ident(s) => {
                 if self.eat("(") {
                     let args = self.args()?;
-                    Ast::Call {
-                        target: None,
-                        name: s,
-                        args,
-                    }
+                    Ast::Call { target: None, name: s, args }
                 } else {
                     Ast::Ident(s)
                 }
@@ -403,10 +347,7 @@ impl Parser {
                 return Ok(inner);
             }
             other => {
-                return Err(ExprError::new(
-                    pos,
-                    format!("unexpected {}", describe(&other)),
-                ));
+                return Err(ExprError::new(pos, format!("unexpected {}", describe(&other))));
             }
         };
         Ok(Node { ast, pos })
@@ -417,13 +358,7 @@ fn precedence(op: BinaryOp) -> usize {
     match op {
         BinaryOp::Or => 0,
         BinaryOp::And => 1,
-        BinaryOp::Eq
-        | BinaryOp::Ne
-        | BinaryOp::Lt
-        | BinaryOp::Le
-        | BinaryOp::Gt
-        | BinaryOp::Ge
-        | BinaryOp::In => 2,
+        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::In => 2,
         BinaryOp::Default => 3,
         BinaryOp::Add | BinaryOp::Sub => 4,
         BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => 5,
@@ -459,51 +394,30 @@ mod tests {
     #[test]
     fn default_operator_binds_tighter_than_comparison() {
         let n = parse(r#"request.headers["x"] | "" == "y" && a.b"#).unwrap();
-        assert_eq!(
-            shape(&n),
-            r#"(And (Eq (Default request.headers["x"] "") "y") a.b)"#
-        );
+        assert_eq!(shape(&n), r#"(And (Eq (Default request.headers["x"] "") "y") a.b)"#);
     }
 
     #[test]
     fn calls_methods_literals_and_ternary() {
-        let n =
-            parse(r#""^/api.*".matches(request.path) || x.startsWith('a') ? -1 : 2.5"#).unwrap();
-        assert_eq!(
-            shape(&n),
-            r#"((Or "^/api.*".matches(request.path) x.startsWith("a")) ? -1 : 2.5)"#
-        );
-        assert_eq!(
-            shape(&parse("!(a == 1) && \"k\" in m").unwrap()),
-            r#"(And (Not (Eq a 1)) (In "k" m))"#
-        );
+        let n = parse(r#""^/api.*".matches(request.path) || x.startsWith('a') ? -1 : 2.5"#).unwrap();
+        assert_eq!(shape(&n), r#"((Or "^/api.*".matches(request.path) x.startsWith("a")) ? -1 : 2.5)"#);
+        assert_eq!(shape(&parse("!(a == 1) && \"k\" in m").unwrap()), r#"(And (Not (Eq a 1)) (In "k" m))"#);
     }
 
     #[test]
     fn reports_positions_of_errors() {
         assert_eq!(parse("a ==").unwrap_err().pos, 4);
-        assert_eq!(
-            parse("a == \"x").unwrap_err().message,
-            "unterminated string"
-        );
+        assert_eq!(parse("a == \"x").unwrap_err().message, "unterminated string");
         assert_eq!(parse("a # b").unwrap_err().pos, 2);
         let e = parse("f(a,").unwrap_err();
         assert_eq!(e.pos, 4);
         assert!(parse("(a").unwrap_err().message.contains("expected ')'"));
-        assert!(
-            parse("a b")
-                .unwrap_err()
-                .message
-                .contains("unexpected identifier")
-        );
+        assert!(parse("a b").unwrap_err().message.contains("unexpected identifier"));
     }
 
     #[test]
     fn regex_escapes_survive() {
         assert_eq!(parse(r#""a\.b""#).unwrap().ast, Ast::Str(r"a\.b".into()));
-        assert_eq!(
-            parse(r#""say \"hi\"""#).unwrap().ast,
-            Ast::Str(r#"say "hi""#.into())
-        );
+        assert_eq!(parse(r#""say \"hi\"""#).unwrap().ast, Ast::Str(r#"say "hi""#.into()));
     }
 }

@@ -15,14 +15,9 @@ fn manifest() -> Manifest {
 }
 
 fn bag() -> Bag<'static> {
-    let headers = StringMap::new(vec![
-        ("x-user".into(), "Jason".into()),
-        ("content-type".into(), "application/json".into()),
-    ]);
-    let labels = StringMap::new(vec![
-        ("app".into(), "reviews".into()),
-        ("version".into(), "v2".into()),
-    ]);
+    let headers =
+        StringMap::new(vec![("x-user".into(), "Jason".into()), ("content-type".into(), "application/json".into())]);
+    let labels = StringMap::new(vec![("app".into(), "reviews".into()), ("version".into(), "v2".into())]);
     Bag::from_pairs(vec![
         ("request.path", Value::String("/api/v1/books".into())),
         ("request.method", Value::String("GET".into())),
@@ -31,17 +26,8 @@ fn bag() -> Bag<'static> {
         ("source.ip", Value::Bytes(vec![10, 1, 2, 3].into())),
         ("request.size", Value::Int64(100)),
         ("test.double", Value::Double(2.5)),
-        (
-            "response.duration",
-            Value::Duration(parse_duration("15ms").unwrap()),
-        ),
-        (
-            "request.time",
-            Value::Timestamp(Timestamp {
-                seconds: 1_420_211_075,
-                nanos: 0,
-            }),
-        ),
+        ("response.duration", Value::Duration(parse_duration("15ms").unwrap())),
+        ("request.time", Value::Timestamp(Timestamp { seconds: 1_420_211_075, nanos: 0 })),
         ("test.dns", Value::String("Reviews.Default.svc.".into())),
         ("test.email", Value::String("bob@Example.com".into())),
         ("test.uri", Value::String("http://example.com/x".into())),
@@ -50,10 +36,7 @@ fn bag() -> Bag<'static> {
 }
 
 fn opts(m: &Manifest) -> CompileOptions<'_> {
-    CompileOptions {
-        manifest: m,
-        actions: &[],
-    }
+    CompileOptions { manifest: m, actions: &[] }
 }
 
 fn run(text: &str) -> Result<Value<'static>, EvalError> {
@@ -87,40 +70,22 @@ fn operators() {
     yes("test.double > 2 && test.double == 2.5 && request.size == 100.0");
     yes("-request.size == -100");
     yes(r#"request.size > 50 ? true : false"#);
-    assert_eq!(
-        run("request.size / 0").unwrap_err(),
-        EvalError::Invalid("integer overflow or division by zero".into())
-    );
+    assert_eq!(run("request.size / 0").unwrap_err(), EvalError::Invalid("integer overflow or division by zero".into()));
 }
 
 #[test]
 fn default_operator_takes_first_present_operand() {
-    assert_eq!(
-        run(r#"request.host | "fallback""#),
-        Ok(Value::String("fallback".into()))
-    );
-    assert_eq!(
-        run(r#"request.method | "fallback""#),
-        Ok(Value::String("GET".into()))
-    );
+    assert_eq!(run(r#"request.host | "fallback""#), Ok(Value::String("fallback".into())));
+    assert_eq!(run(r#"request.method | "fallback""#), Ok(Value::String("GET".into())));
     assert_eq!(
         run(r#"request.headers["missing"] | request.headers["x-user"] | "z""#),
         Ok(Value::String("Jason".into()))
     );
-    assert_eq!(
-        run(r#"request.host | request.referer | "last""#),
-        Ok(Value::String("last".into()))
-    );
+    assert_eq!(run(r#"request.host | request.referer | "last""#), Ok(Value::String("last".into())));
     yes(r#"request.headers["missing"] | "" == """#);
     // Without a default, an absent attribute is an error, not false.
-    assert_eq!(
-        run(r#"request.host == "x""#),
-        Err(EvalError::Absent("request.host".into()))
-    );
-    assert!(matches!(
-        run(r#"request.headers["nope"] == "x""#),
-        Err(EvalError::AbsentKey { .. })
-    ));
+    assert_eq!(run(r#"request.host == "x""#), Err(EvalError::Absent("request.host".into())));
+    assert!(matches!(run(r#"request.headers["nope"] == "x""#), Err(EvalError::AbsentKey { .. })));
     // Defaults must have the same type.
     assert!(compile_err(r#"request.size | "x""#).contains("default of type STRING"));
 }
@@ -139,9 +104,7 @@ fn string_functions() {
     yes(r#"size(request.path) == 13 && size(request.headers) == 2 && request.path.size() == 13"#);
     yes(r#"conditional(request.size > 10, "big", "small") == "big""#);
     yes(r#"string(request.size) == "100" && int("42") == 42 && double(request.size) == 100.0"#);
-    assert!(
-        compile_err(r#"request.path.matches(request.method)"#).contains("string literal pattern")
-    );
+    assert!(compile_err(r#"request.path.matches(request.method)"#).contains("string literal pattern"));
     assert!(compile_err(r#""(".matches(request.path)"#).contains("invalid regex"));
 }
 
@@ -164,9 +127,7 @@ fn typed_literals() {
     assert!(compile_err(r#"dnsName("bad..name")"#).contains("not a valid dnsName"));
     assert!(compile_err(r#"email("nobody")"#).contains("not a valid email"));
     assert!(compile_err(r#"uri("no scheme")"#).contains("not a valid uri"));
-    assert!(
-        compile_err(r#"response.duration == 5"#).contains("cannot compare DURATION with INT64")
-    );
+    assert!(compile_err(r#"response.duration == 5"#).contains("cannot compare DURATION with INT64"));
 }
 
 #[test]
@@ -208,45 +169,22 @@ fn referenced_attributes_record_exact_absence_and_map_keys() {
     let got: Vec<(String, Option<String>, Condition)> = refs
         .entries()
         .into_iter()
-        .map(|r| {
-            (
-                r.name.to_string(),
-                r.map_key.map(|k| k.to_string()),
-                r.condition,
-            )
-        })
+        .map(|r| (r.name.to_string(), r.map_key.map(|k| k.to_string()), r.condition))
         .collect();
     assert_eq!(
         got,
         vec![
-            (
-                "request.headers".into(),
-                Some("x-missing".into()),
-                Condition::Absence
-            ),
-            (
-                "request.headers".into(),
-                Some("x-user".into()),
-                Condition::Exact
-            ),
+            ("request.headers".into(), Some("x-missing".into()), Condition::Absence),
+            ("request.headers".into(), Some("x-user".into()), Condition::Exact),
             ("request.host".into(), None, Condition::Absence),
         ]
     );
 
     // Short-circuit: the right side is never read, so it is not referenced.
-    let p = compile(
-        r#"request.method == "POST" && request.size > 1"#,
-        None,
-        opts(&m),
-    )
-    .unwrap();
+    let p = compile(r#"request.method == "POST" && request.size > 1"#, None, opts(&m)).unwrap();
     let mut refs = Referenced::new();
     assert!(!p.eval_bool(&b, &mut refs).unwrap());
-    let names: Vec<String> = refs
-        .entries()
-        .into_iter()
-        .map(|r| r.name.to_string())
-        .collect();
+    let names: Vec<String> = refs.entries().into_iter().map(|r| r.name.to_string()).collect();
     assert_eq!(names, vec!["request.method".to_string()]);
 
     // A map attribute that is absent altogether is an ABSENCE of the map.
@@ -276,16 +214,8 @@ fn equality_index_extraction() {
     assert_eq!(eqs[0].0.attr.as_ref(), "destination.labels");
     assert_eq!(eqs[0].0.map_key.as_deref(), Some("app"));
     assert_eq!(eqs[1].1, "GET");
-    let p = compile(
-        r#"request.method == "GET" || request.size > 1"#,
-        None,
-        opts(&m),
-    )
-    .unwrap();
-    assert!(
-        p.required_equalities().is_empty(),
-        "a disjunction cannot be indexed"
-    );
+    let p = compile(r#"request.method == "GET" || request.size > 1"#, None, opts(&m)).unwrap();
+    assert!(p.required_equalities().is_empty(), "a disjunction cannot be indexed");
 }
 
 #[test]
@@ -295,22 +225,13 @@ fn action_outputs_in_header_values() {
     let p = compile(
         r#"lookup.output.value | "none""#,
         Some(ValueType::String),
-        CompileOptions {
-            manifest: &m,
-            actions: &actions,
-        },
+        CompileOptions { manifest: &m, actions: &actions },
     )
     .unwrap();
     let b = bag();
     let mut outputs = Outputs::new();
-    outputs.insert(
-        "lookup".into(),
-        [("value".to_string(), "gold".to_string())].into(),
-    );
+    outputs.insert("lookup".into(), [("value".to_string(), "gold".to_string())].into());
     let mut refs = Referenced::new();
-    assert_eq!(
-        p.eval_with_outputs(&b, &outputs, &mut refs),
-        Ok(Value::String("gold".into()))
-    );
+    assert_eq!(p.eval_with_outputs(&b, &outputs, &mut refs), Ok(Value::String("gold".into())));
     assert_eq!(p.eval(&b, &mut refs), Ok(Value::String("none".into())));
 }

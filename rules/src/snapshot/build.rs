@@ -26,10 +26,7 @@ pub trait AdapterCatalog {
 }
 
 /// Compiles `config`; on failure returns every error found.
-pub fn build(
-    config: &ConfigSet,
-    catalog: &dyn AdapterCatalog,
-) -> Result<Snapshot, Vec<ConfigError>> {
+pub fn build(config: &ConfigSet, catalog: &dyn AdapterCatalog) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let manifest = build_manifest(config, &mut errors);
 
@@ -44,11 +41,7 @@ pub fn build(
         match catalog.templates(&h.adapter) {
             None => errors.push(ConfigError::new(
                 &h.loc,
-                if h.kind == "handler" {
-                    "spec.compiledAdapter"
-                } else {
-                    "kind"
-                },
+                if h.kind == "handler" { "spec.compiledAdapter" } else { "kind" },
                 format!("unknown adapter {:?}", h.adapter),
             )),
             Some(_) => {
@@ -79,27 +72,18 @@ pub fn build(
     let mut rule_names = HashMap::new();
     let mut rules = Vec::new();
     for doc in &config.rules {
-        if let Some(first) =
-            rule_names.insert((doc.name.clone(), doc.namespace.clone()), doc.loc.clone())
-        {
+        if let Some(first) = rule_names.insert((doc.name.clone(), doc.namespace.clone()), doc.loc.clone()) {
             errors.push(duplicate(&doc.loc, &first));
             continue;
         }
         let matcher = if doc.match_expr.trim().is_empty() {
             Program::constant(Value::Bool(true), ValueType::Bool)
         } else {
-            let opts = CompileOptions {
-                manifest: &manifest,
-                actions: &[],
-            };
+            let opts = CompileOptions { manifest: &manifest, actions: &[] };
             match compile(&doc.match_expr, Some(ValueType::Bool), opts) {
                 Ok(p) => p,
                 Err(e) => {
-                    errors.push(ConfigError::new(
-                        &doc.loc,
-                        "spec.match",
-                        format!("{:?} {e}", doc.match_expr),
-                    ));
+                    errors.push(ConfigError::new(&doc.loc, "spec.match", format!("{:?} {e}", doc.match_expr)));
                     continue;
                 }
             }
@@ -118,18 +102,12 @@ pub fn build(
                 ok = false;
                 continue;
             };
-            let served = catalog
-                .templates(&config.handlers[h].adapter)
-                .unwrap_or(&[]);
+            let served = catalog.templates(&config.handlers[h].adapter).unwrap_or(&[]);
             let mut ids = Vec::new();
             for (j, r) in a.instances.iter().enumerate() {
                 let path = format!("{}.instances[{j}]", a.path);
                 let Some(idx) = resolve(r, "instance", &instance_keys) else {
-                    errors.push(ConfigError::new(
-                        &doc.loc,
-                        path,
-                        format!("unknown instance {}", describe_ref(r)),
-                    ));
+                    errors.push(ConfigError::new(&doc.loc, path, format!("unknown instance {}", describe_ref(r))));
                     ok = false;
                     continue;
                 };
@@ -162,26 +140,10 @@ pub fn build(
                 }
                 action_names.push(n.clone());
             }
-            actions.push(CompiledAction {
-                handler: h,
-                instances: ids,
-                name: a.name.clone(),
-            });
+            actions.push(CompiledAction { handler: h, instances: ids, name: a.name.clone() });
         }
-        let request_ops = header_ops(
-            &doc.loc,
-            &doc.request_header_operations,
-            &manifest,
-            &action_names,
-            &mut errors,
-        );
-        let response_ops = header_ops(
-            &doc.loc,
-            &doc.response_header_operations,
-            &manifest,
-            &action_names,
-            &mut errors,
-        );
+        let request_ops = header_ops(&doc.loc, &doc.request_header_operations, &manifest, &action_names, &mut errors);
+        let response_ops = header_ops(&doc.loc, &doc.response_header_operations, &manifest, &action_names, &mut errors);
         let (Some(request_ops), Some(response_ops)) = (request_ops, response_ops) else {
             continue;
         };
@@ -234,10 +196,7 @@ fn duplicate(loc: &Loc, first: &Loc) -> ConfigError {
     ConfigError::new(
         loc,
         "metadata.name",
-        format!(
-            "duplicate name: {} {} is already defined at {first}",
-            loc.kind, loc.name
-        ),
+        format!("duplicate name: {} {} is already defined at {first}", loc.kind, loc.name),
     )
 }
 
@@ -250,23 +209,14 @@ fn describe_ref(r: &ObjectRef) -> String {
 
 /// Finds a handler or instance. A short name means the new-style kind in the referring
 /// namespace, or failing that the one legacy document of that name there.
-fn resolve(
-    r: &ObjectRef,
-    new_kind: &str,
-    keys: &HashMap<(String, String, String), usize>,
-) -> Option<usize> {
+fn resolve(r: &ObjectRef, new_kind: &str, keys: &HashMap<(String, String, String), usize>) -> Option<usize> {
     if let Some(kind) = &r.kind {
-        return keys
-            .get(&(r.name.clone(), kind.clone(), r.namespace.clone()))
-            .copied();
+        return keys.get(&(r.name.clone(), kind.clone(), r.namespace.clone())).copied();
     }
     if let Some(&i) = keys.get(&(r.name.clone(), new_kind.to_string(), r.namespace.clone())) {
         return Some(i);
     }
-    let mut found = keys
-        .iter()
-        .filter(|((n, _, ns), _)| *n == r.name && *ns == r.namespace)
-        .map(|(_, &i)| i);
+    let mut found = keys.iter().filter(|((n, _, ns), _)| *n == r.name && *ns == r.namespace).map(|(_, &i)| i);
     match (found.next(), found.next()) {
         (Some(i), None) => Some(i),
         _ => None,
@@ -279,10 +229,8 @@ fn build_manifest(config: &ConfigSet, errors: &mut Vec<ConfigError>) -> Manifest
     for doc in &config.manifests {
         for (name, ty, path) in &doc.attributes {
             if let Some(old) = manifest.declare(name, *ty) {
-                let where_ = declared_by
-                    .get(name)
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "the built-in vocabulary".into());
+                let where_ =
+                    declared_by.get(name).map(|l| l.to_string()).unwrap_or_else(|| "the built-in vocabulary".into());
                 errors.push(ConfigError::new(
                     &doc.loc,
                     path,
@@ -295,28 +243,19 @@ fn build_manifest(config: &ConfigSet, errors: &mut Vec<ConfigError>) -> Manifest
     manifest
 }
 
-fn compile_instance(
-    doc: &InstanceDoc,
-    manifest: &Manifest,
-) -> Result<CompiledInstance, ConfigError> {
+fn compile_instance(doc: &InstanceDoc, manifest: &Manifest) -> Result<CompiledInstance, ConfigError> {
     let params = Param::new(&doc.params, &doc.loc, &doc.params_path);
     let o = params.obj()?;
-    let opts = CompileOptions {
-        manifest,
-        actions: &[],
-    };
+    let opts = CompileOptions { manifest, actions: &[] };
     let compile_at = |text: &str, ty: Option<ValueType>, path: &str| {
-        compile(text, ty, opts)
-            .map_err(|e| ConfigError::new(&doc.loc, path, format!("{text:?} {e}")))
+        compile(text, ty, opts).map_err(|e| ConfigError::new(&doc.loc, path, format!("{text:?} {e}")))
     };
     let mut fields = Vec::new();
     let mut maps = Vec::new();
     for field in doc.template.fields() {
         match field.kind {
             FieldKind::Expr(ty) => {
-                if let Some((text, path)) =
-                    o.get(field.name, |p| Ok((p.text()?, p.path().to_string())))?
-                {
+                if let Some((text, path)) = o.get(field.name, |p| Ok((p.text()?, p.path().to_string())))? {
                     fields.push((field.name, compile_at(&text, ty, &path)?));
                 }
             }
@@ -341,13 +280,7 @@ fn compile_instance(
         }
     }
     o.finish()?;
-    Ok(CompiledInstance {
-        name: doc.name.clone(),
-        full_name: doc.full_name(),
-        template: doc.template,
-        fields,
-        maps,
-    })
+    Ok(CompiledInstance { name: doc.name.clone(), full_name: doc.full_name(), template: doc.template, fields, maps })
 }
 
 fn header_ops(
@@ -366,20 +299,12 @@ fn header_ops(
             match compile(text, Some(ValueType::String), opts) {
                 Ok(p) => values.push(p),
                 Err(e) => {
-                    errors.push(ConfigError::new(
-                        loc,
-                        format!("{}.values[{i}]", op.path),
-                        format!("{text:?} {e}"),
-                    ));
+                    errors.push(ConfigError::new(loc, format!("{}.values[{i}]", op.path), format!("{text:?} {e}")));
                     ok = false;
                 }
             }
         }
-        out.push(CompiledHeaderOp {
-            name: op.name.clone(),
-            values,
-            operation: op.operation,
-        });
+        out.push(CompiledHeaderOp { name: op.name.clone(), values, operation: op.operation });
     }
     ok.then_some(out)
 }

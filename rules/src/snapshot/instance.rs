@@ -29,28 +29,17 @@ impl InstanceValues {
     }
 
     pub fn map(&self, name: &str) -> &[(String, OwnedValue)] {
-        self.maps
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[])
+        self.maps.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_slice()).unwrap_or(&[])
     }
 }
 
 impl CompiledInstance {
     /// Evaluates every field; any failing expression fails the instance, as in Mixer.
-    pub fn eval<'s>(
-        &'s self,
-        bag: &'s Bag<'s>,
-        refs: &mut Referenced<'s>,
-    ) -> Result<InstanceValues, EvalError> {
-        let mut out = InstanceValues {
-            fields: Vec::with_capacity(self.fields.len()),
-            maps: Vec::with_capacity(self.maps.len()),
-        };
+    pub fn eval<'s>(&'s self, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Result<InstanceValues, EvalError> {
+        let mut out =
+            InstanceValues { fields: Vec::with_capacity(self.fields.len()), maps: Vec::with_capacity(self.maps.len()) };
         for (name, program) in &self.fields {
-            out.fields
-                .push((name, program.eval(bag, refs)?.into_owned()));
+            out.fields.push((name, program.eval(bag, refs)?.into_owned()));
         }
         for (name, entries) in &self.maps {
             let mut values = Vec::with_capacity(entries.len());

@@ -39,11 +39,7 @@ fn doc(kind: &str, name: &str, spec: &str) -> String {
 fn base() -> String {
     doc("handler", "deny", "  compiledAdapter: denier\n  params: {}")
         + &doc("instance", "nothing", "  compiledTemplate: checknothing")
-        + &doc(
-            "handler",
-            "list",
-            "  compiledAdapter: listchecker\n  params:\n    overrides: [a]",
-        )
+        + &doc("handler", "list", "  compiledAdapter: listchecker\n  params:\n    overrides: [a]")
         + &doc(
             "instance",
             "user",
@@ -86,23 +82,12 @@ fn good_config_compiles_with_all_reference_forms() {
         )
         + &doc("denier", "legacy", "  status: {code: 7}")
         + &doc("checknothing", "legacynothing", "  {}")
-        + &doc(
-            "rule",
-            "r2",
-            "  actions:\n  - handler: legacy.denier\n    instances: [legacynothing.checknothing]",
-        )
-        + &doc(
-            "attributemanifest",
-            "extra",
-            "  attributes:\n    custom.flag:\n      valueType: BOOL",
-        )
+        + &doc("rule", "r2", "  actions:\n  - handler: legacy.denier\n    instances: [legacynothing.checknothing]")
+        + &doc("attributemanifest", "extra", "  attributes:\n    custom.flag:\n      valueType: BOOL")
         + &doc("rule", "r3", "  match: custom.flag\n  actions: []");
     let s = compile_text(&text).unwrap();
     assert_eq!(s.rules.len(), 3);
-    assert_eq!(
-        s.handlers[s.rules[1].actions[0].handler].display_name(),
-        "legacy.denier.istio-system"
-    );
+    assert_eq!(s.handlers[s.rules[1].actions[0].handler].display_name(), "legacy.denier.istio-system");
     assert!(s.rules[1].matcher.is_always_true());
 }
 
@@ -110,20 +95,14 @@ fn good_config_compiles_with_all_reference_forms() {
 fn bad_configs_are_rejected_with_file_document_and_key() {
     let cases: Vec<(String, &str)> = vec![
         // 1. YAML syntax.
-        (
-            "kind: [unclosed\n".into(),
-            "test.yaml: document 1: -: invalid YAML",
-        ),
+        ("kind: [unclosed\n".into(), "test.yaml: document 1: -: invalid YAML"),
         // 2. missing kind.
         (
             format!("{HEADER}metadata: {{name: x}}\nspec: {{}}\n"),
             "test.yaml: document 1: kind: required field is missing",
         ),
         // 3. unknown kind.
-        (
-            doc("gizmo", "g", "  {}"),
-            "test.yaml: document 1 (gizmo g): kind: unknown kind \"gizmo\"",
-        ),
+        (doc("gizmo", "g", "  {}"), "test.yaml: document 1 (gizmo g): kind: unknown kind \"gizmo\""),
         // 4. unknown adapter.
         (
             doc("handler", "h", "  compiledAdapter: nosuch"),
@@ -135,38 +114,20 @@ fn bad_configs_are_rejected_with_file_document_and_key() {
             "test.yaml: document 1 (instance i): spec.compiledTemplate: unknown template \"nosuch\"",
         ),
         // 6. unknown key in a rule.
-        (
-            doc("rule", "r", "  matches: \"true\""),
-            "test.yaml: document 1 (rule r): spec.matches: unknown field",
-        ),
+        (doc("rule", "r", "  matches: \"true\""), "test.yaml: document 1 (rule r): spec.matches: unknown field"),
         // 7. unknown handler reference.
         (
-            base()
-                + &doc(
-                    "rule",
-                    "r",
-                    "  actions:\n  - handler: nope\n    instances: [nothing]",
-                ),
+            base() + &doc("rule", "r", "  actions:\n  - handler: nope\n    instances: [nothing]"),
             "test.yaml: document 5 (rule r): spec.actions[0].handler: unknown handler nope.istio-system",
         ),
         // 8. unknown instance reference.
         (
-            base()
-                + &doc(
-                    "rule",
-                    "r",
-                    "  actions:\n  - handler: deny\n    instances: [ghost]",
-                ),
+            base() + &doc("rule", "r", "  actions:\n  - handler: deny\n    instances: [ghost]"),
             "test.yaml: document 5 (rule r): spec.actions[0].instances[0]: unknown instance ghost.istio-system",
         ),
         // 9. template the adapter cannot serve.
         (
-            base()
-                + &doc(
-                    "rule",
-                    "r",
-                    "  actions:\n  - handler: list\n    instances: [nothing]",
-                ),
+            base() + &doc("rule", "r", "  actions:\n  - handler: list\n    instances: [nothing]"),
             "test.yaml: document 5 (rule r): spec.actions[0].instances[0]: handler list.istio-system (adapter listchecker) cannot serve template checknothing of instance nothing.instance.istio-system",
         ),
         // 10. duplicate names.
@@ -181,56 +142,32 @@ fn bad_configs_are_rejected_with_file_document_and_key() {
         ),
         // 12. unknown attribute in a match, with its position.
         (
-            doc(
-                "rule",
-                "r",
-                "  match: request.method == \"GET\" && no.such == \"x\"",
-            ),
+            doc("rule", "r", "  match: request.method == \"GET\" && no.such == \"x\""),
             "test.yaml: document 1 (rule r): spec.match: \"request.method == \\\"GET\\\" && no.such == \\\"x\\\"\" at position 27: unknown attribute no.such (declare it in an attributemanifest)",
         ),
         // 13. bad expression in an instance field.
         (
-            doc(
-                "instance",
-                "i",
-                "  compiledTemplate: listentry\n  params:\n    value: request.path ==",
-            ),
+            doc("instance", "i", "  compiledTemplate: listentry\n  params:\n    value: request.path =="),
             "test.yaml: document 1 (instance i): spec.params.value: \"request.path ==\" at position 15: unexpected end of expression",
         ),
         // 14. unknown field for a template.
         (
-            doc(
-                "instance",
-                "i",
-                "  compiledTemplate: listentry\n  params:\n    valu: request.path",
-            ),
+            doc("instance", "i", "  compiledTemplate: listentry\n  params:\n    valu: request.path"),
             "test.yaml: document 1 (instance i): spec.params.valu: unknown field",
         ),
         // 15. bad adapter params (validated by the catalog).
         (
-            doc(
-                "handler",
-                "h",
-                "  compiledAdapter: listchecker\n  params:\n    blacklist: maybe",
-            ),
+            doc("handler", "h", "  compiledAdapter: listchecker\n  params:\n    blacklist: maybe"),
             "test.yaml: document 1 (handler h): spec.params.blacklist: expected true or false, found a string",
         ),
         // 16. conflicting attribute declaration.
         (
-            doc(
-                "attributemanifest",
-                "m",
-                "  attributes:\n    request.size:\n      valueType: STRING",
-            ),
+            doc("attributemanifest", "m", "  attributes:\n    request.size:\n      valueType: STRING"),
             "test.yaml: document 1 (attributemanifest m): spec.attributes.request.size: attribute request.size is declared as STRING here but as INT64 in the built-in vocabulary",
         ),
         // 17. bad header operation.
         (
-            doc(
-                "rule",
-                "r",
-                "  requestHeaderOperations:\n  - name: x\n    values: [request.size]",
-            ),
+            doc("rule", "r", "  requestHeaderOperations:\n  - name: x\n    values: [request.size]"),
             "test.yaml: document 1 (rule r): spec.requestHeaderOperations[0].values[0]: \"request.size\" at position 0: expression has type INT64, expected STRING",
         ),
         // 18. missing metadata name.
@@ -256,10 +193,7 @@ fn every_error_is_reported_not_just_the_first() {
 fn bag_with(app: &str) -> Bag<'static> {
     Bag::from_pairs(vec![(
         "destination.labels",
-        Value::StringMap(MapVal::from(StringMap::new(vec![(
-            "app".into(),
-            app.to_string().into(),
-        )]))),
+        Value::StringMap(MapVal::from(StringMap::new(vec![("app".into(), app.to_string().into())]))),
     )])
 }
 
@@ -275,21 +209,13 @@ fn index_evaluates_only_rules_that_can_match() {
             ),
         );
     }
-    text += &doc(
-        "rule",
-        "catchall",
-        "  match: (request.method | \"GET\") == \"GET\" || true\n  actions: []",
-    );
+    text += &doc("rule", "catchall", "  match: (request.method | \"GET\") == \"GET\" || true\n  actions: []");
     let s = compile_text(&text).unwrap();
     assert_eq!(s.rules.len(), 51);
     assert_eq!(s.index.indexed_keys(), 1);
     assert_eq!(s.index.unindexed_rules(), 1);
     let bag = bag_with("svc7");
-    assert_eq!(
-        s.candidate_count(&bag),
-        2,
-        "the svc7 rule and the unindexed one"
-    );
+    assert_eq!(s.candidate_count(&bag), 2, "the svc7 rule and the unindexed one");
     let mut refs = crate::bag::Referenced::new();
     let m = s.matching_rules(&bag, &mut refs);
     assert_eq!(m.rules, vec![7, 50]);

@@ -12,9 +12,7 @@ use mixr_proto::istio::mixer::v1::{CheckRequest, CheckResponse, ReportRequest};
 use mixr_rules::bag::Encoder;
 use mixr_rules::bag::referenced::decode_referenced;
 use mixr_rules::manifest::Manifest;
-use mixr_rules::value::{
-    MapVal, StringMap, Value, ValueType, ip_to_bytes, parse_duration, parse_timestamp,
-};
+use mixr_rules::value::{MapVal, StringMap, Value, ValueType, ip_to_bytes, parse_duration, parse_timestamp};
 
 use crate::metrics::code_name;
 
@@ -44,30 +42,20 @@ pub struct ReportArgs {
 
 /// Parses `name=value` with the type the vocabulary gives `name`.
 pub fn parse_attribute(arg: &str, manifest: &Manifest) -> Result<(String, Value<'static>), String> {
-    let (name, text) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("{arg:?}: expected name=value"))?;
+    let (name, text) = arg.split_once('=').ok_or_else(|| format!("{arg:?}: expected name=value"))?;
     let bad = |what: &str| format!("{name}: {text:?} is not {what}");
     let value = match manifest.type_of(name).unwrap_or(ValueType::String) {
         t if t.is_stringy() => Value::String(Cow::Owned(text.to_string())),
         ValueType::Int64 => Value::Int64(text.parse().map_err(|_| bad("an integer"))?),
         ValueType::Double => Value::Double(text.parse().map_err(|_| bad("a number"))?),
         ValueType::Bool => Value::Bool(text.parse().map_err(|_| bad("true or false"))?),
-        ValueType::Timestamp => {
-            Value::Timestamp(parse_timestamp(text).ok_or_else(|| bad("an RFC 3339 time"))?)
-        }
-        ValueType::Duration => {
-            Value::Duration(parse_duration(text).ok_or_else(|| bad("a duration"))?)
-        }
-        ValueType::IpAddress => Value::Bytes(Cow::Owned(ip_to_bytes(
-            text.parse().map_err(|_| bad("an IP address"))?,
-        ))),
+        ValueType::Timestamp => Value::Timestamp(parse_timestamp(text).ok_or_else(|| bad("an RFC 3339 time"))?),
+        ValueType::Duration => Value::Duration(parse_duration(text).ok_or_else(|| bad("a duration"))?),
+        ValueType::IpAddress => Value::Bytes(Cow::Owned(ip_to_bytes(text.parse().map_err(|_| bad("an IP address"))?))),
         _ => {
             let mut entries = Vec::new();
             for pair in text.split(',').filter(|p| !p.is_empty()) {
-                let (k, v) = pair
-                    .split_once(':')
-                    .ok_or_else(|| bad("a map (k1:v1,k2:v2)"))?;
+                let (k, v) = pair.split_once(':').ok_or_else(|| bad("a map (k1:v1,k2:v2)"))?;
                 entries.push((Cow::Owned(k.to_string()), Cow::Owned(v.to_string())));
             }
             Value::StringMap(MapVal::from(StringMap::new(entries)))
@@ -82,33 +70,19 @@ fn parse_all(args: &[String]) -> Result<Vec<(String, Value<'static>)>, String> {
 }
 
 fn endpoint(server: &str) -> String {
-    if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
-    }
+    if server.contains("://") { server.to_string() } else { format!("http://{server}") }
 }
 
 async fn connect(server: &str) -> Result<MixerClient<tonic::transport::Channel>, String> {
-    MixerClient::connect(endpoint(server))
-        .await
-        .map_err(|e| format!("cannot connect to {server}: {e}"))
+    MixerClient::connect(endpoint(server)).await.map_err(|e| format!("cannot connect to {server}: {e}"))
 }
 
 pub async fn check(args: CheckArgs) -> ExitCode {
     match run_check(&args).await {
         Ok(resp) => {
             print!("{}", describe_check(&resp));
-            let ok = resp
-                .precondition
-                .as_ref()
-                .and_then(|p| p.status.as_ref())
-                .is_none_or(|s| s.code == 0);
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
+            let ok = resp.precondition.as_ref().and_then(|p| p.status.as_ref()).is_none_or(|s| s.code == 0);
+            if ok { ExitCode::SUCCESS } else { ExitCode::from(2) }
         }
         Err(e) => {
             eprintln!("mixr check: {e}");
@@ -121,29 +95,17 @@ async fn run_check(args: &CheckArgs) -> Result<CheckResponse, String> {
     let attrs = parse_all(&args.attributes)?;
     let mut quotas = std::collections::HashMap::new();
     for q in &args.quotas {
-        let (name, rest) = q
-            .split_once('=')
-            .ok_or_else(|| format!("{q:?}: expected name=amount"))?;
+        let (name, rest) = q.split_once('=').ok_or_else(|| format!("{q:?}: expected name=amount"))?;
         let (amount, best_effort) = match rest.split_once(',') {
             Some((a, "best_effort")) => (a, true),
             Some((_, other)) => return Err(format!("{q:?}: unknown quota flag {other:?}")),
             None => (rest, false),
         };
-        let amount = amount
-            .parse()
-            .map_err(|_| format!("{q:?}: amount must be an integer"))?;
-        quotas.insert(
-            name.to_string(),
-            QuotaParams {
-                amount,
-                best_effort,
-            },
-        );
+        let amount = amount.parse().map_err(|_| format!("{q:?}: amount must be an integer"))?;
+        quotas.insert(name.to_string(), QuotaParams { amount, best_effort });
     }
     let req = CheckRequest {
-        attributes: Some(Encoder::encode_message(
-            attrs.iter().map(|(n, v)| (n.as_str(), v)),
-        )),
+        attributes: Some(Encoder::encode_message(attrs.iter().map(|(n, v)| (n.as_str(), v)))),
         global_word_count: Encoder::global_word_count(),
         deduplication_id: args.dedup_id.clone(),
         quotas,
@@ -163,11 +125,7 @@ pub fn describe_check(resp: &CheckResponse) -> String {
         return "no precondition in the answer\n".into();
     };
     let status = p.status.clone().unwrap_or_default();
-    out.push_str(&format!(
-        "status:        {} {}\n",
-        code_name(status.code),
-        status.message
-    ));
+    out.push_str(&format!("status:        {} {}\n", code_name(status.code), status.message));
     if let Some(d) = &p.valid_duration {
         out.push_str(&format!(
             "valid for:     {}.{:03}s, {} uses\n",
@@ -181,10 +139,7 @@ pub fn describe_check(resp: &CheckResponse) -> String {
             Ok(list) => {
                 for r in list {
                     let key = r.map_key.map(|k| format!("[{k:?}]")).unwrap_or_default();
-                    out.push_str(&format!(
-                        "referenced:    {}{key} {:?}\n",
-                        r.name, r.condition
-                    ));
+                    out.push_str(&format!("referenced:    {}{key} {:?}\n", r.name, r.condition));
                 }
             }
             Err(e) => out.push_str(&format!("referenced:    undecodable ({e})\n")),
@@ -192,39 +147,20 @@ pub fn describe_check(resp: &CheckResponse) -> String {
     }
     if let Some(rd) = &p.route_directive {
         for op in &rd.request_header_operations {
-            out.push_str(&format!(
-                "request hdr:   {:?} {}: {}\n",
-                op.operation(),
-                op.name,
-                op.value
-            ));
+            out.push_str(&format!("request hdr:   {:?} {}: {}\n", op.operation(), op.name, op.value));
         }
         for op in &rd.response_header_operations {
-            out.push_str(&format!(
-                "response hdr:  {:?} {}: {}\n",
-                op.operation(),
-                op.name,
-                op.value
-            ));
+            out.push_str(&format!("response hdr:  {:?} {}: {}\n", op.operation(), op.name, op.value));
         }
         if rd.direct_response_code != 0 {
-            out.push_str(&format!(
-                "direct reply:  {} {}\n",
-                rd.direct_response_code, rd.direct_response_body
-            ));
+            out.push_str(&format!("direct reply:  {} {}\n", rd.direct_response_code, rd.direct_response_body));
         }
     }
     let mut quotas: Vec<_> = resp.quotas.iter().collect();
     quotas.sort_by(|a, b| a.0.cmp(b.0));
     for (name, q) in quotas {
-        let vd = q
-            .valid_duration
-            .map(|d| format!("{}s", d.seconds))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "quota:         {name} granted {} (valid {vd})\n",
-            q.granted_amount
-        ));
+        let vd = q.valid_duration.map(|d| format!("{}s", d.seconds)).unwrap_or_default();
+        out.push_str(&format!("quota:         {name} granted {} (valid {vd})\n", q.granted_amount));
     }
     out
 }
@@ -241,10 +177,7 @@ pub async fn report(args: ReportArgs) -> ExitCode {
             repeated_attributes_semantics: RepeatedAttributesSemantics::IndependentEncoding as i32,
         };
         let mut client = connect(&args.server).await?;
-        client
-            .report(req)
-            .await
-            .map_err(|s| format!("{}: {}", code_name(s.code() as i32), s.message()))
+        client.report(req).await.map_err(|s| format!("{}: {}", code_name(s.code() as i32), s.message()))
     }
     .await;
     match result {

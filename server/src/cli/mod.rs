@@ -58,6 +58,9 @@ enum Command {
         /// How long SIGTERM waits for in-flight calls before exiting.
         #[arg(long, default_value = "10s", value_parser = parse_grace)]
         shutdown_grace: std::time::Duration,
+        /// Add draft-IETF X-RateLimit-* headers to Envoy rate-limit answers.
+        #[arg(long)]
+        rate_limit_headers: bool,
     },
     /// Check config files; print every error and exit non-zero if any.
     Validate {
@@ -75,10 +78,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mixr: cannot start the async runtime: {e}");
@@ -94,6 +94,7 @@ pub fn main() -> ExitCode {
             addr_file,
             no_watch,
             shutdown_grace,
+            rate_limit_headers,
         } => {
             let opts = ServeOptions {
                 config,
@@ -103,6 +104,7 @@ pub fn main() -> ExitCode {
                 addr_file,
                 watch: !no_watch,
                 shutdown_grace,
+                rate_limit_headers,
             };
             match runtime.block_on(serve(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -113,27 +115,26 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate {
-            paths,
-            default_namespace,
-        } => match compile_config(&paths, &default_namespace, &Registry::builtin()) {
-            Ok(snapshot) => {
-                println!(
-                    "ok: {} handlers, {} instances, {} rules",
-                    snapshot.handlers.len(),
-                    snapshot.instances.len(),
-                    snapshot.rules.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                for e in &errors {
-                    println!("{e}");
+        Command::Validate { paths, default_namespace } => {
+            match compile_config(&paths, &default_namespace, &Registry::builtin()) {
+                Ok(snapshot) => {
+                    println!(
+                        "ok: {} handlers, {} instances, {} rules",
+                        snapshot.handlers.len(),
+                        snapshot.instances.len(),
+                        snapshot.rules.len()
+                    );
+                    ExitCode::SUCCESS
                 }
-                println!("{} error(s)", errors.len());
-                ExitCode::FAILURE
+                Err(errors) => {
+                    for e in &errors {
+                        println!("{e}");
+                    }
+                    println!("{} error(s)", errors.len());
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Check(args) => runtime.block_on(client::check(args)),
         Command::Report(args) => runtime.block_on(client::report(args)),
     }

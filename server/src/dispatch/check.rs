@@ -48,10 +48,7 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
     let matched = snapshot.matching_rules(bag, &mut refs);
     for (rule, err) in &matched.errors {
         let name = &snapshot.rules[*rule].name;
-        metrics
-            .expression_errors
-            .with_label_values(&[name.as_str()])
-            .inc();
+        metrics.expression_errors.with_label_values(&[name.as_str()]).inc();
         tracing::debug!(rule = %name, error = %err, "rule match did not evaluate");
     }
 
@@ -63,11 +60,7 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
     for &r in &matched.rules {
         let rule = &snapshot.rules[r];
         for action in &rule.actions {
-            let Some(handler) = rt
-                .handlers
-                .get(action.handler)
-                .and_then(|h| h.check.as_ref())
-            else {
+            let Some(handler) = rt.handlers.get(action.handler).and_then(|h| h.check.as_ref()) else {
                 continue;
             };
             let handler_name = snapshot.handlers[action.handler].display_name();
@@ -80,15 +73,9 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
                     Ok(values) => handler.check(&values),
                     Err(e) => {
                         // A check that cannot be evaluated must not pass silently.
-                        metrics
-                            .instance_errors
-                            .with_label_values(&[instance.full_name.as_str()])
-                            .inc();
+                        metrics.instance_errors.with_label_values(&[instance.full_name.as_str()]).inc();
                         CheckResult {
-                            status: Status::new(
-                                code::INTERNAL,
-                                format!("instance {}: {e}", instance.full_name),
-                            ),
+                            status: Status::new(code::INTERNAL, format!("instance {}: {e}", instance.full_name)),
                             valid_duration: Duration::ZERO,
                             valid_use_count: 0,
                             output: HashMap::new(),
@@ -108,10 +95,7 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
                     }
                 }
                 if let Some(name) = &action.name {
-                    outputs
-                        .entry(name.clone())
-                        .or_default()
-                        .extend(result.output);
+                    outputs.entry(name.clone()).or_default().extend(result.output);
                 }
             }
         }
@@ -119,28 +103,15 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
     if !failures.is_empty() {
         status.message = failures.join(", ");
     }
-    let (valid_duration, valid_use_count) =
-        valid.unwrap_or((DEFAULT_VALID_DURATION, DEFAULT_VALID_USE_COUNT));
+    let (valid_duration, valid_use_count) = valid.unwrap_or((DEFAULT_VALID_DURATION, DEFAULT_VALID_USE_COUNT));
 
     let mut request_header_ops = Vec::new();
     let mut response_header_ops = Vec::new();
     if status.is_ok() {
         for &r in &matched.rules {
             let rule = &snapshot.rules[r];
-            header_ops(
-                &rule.request_header_operations,
-                bag,
-                &outputs,
-                &mut refs,
-                &mut request_header_ops,
-            );
-            header_ops(
-                &rule.response_header_operations,
-                bag,
-                &outputs,
-                &mut refs,
-                &mut response_header_ops,
-            );
+            header_ops(&rule.request_header_operations, bag, &outputs, &mut refs, &mut request_header_ops);
+            header_ops(&rule.response_header_operations, bag, &outputs, &mut refs, &mut response_header_ops);
         }
     }
     if let Some(dr) = &status.direct_response {
@@ -173,23 +144,14 @@ fn header_ops<'s>(
 ) {
     for op in ops {
         if op.operation == HeaderOpKind::Remove {
-            out.push(HeaderOp {
-                name: op.name.clone(),
-                value: String::new(),
-                operation: op.operation,
-            });
+            out.push(HeaderOp { name: op.name.clone(), value: String::new(), operation: op.operation });
             continue;
         }
         for value in &op.values {
-            match value
-                .eval_with_outputs(bag, outputs, refs)
-                .map(|v| v.to_text())
-            {
-                Ok(t) if !t.is_empty() => out.push(HeaderOp {
-                    name: op.name.clone(),
-                    value: t,
-                    operation: op.operation,
-                }),
+            match value.eval_with_outputs(bag, outputs, refs).map(|v| v.to_text()) {
+                Ok(t) if !t.is_empty() => {
+                    out.push(HeaderOp { name: op.name.clone(), value: t, operation: op.operation })
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(header = %op.name, error = %e, "header value did not evaluate; skipped")

@@ -2,6 +2,7 @@
 //! the wire: the gRPC layer decodes into a bag, calls here, and encodes the outcome.
 
 mod check;
+pub mod quota;
 mod report;
 
 pub use check::{CheckOutcome, HeaderOp, check};

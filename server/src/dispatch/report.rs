@@ -25,19 +25,11 @@ pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcom
         let mut refs = Referenced::new();
         let matched = snapshot.matching_rules(bag, &mut refs);
         for (rule, _) in &matched.errors {
-            metrics
-                .expression_errors
-                .with_label_values(&[snapshot.rules[*rule].name.as_str()])
-                .inc();
+            metrics.expression_errors.with_label_values(&[snapshot.rules[*rule].name.as_str()]).inc();
         }
         for &r in &matched.rules {
             for action in &snapshot.rules[r].actions {
-                if rt
-                    .handlers
-                    .get(action.handler)
-                    .and_then(|h| h.report.as_ref())
-                    .is_none()
-                {
+                if rt.handlers.get(action.handler).and_then(|h| h.report.as_ref()).is_none() {
                     continue;
                 }
                 for &i in &action.instances {
@@ -49,10 +41,7 @@ pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcom
                         Ok(values) => batches.entry((action.handler, i)).or_default().push(values),
                         Err(e) => {
                             outcome.instance_errors += 1;
-                            metrics
-                                .instance_errors
-                                .with_label_values(&[instance.full_name.as_str()])
-                                .inc();
+                            metrics.instance_errors.with_label_values(&[instance.full_name.as_str()]).inc();
                             tracing::debug!(instance = %instance.full_name, error = %e, "report instance not built");
                         }
                     }

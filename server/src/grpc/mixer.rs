@@ -1,45 +1,39 @@
 //! `istio.mixer.v1.Mixer`: Check and Report on the wire.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use mixr_proto::DIRECT_HTTP_RESPONSE_TYPE_URL;
 use mixr_proto::google::rpc;
-use mixr_proto::istio::mixer::v1::check_response::PreconditionResult;
+use mixr_proto::istio::mixer::v1::check_response::{PreconditionResult, QuotaResult};
 use mixr_proto::istio::mixer::v1::mixer_server::{Mixer, MixerServer};
 use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
 use mixr_proto::istio::mixer::v1::{
-    CheckRequest, CheckResponse, HeaderOperation, ReportRequest, ReportResponse, RouteDirective,
-    header_operation,
+    CheckRequest, CheckResponse, HeaderOperation, ReportRequest, ReportResponse, RouteDirective, header_operation,
 };
 use mixr_rules::bag::{decode_compressed, decode_report};
 use mixr_rules::config::model::HeaderOpKind;
 use prost::Message;
 use tonic::{Request, Response};
 
-use super::InFlight;
+use super::Shared;
 use super::status::CallError;
+use crate::dispatch::quota::{self, Selection};
 use crate::dispatch::{self, CheckOutcome, HeaderOp};
-use crate::metrics::{MethodMetrics, Metrics};
-use crate::runtime::ConfigStore;
+use crate::metrics::MethodMetrics;
 
 #[derive(Debug, Clone)]
 pub struct MixerService {
-    store: Arc<ConfigStore>,
-    metrics: Metrics,
+    shared: Shared,
     check_metrics: MethodMetrics,
     report_metrics: MethodMetrics,
-    in_flight: InFlight,
 }
 
 impl MixerService {
-    pub fn new(store: Arc<ConfigStore>, metrics: Metrics, in_flight: InFlight) -> MixerService {
+    pub fn new(shared: Shared) -> MixerService {
         MixerService {
-            check_metrics: MethodMetrics::new(&metrics, "mixer", "check"),
-            report_metrics: MethodMetrics::new(&metrics, "mixer", "report"),
-            store,
-            metrics,
-            in_flight,
+            check_metrics: MethodMetrics::new(&shared.metrics, "mixer", "check"),
+            report_metrics: MethodMetrics::new(&shared.metrics, "mixer", "report"),
+            shared,
         }
     }
 
@@ -47,31 +41,62 @@ impl MixerService {
         MixerServer::new(self)
     }
 
-    fn check_inner(&self, req: &CheckRequest) -> Result<CheckResponse, CallError> {
-        let rt = self.store.current();
+    async fn check_inner(&self, req: &CheckRequest) -> Result<CheckResponse, CallError> {
         let empty = Default::default();
         let attrs = req.attributes.as_ref().unwrap_or(&empty);
+        if req.quotas.is_empty() {
+            // No waiting ahead: the cheaper, borrowed view of the config suffices.
+            let rt = self.shared.store.current();
+            let bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
+            let outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
+            return Ok(encode_check(&outcome, req.global_word_count));
+        }
+        let rt = self.shared.store.current_full();
         let bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
-        let outcome = dispatch::check(&rt, &bag, &self.metrics);
-        Ok(encode_check(&outcome, req.global_word_count))
+        let outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
+        let mut resp = encode_check(&outcome, req.global_word_count);
+        // Quotas are only charged when the precondition passed.
+        if outcome.status.is_ok() {
+            let mut names: Vec<_> = req.quotas.iter().collect();
+            names.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, params) in names {
+                let q = quota::allocate(
+                    &rt,
+                    &bag,
+                    &outcome.matched_rules,
+                    Selection::Named(name),
+                    params.amount,
+                    params.best_effort,
+                    &req.deduplication_id,
+                    &self.shared.metrics,
+                    &self.shared.unconfigured,
+                )
+                .await;
+                resp.quotas.insert(
+                    name.clone(),
+                    QuotaResult {
+                        valid_duration: Some(prost_duration(q.valid_duration)),
+                        granted_amount: q.granted,
+                        referenced_attributes: Some(q.referenced.to_proto(req.global_word_count)),
+                        status: Some(rpc::Status {
+                            code: q.status.code,
+                            message: q.status.message,
+                            details: Vec::new(),
+                        }),
+                    },
+                );
+            }
+        }
+        Ok(resp)
     }
 
     fn report_inner(&self, req: &ReportRequest) -> Result<(), CallError> {
-        let rt = self.store.current();
-        let delta = req.repeated_attributes_semantics
-            != RepeatedAttributesSemantics::IndependentEncoding as i32;
-        let bags = decode_report(
-            &req.attributes,
-            &req.default_words,
-            req.global_word_count,
-            delta,
-            &rt.snapshot.manifest,
-        )?;
-        self.metrics
-            .report_entries
-            .with_label_values(&["mixer"])
-            .inc_by(bags.len() as u64);
-        dispatch::report(&rt, &bags, &self.metrics);
+        let rt = self.shared.store.current();
+        let delta = req.repeated_attributes_semantics != RepeatedAttributesSemantics::IndependentEncoding as i32;
+        let bags =
+            decode_report(&req.attributes, &req.default_words, req.global_word_count, delta, &rt.snapshot.manifest)?;
+        self.shared.metrics.report_entries.with_label_values(&["mixer"]).inc_by(bags.len() as u64);
+        dispatch::report(&rt, &bags, &self.shared.metrics);
         Ok(())
     }
 }
@@ -90,6 +115,10 @@ fn encode_ops(ops: &[HeaderOp]) -> Vec<HeaderOperation> {
         .collect()
 }
 
+pub fn prost_duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs().min(i64::MAX as u64) as i64, nanos: d.subsec_nanos() as i32 }
+}
+
 /// Builds the wire answer. Referenced attributes use only the caller's global words.
 pub fn encode_check(outcome: &CheckOutcome<'_>, global_word_count: u32) -> CheckResponse {
     let status = &outcome.status;
@@ -100,25 +129,16 @@ pub fn encode_check(outcome: &CheckOutcome<'_>, global_word_count: u32) -> Check
         ..Default::default()
     };
     if let Some(dr) = &status.direct_response {
-        details.push(prost_types::Any {
-            type_url: DIRECT_HTTP_RESPONSE_TYPE_URL.to_string(),
-            value: dr.encode_to_vec(),
-        });
+        details
+            .push(prost_types::Any { type_url: DIRECT_HTTP_RESPONSE_TYPE_URL.to_string(), value: dr.encode_to_vec() });
         directive.direct_response_code = dr.code as u32;
         directive.direct_response_body = dr.body.clone();
     }
     let has_directive = directive != RouteDirective::default();
     CheckResponse {
         precondition: Some(PreconditionResult {
-            status: Some(rpc::Status {
-                code: status.code,
-                message: status.message.clone(),
-                details,
-            }),
-            valid_duration: Some(prost_types::Duration {
-                seconds: outcome.valid_duration.as_secs() as i64,
-                nanos: outcome.valid_duration.subsec_nanos() as i32,
-            }),
+            status: Some(rpc::Status { code: status.code, message: status.message.clone(), details }),
+            valid_duration: Some(prost_duration(outcome.valid_duration)),
             valid_use_count: outcome.valid_use_count,
             referenced_attributes: Some(outcome.referenced.to_proto(global_word_count)),
             route_directive: has_directive.then_some(directive),
@@ -129,19 +149,12 @@ pub fn encode_check(outcome: &CheckOutcome<'_>, global_word_count: u32) -> Check
 
 #[tonic::async_trait]
 impl Mixer for MixerService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, tonic::Status> {
-        let _call = self.in_flight.enter();
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
+        let _call = self.shared.in_flight.enter();
         let started = Instant::now();
-        match self.check_inner(request.get_ref()) {
+        match self.check_inner(request.get_ref()).await {
             Ok(resp) => {
-                let code = resp
-                    .precondition
-                    .as_ref()
-                    .and_then(|p| p.status.as_ref())
-                    .map_or(0, |s| s.code);
+                let code = resp.precondition.as_ref().and_then(|p| p.status.as_ref()).map_or(0, |s| s.code);
                 self.check_metrics.observe(code, started);
                 Ok(Response::new(resp))
             }
@@ -153,11 +166,8 @@ impl Mixer for MixerService {
         }
     }
 
-    async fn report(
-        &self,
-        request: Request<ReportRequest>,
-    ) -> Result<Response<ReportResponse>, tonic::Status> {
-        let _call = self.in_flight.enter();
+    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, tonic::Status> {
+        let _call = self.shared.in_flight.enter();
         let started = Instant::now();
         match self.report_inner(request.get_ref()) {
             Ok(()) => {

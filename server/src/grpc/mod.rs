@@ -1,7 +1,22 @@
 //! gRPC services and the mapping of errors to gRPC statuses.
 
+pub mod envoy_authz;
+pub mod envoy_rls;
 pub mod mixer;
 pub mod status;
+
+use crate::dispatch::quota::Unconfigured;
+use crate::metrics::Metrics;
+use crate::runtime::ConfigStore;
+
+/// What every gRPC service shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub store: Arc<ConfigStore>,
+    pub metrics: Metrics,
+    pub in_flight: InFlight,
+    pub unconfigured: Arc<Unconfigured>,
+}
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -13,9 +13,7 @@ impl From<CallError> for tonic::Status {
     fn from(e: CallError) -> tonic::Status {
         match &e {
             // Mixer answered a dictionary mismatch with INTERNAL; clients key on it.
-            CallError::Attributes(BagError::GlobalWordCount { .. }) => {
-                tonic::Status::internal(e.to_string())
-            }
+            CallError::Attributes(BagError::GlobalWordCount { .. }) => tonic::Status::internal(e.to_string()),
             CallError::Attributes(_) => tonic::Status::invalid_argument(e.to_string()),
         }
     }
