@@ -85,6 +85,9 @@ impl Default for BuildContext {
     }
 }
 
+/// Validates the instances (full names) rules send to a handler.
+pub type InstanceCheck = fn(&HandlerDoc, &[String]) -> Result<(), ConfigError>;
+
 /// One adapter's entry in the registry.
 #[derive(Clone, Copy)]
 pub struct AdapterInfo {
@@ -92,7 +95,7 @@ pub struct AdapterInfo {
     pub templates: &'static [Template],
     pub validate: fn(&HandlerDoc) -> Result<(), ConfigError>,
     /// Checks the instances rules send to a handler (a quota adapter must configure each).
-    pub validate_instances: Option<fn(&HandlerDoc, &[String]) -> Result<(), ConfigError>>,
+    pub validate_instances: Option<InstanceCheck>,
     pub build: fn(&HandlerDoc, &BuildContext) -> Result<Handler, ConfigError>,
 }
 

@@ -38,6 +38,19 @@ enum Command {
         #[arg(long)]
         mixr: Option<PathBuf>,
     },
+    /// Quotas: Mixer Check with a quota and Envoy RLS ShouldRateLimit, through memquota and
+    /// redisquota, against a no-op server answering both.
+    Quota {
+        #[arg(long, default_value = "5")]
+        seconds: u64,
+        #[arg(long, default_value = "8")]
+        concurrency: usize,
+        #[arg(long)]
+        mixr: Option<PathBuf>,
+        /// Redis for redisquota (its server process is measured too when it is local).
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
     /// The baseline: a Mixer server that decodes each request and answers OK.
     NoopServer {
         #[arg(long)]
@@ -50,21 +63,32 @@ fn main() -> ExitCode {
     match cli.command {
         Command::NoopServer { addr_file } => noop::run(&addr_file),
         Command::Check { seconds, concurrency, mixr } => {
-            if let Some(code) = procstat::pin_self_to_cpu0() {
-                return code;
-            }
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
-            let Ok(rt) = rt else {
-                eprintln!("cannot start runtime");
-                return ExitCode::FAILURE;
-            };
-            match rt.block_on(scenario::check(Duration::from_secs(seconds), concurrency, mixr)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mixr-bench: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            drive(|| scenario::check(Duration::from_secs(seconds), concurrency, mixr))
+        }
+        Command::Quota { seconds, concurrency, mixr, redis } => {
+            drive(|| scenario::quota(Duration::from_secs(seconds), concurrency, mixr, redis))
+        }
+    }
+}
+
+/// Runs a scenario on a one-thread runtime pinned to CPU 0.
+fn drive<F, Fut>(scenario: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    if let Some(code) = procstat::pin_self_to_cpu0() {
+        return code;
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() else {
+        eprintln!("cannot start runtime");
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(scenario()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mixr-bench: {e}");
+            ExitCode::FAILURE
         }
     }
 }

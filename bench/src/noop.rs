@@ -3,6 +3,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::DescriptorStatus;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use mixr_proto::google::rpc;
 use mixr_proto::istio::mixer::v1::check_response::PreconditionResult;
 use mixr_proto::istio::mixer::v1::mixer_server::{Mixer, MixerServer};
@@ -35,6 +40,18 @@ fn prost_duration() -> prost_types::Duration {
     prost_types::Duration { seconds: 60, nanos: 0 }
 }
 
+#[tonic::async_trait]
+impl RateLimitService for Noop {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let statuses =
+            request.get_ref().descriptors.iter().map(|_| DescriptorStatus { code: 1, ..Default::default() }).collect();
+        Ok(Response::new(RateLimitResponse { overall_code: 1, statuses, ..Default::default() }))
+    }
+}
+
 pub fn run(addr_file: &Path) -> ExitCode {
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
         return ExitCode::FAILURE;
@@ -45,6 +62,7 @@ pub fn run(addr_file: &Path) -> ExitCode {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(MixerServer::new(Noop))
+            .add_service(RateLimitServiceServer::new(Noop))
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await?;
         Ok(())

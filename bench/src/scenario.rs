@@ -68,6 +68,8 @@ struct Measured {
     name: &'static str,
     load: LoadResult,
     cpu_us_per_call: f64,
+    /// CPU of a helper process (Redis) per call, when measured.
+    helper_cpu_us_per_call: Option<f64>,
 }
 
 impl Measured {
@@ -80,57 +82,70 @@ impl Measured {
 
 const CHECK: &str = "/istio.mixer.v1.Mixer/Check";
 
-async fn measure(
+async fn measure<M: Message>(
     name: &'static str,
     server: &Server,
     path: &'static str,
-    requests: &[CheckRequest],
+    requests: &[M],
     concurrency: usize,
     seconds: Duration,
+    helper_pid: Option<u32>,
 ) -> Result<Measured, String> {
     let pid = server.child.id();
     let mut samples = Vec::new();
     let bodies = requests.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
     let load = run(&server.endpoint, path, bodies, concurrency, Duration::from_secs(1), seconds, || {
-        samples.push(cpu_micros(pid).unwrap_or(0));
+        samples.push((cpu_micros(pid).unwrap_or(0), helper_pid.and_then(cpu_micros).unwrap_or(0)));
     })
     .await?;
-    let cpu = samples.get(1).zip(samples.first()).map(|(b, a)| b.saturating_sub(*a)).unwrap_or(0);
-    let cpu_us_per_call = if load.requests > 0 { cpu as f64 / load.requests as f64 } else { 0.0 };
-    Ok(Measured { name, load, cpu_us_per_call })
+    let per_call = |delta: u64| if load.requests > 0 { delta as f64 / load.requests as f64 } else { 0.0 };
+    let (cpu, helper) = match (samples.first(), samples.get(1)) {
+        (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
+        _ => (0, 0),
+    };
+    Ok(Measured {
+        name,
+        cpu_us_per_call: per_call(cpu),
+        helper_cpu_us_per_call: helper_pid.map(|_| per_call(helper)),
+        load,
+    })
 }
 
 fn table(title: &str, rows: &[Measured]) -> String {
     let mut out = format!("\n{title}\n");
     let _ = writeln!(
         out,
-        "{:<10} {:>10} {:>9} {:>9} {:>14} {:>16} {:>8}",
-        "server", "req/s", "p50 us", "p99 us", "cpu us/call", "1-core req/s", "errors"
+        "{:<16} {:>10} {:>9} {:>9} {:>14} {:>16} {:>14} {:>8}",
+        "server", "req/s", "p50 us", "p99 us", "cpu us/call", "1-core req/s", "redis us/call", "errors"
     );
     for r in rows {
+        let helper = r.helper_cpu_us_per_call.map_or("-".to_string(), |c| format!("{c:.1}"));
         let _ = writeln!(
             out,
-            "{:<10} {:>10.0} {:>9} {:>9} {:>14.1} {:>16.0} {:>8}",
+            "{:<16} {:>10.0} {:>9} {:>9} {:>14.1} {:>16.0} {:>14} {:>8}",
             r.name,
             r.load.rps(),
             r.load.percentile_us(0.50),
             r.load.percentile_us(0.99),
             r.cpu_us_per_call,
             r.capacity(),
+            helper,
             r.load.errors
         );
     }
-    if let [base, ours, ..] = rows {
-        let _ = writeln!(
-            out,
-            "ratio {}/{}: throughput {:.2}x, single-core capacity {:.2}x, p99 {:.2}x, server CPU per call {:+.1} us",
-            ours.name,
-            base.name,
-            ours.load.rps() / base.load.rps().max(1.0),
-            ours.capacity() / base.capacity().max(1.0),
-            ours.load.percentile_us(0.99) as f64 / base.load.percentile_us(0.99).max(1) as f64,
-            ours.cpu_us_per_call - base.cpu_us_per_call
-        );
+    if let [base, rest @ ..] = rows {
+        for ours in rest {
+            let _ = writeln!(
+                out,
+                "ratio {}/{}: throughput {:.2}x, single-core capacity {:.2}x, p99 {:.2}x, server CPU per call {:+.1} us",
+                ours.name,
+                base.name,
+                ours.load.rps() / base.load.rps().max(1.0),
+                ours.capacity() / base.capacity().max(1.0),
+                ours.load.percentile_us(0.99) as f64 / base.load.percentile_us(0.99).max(1) as f64,
+                ours.cpu_us_per_call - base.cpu_us_per_call
+            );
+        }
     }
     out
 }
@@ -248,7 +263,7 @@ pub async fn check(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>)
     println!("config: 50 rules, a 10000-entry listchecker, a denier; 4 request shapes of 22 attributes");
 
     let noop = start(&me, &["noop-server".into(), "--addr-file".into(), addr_file.display().to_string()], &addr_file)?;
-    let base = measure("noop", &noop, CHECK, &requests, concurrency, seconds).await?;
+    let base = measure("noop", &noop, CHECK, &requests, concurrency, seconds, None).await?;
     drop(noop);
 
     let args = vec![
@@ -265,7 +280,7 @@ pub async fn check(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>)
     let server = start(&mixr, &args, &addr_file)?;
     let answers = answers(&server, &requests).await?;
     println!("mixr answers per request shape: {answers}");
-    let ours = measure("mixr", &server, CHECK, &requests, concurrency, seconds).await?;
+    let ours = measure("mixr", &server, CHECK, &requests, concurrency, seconds, None).await?;
     drop(server);
     print!("{}", table("results", &[base, ours]));
     Ok(())
@@ -282,4 +297,118 @@ async fn answers(server: &Server, requests: &[CheckRequest]) -> Result<String, S
         codes.push(code.to_string());
     }
     Ok(codes.join(", "))
+}
+
+const RLS: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// memquota and redisquota handlers with the same (never exhausted) limits, one rule for
+/// Mixer quotas and one for rate-limit descriptors.
+fn quota_config(dir: &Path, adapter: &str, redis: &str) -> std::io::Result<PathBuf> {
+    let quota = |name: &str| {
+        let mut q = format!("    - name: {name}\n      maxAmount: 1000000000\n      validDuration: 1s\n");
+        if adapter == "redisquota" {
+            q.push_str("      rateLimitAlgorithm: ROLLING_WINDOW\n      bucketDuration: 100ms\n");
+        }
+        q
+    };
+    let server =
+        if adapter == "redisquota" { format!("    redisServerUrl: {redis}\n    timeout: 1s\n") } else { String::new() };
+    let y = format!(
+        "apiVersion: config.istio.io/v1alpha2\nkind: handler\nmetadata: {{name: q}}\nspec:\n  compiledAdapter: {adapter}\n  params:\n{server}    quotas:\n{}{}---\n\
+         apiVersion: config.istio.io/v1alpha2\nkind: instance\nmetadata: {{name: requestcount}}\nspec:\n  compiledTemplate: quota\n  params:\n    dimensions:\n      user: 'request.headers[\"x-user\"] | \"anonymous\"'\n      service: destination.service.name | \"unknown\"\n---\n\
+         apiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {{name: mixerquota}}\nspec:\n  match: (context.protocol | \"\") == \"http\"\n  actions:\n  - {{handler: q, instances: [requestcount]}}\n---\n\
+         apiVersion: config.istio.io/v1alpha2\nkind: instance\nmetadata: {{name: rlsquota}}\nspec:\n  compiledTemplate: quota\n  params:\n    dimensions:\n      key: ratelimit.descriptor[\"generic_key\"] | \"none\"\n---\n\
+         apiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {{name: rls}}\nspec:\n  match: ratelimit.domain == \"edge\"\n  actions:\n  - {{handler: q, instances: [rlsquota]}}\n",
+        quota("requestcount"),
+        quota("rlsquota")
+    );
+    let path = dir.join(format!("{adapter}.yaml"));
+    std::fs::write(&path, y)?;
+    Ok(path)
+}
+
+fn rls_requests() -> Vec<envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest> {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    (0..4)
+        .map(|i| envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![
+                    Entry { key: "generic_key".into(), value: format!("tenant-{i}") },
+                    Entry { key: "remote_address".into(), value: "10.1.2.3".into() },
+                ],
+                ..Default::default()
+            }],
+            hits_addend: 1,
+        })
+        .collect()
+}
+
+/// The local redis-server's pid, to account its CPU too.
+fn redis_pid(url: &str) -> Option<u32> {
+    let hostport = url.trim_start_matches("redis://");
+    let (host, port) = hostport.split_once(':')?;
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port.trim_end_matches('/'), "info", "server"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+pub async fn quota(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>, redis: String) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mixr = match mixr {
+        Some(p) => p,
+        None => sibling("mixr")?,
+    };
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let addr_file = dir.path().join("addr");
+    let mut check_requests = Vec::new();
+    for (i, svc) in ["svc1", "svc2", "svc3", "svc4"].iter().enumerate() {
+        let mut r = sidecar_request(svc, &format!("user-{i}"), "v1");
+        r.quotas.insert(
+            "requestcount".into(),
+            mixr_proto::istio::mixer::v1::check_request::QuotaParams { amount: 1, best_effort: false },
+        );
+        r.deduplication_id = String::new();
+        check_requests.push(r);
+    }
+    let rls = rls_requests();
+    println!("Quotas: {concurrency} concurrent callers, 1 s warm-up, {} s measured per server", seconds.as_secs());
+    println!("Mixer Check carries quota requestcount=1 (22 attributes); RLS carries one 2-entry descriptor");
+
+    let noop = start(&me, &["noop-server".into(), "--addr-file".into(), addr_file.display().to_string()], &addr_file)?;
+    let base_check = measure("noop", &noop, CHECK, &check_requests, concurrency, seconds, None).await?;
+    let base_rls = measure("noop", &noop, RLS, &rls, concurrency, seconds, None).await?;
+    drop(noop);
+
+    let mut check_rows = vec![base_check];
+    let mut rls_rows = vec![base_rls];
+    for (adapter, label_check, label_rls) in
+        [("memquota", "mixr memquota", "mixr memquota"), ("redisquota", "mixr redisquota", "mixr redisquota")]
+    {
+        let config = quota_config(dir.path(), adapter, &redis).map_err(|e| e.to_string())?;
+        let args = vec![
+            "serve".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--monitoring-addr=127.0.0.1:0".into(),
+            "--no-watch".into(),
+            "--log-level=warn".into(),
+            "--addr-file".into(),
+            addr_file.display().to_string(),
+        ];
+        let server = start(&mixr, &args, &addr_file)?;
+        let helper = if adapter == "redisquota" { redis_pid(&redis) } else { None };
+        check_rows.push(measure(label_check, &server, CHECK, &check_requests, concurrency, seconds, helper).await?);
+        rls_rows.push(measure(label_rls, &server, RLS, &rls, concurrency, seconds, helper).await?);
+    }
+    print!("{}", table("Mixer Check with a quota", &check_rows));
+    print!("{}", table("Envoy RLS ShouldRateLimit", &rls_rows));
+    Ok(())
 }

@@ -44,8 +44,9 @@ impl ServerAddress {
 }
 
 enum Target {
-    Single { client: redis::Client, pool: Vec<Mutex<Option<ConnectionManager>>>, next: AtomicUsize },
-    Cluster { client: ClusterClient, conn: Mutex<Option<ClusterConnection>> },
+    Single { client: Box<redis::Client>, pool: Vec<Mutex<Option<ConnectionManager>>>, next: AtomicUsize },
+    // Clients are boxed: they are large and of very different sizes.
+    Cluster { client: Box<ClusterClient>, conn: Mutex<Option<ClusterConnection>> },
 }
 
 pub struct Backend {
@@ -57,16 +58,18 @@ impl Backend {
     pub fn new(addr: &ServerAddress, pool_size: usize, timeout: Duration) -> Result<Backend, String> {
         let target = match addr {
             ServerAddress::Single(url) => Target::Single {
-                client: redis::Client::open(url.as_str()).map_err(|e| e.to_string())?,
+                client: Box::new(redis::Client::open(url.as_str()).map_err(|e| e.to_string())?),
                 pool: (0..pool_size.max(1)).map(|_| Mutex::new(None)).collect(),
                 next: AtomicUsize::new(0),
             },
             ServerAddress::Cluster(nodes) => Target::Cluster {
-                client: ClusterClient::builder(nodes.clone())
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .build()
-                    .map_err(|e| e.to_string())?,
+                client: Box::new(
+                    ClusterClient::builder(nodes.clone())
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                ),
                 conn: Mutex::new(None),
             },
         };
@@ -88,7 +91,7 @@ impl Backend {
                                 .set_response_timeout(Some(self.timeout))
                                 .set_number_of_retries(1)
                                 .set_max_delay(Duration::from_secs(1));
-                            let c = ConnectionManager::new_with_config(client.clone(), config).await?;
+                            let c = ConnectionManager::new_with_config((**client).clone(), config).await?;
                             *guard = Some(c.clone());
                             c
                         }

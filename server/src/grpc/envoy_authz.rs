@@ -122,8 +122,8 @@ pub fn attributes(ctx: &AttributeContext) -> Bag<'_> {
             out.push(("request.time", Value::Timestamp(Timestamp { seconds: t.seconds, nanos: t.nanos })));
         }
         if let Some(http) = &req.http {
-            fn s(v: &String) -> Value<'_> {
-                Value::String(Cow::Borrowed(v.as_str()))
+            fn s(v: &str) -> Value<'_> {
+                Value::String(Cow::Borrowed(v))
             }
             for (name, v) in [
                 ("request.id", &http.id),
