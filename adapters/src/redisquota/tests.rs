@@ -276,7 +276,8 @@ impl OwnCluster {
         assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let info = Command::new("redis-cli").args(["-p", &ports[0].to_string(), "cluster", "info"]).output().unwrap();
+            let info =
+                Command::new("redis-cli").args(["-p", &ports[0].to_string(), "cluster", "info"]).output().unwrap();
             if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                 break;
             }
