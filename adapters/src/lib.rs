@@ -23,6 +23,8 @@ pub mod params;
 pub mod quota;
 pub mod redisquota;
 pub mod registry;
+pub mod sqllog;
+pub mod stdio;
 pub mod variety;
 
 pub use registry::{AdapterMetrics, BuildContext, Handler, HandlerSet, Registry};

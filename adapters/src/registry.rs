@@ -11,7 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::variety::{CheckHandler, QuotaHandler, ReportHandler};
 use prometheus::{IntCounterVec, Opts};
 
-use crate::{denier, listchecker, memquota, noop, redisquota};
+use crate::{denier, listchecker, memquota, noop, redisquota, sqllog, stdio};
 
 /// A built handler: the varieties its adapter implements.
 #[derive(Clone, Default)]
@@ -115,7 +115,15 @@ impl Registry {
     /// Every adapter mixr ships.
     pub fn builtin() -> Registry {
         Registry {
-            adapters: vec![denier::info(), listchecker::info(), memquota::info(), noop::info(), redisquota::info()],
+            adapters: vec![
+                denier::info(),
+                listchecker::info(),
+                memquota::info(),
+                noop::info(),
+                redisquota::info(),
+                sqllog::info(),
+                stdio::info(),
+            ],
         }
     }
 

@@ -130,6 +130,17 @@ pub trait QuotaHandler: Send + Sync {
     ) -> BoxFuture<'a, QuotaResult>;
 }
 
+/// A Check that was denied, for report adapters that record denials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denial {
+    pub time: std::time::SystemTime,
+    pub code: i32,
+    /// The aggregated `handler:message` text.
+    pub message: String,
+    /// The request's attributes, as text.
+    pub attributes: Vec<(String, String)>,
+}
+
 /// Report adapters take a batch of instances of one instance config and must not block:
 /// slow sinks queue and flush in the background.
 pub trait ReportHandler: Send + Sync {
@@ -138,5 +149,18 @@ pub trait ReportHandler: Send + Sync {
     /// Writes out anything queued (graceful shutdown).
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// Whether this handler records denied Checks (then [`ReportHandler::check_denied`] is
+    /// called for each).
+    fn wants_check_denials(&self) -> bool {
+        false
+    }
+
+    fn check_denied(&self, _denial: &Denial) {}
+
+    /// Metric families this handler exposes on `/metrics` (the prometheus adapter).
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        Vec::new()
     }
 }

@@ -2,6 +2,7 @@
 
 mod client;
 mod logging;
+mod logs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ enum Command {
     Check(client::CheckArgs),
     /// Send a Report with one entry to a server.
     Report(client::ReportArgs),
+    /// Print recent entries of a sqllog store.
+    Logs(logs::LogsArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -137,6 +140,7 @@ pub fn main() -> ExitCode {
         }
         Command::Check(args) => runtime.block_on(client::check(args)),
         Command::Report(args) => runtime.block_on(client::report(args)),
+        Command::Logs(args) => runtime.block_on(logs::run(args)),
     }
 }
 
