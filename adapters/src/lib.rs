@@ -7,7 +7,7 @@
 //!   whose adapter and params did not change are carried over across config reloads, so
 //!   their state (a fetched list, counters) survives.
 //! - One module per adapter: [`denier`], [`listchecker`], [`memquota`], [`redisquota`],
-//!   [`noop`]; [`quota`]
+//!   [`prom`] (`prometheus`), [`sqllog`], [`stdio`], [`noop`]; [`quota`]
 //!   holds what the quota adapters share (params, keys, rolling-window arithmetic).
 //! - [`clock`]: time as adapters see it, replaceable in tests.
 //!
@@ -20,6 +20,7 @@ pub mod listchecker;
 pub mod memquota;
 pub mod noop;
 pub mod params;
+pub mod prom;
 pub mod quota;
 pub mod redisquota;
 pub mod registry;

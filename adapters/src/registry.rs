@@ -11,7 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::variety::{CheckHandler, QuotaHandler, ReportHandler};
 use prometheus::{IntCounterVec, Opts};
 
-use crate::{denier, listchecker, memquota, noop, redisquota, sqllog, stdio};
+use crate::{denier, listchecker, memquota, noop, prom, redisquota, sqllog, stdio};
 
 /// A built handler: the varieties its adapter implements.
 #[derive(Clone, Default)]
@@ -120,6 +120,7 @@ impl Registry {
                 listchecker::info(),
                 memquota::info(),
                 noop::info(),
+                prom::info(),
                 redisquota::info(),
                 sqllog::info(),
                 stdio::info(),

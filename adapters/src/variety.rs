@@ -144,6 +144,7 @@ pub struct Denial {
 /// Report adapters take a batch of instances of one instance config and must not block:
 /// slow sinks queue and flush in the background.
 pub trait ReportHandler: Send + Sync {
+    /// `instance_name` is the instance's full name (`name.kind.namespace`).
     fn report(&self, instance_name: &str, instances: &[InstanceValues]);
 
     /// Writes out anything queued (graceful shutdown).

@@ -52,7 +52,7 @@ pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcom
     for ((h, i), values) in batches {
         if let Some(handler) = rt.handlers.get(h).and_then(|h| h.report.as_ref()) {
             outcome.instances_dispatched += values.len();
-            handler.report(&snapshot.instances[i].name, &values);
+            handler.report(&snapshot.instances[i].full_name, &values);
         }
     }
     outcome
