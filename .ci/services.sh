@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes sure the services the tests talk to are up on loopback: Redis on 6379. Installs
-# them from Debian's packages when absent, so a fresh machine passes too.
+# Makes sure the services the tests talk to are up on loopback (Redis on 6379, PostgreSQL on
+# 5432) and that Prometheus (promtool and the server the telemetry test starts) is
+# installed. Installs from Debian's packages when absent, so a fresh machine passes too.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -24,3 +25,9 @@ if ! redis_up; then
 fi
 redis_up || { echo "redis is not reachable on 127.0.0.1:6379" >&2; exit 1; }
 echo "redis: $(redis-cli -h 127.0.0.1 -p 6379 info server | grep redis_version | tr -d '\r')"
+
+if ! have promtool || ! have prometheus; then
+  echo "installing prometheus (promtool)"
+  apt_install --no-install-recommends prometheus
+fi
+echo "prometheus: $(prometheus --version 2>&1 | head -1)"

@@ -29,4 +29,6 @@ pub mod stdio;
 pub mod variety;
 
 pub use registry::{AdapterMetrics, BuildContext, Handler, HandlerSet, Registry};
-pub use variety::{CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaLimit, QuotaResult, ReportHandler, Status};
+pub use variety::{
+    CheckHandler, CheckResult, Denial, QuotaArgs, QuotaHandler, QuotaLimit, QuotaResult, ReportHandler, Status,
+};

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub quota_unconfigured: IntCounterVec,
     pub quota_allocations: IntCounterVec,
+    pub adapter_calls: IntCounterVec,
+    pub adapter_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -74,8 +76,24 @@ impl Metrics {
             &["handler", "result"],
         )
         .expect("valid metric");
+        let adapter_calls = IntCounterVec::new(
+            Opts::new(
+                "mixr_adapter_calls_total",
+                "Adapter calls by handler, variety (check, quota, report) and result (ok, error).",
+            ),
+            &["handler", "variety", "result"],
+        )
+        .expect("valid metric");
+        let adapter_seconds = HistogramVec::new(
+            HistogramOpts::new("mixr_adapter_duration_seconds", "Time spent in adapter calls, by handler and variety.")
+                .buckets(vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.25, 1.0]),
+            &["handler", "variety"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(quota_unconfigured.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(adapter_calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(adapter_seconds.clone()),
+            Box::new(quota_unconfigured.clone()),
             Box::new(quota_allocations.clone()),
             Box::new(calls.clone()),
             Box::new(call_seconds.clone()),
@@ -98,13 +116,28 @@ impl Metrics {
             config_generation,
             quota_unconfigured,
             quota_allocations,
+            adapter_calls,
+            adapter_seconds,
         }
     }
 
-    /// The text exposition of every registered metric.
-    pub fn render(&self) -> String {
+    /// The text exposition of mixr's metrics and `extra` families (adapters'). Families of
+    /// the same name are merged: a name may appear only once in the exposition.
+    pub fn render(&self, extra: Vec<prometheus::proto::MetricFamily>) -> String {
         let mut out = String::new();
-        let families = self.registry.gather();
+        let mut families = self.registry.gather();
+        for f in extra {
+            match families.iter_mut().find(|g| g.name() == f.name()) {
+                Some(g) if g.get_field_type() == f.get_field_type() => {
+                    for m in f.get_metric() {
+                        g.mut_metric().push(m.clone());
+                    }
+                }
+                Some(_) => tracing::warn!(metric = f.name(), "two adapters export this metric with different types"),
+                None => families.push(f),
+            }
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
@@ -115,6 +148,14 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Records one adapter call.
+    pub fn adapter_call(&self, handler: &str, variety: &str, ok: bool, started: std::time::Instant) {
+        self.adapter_calls.with_label_values(&[handler, variety, if ok { "ok" } else { "error" }]).inc();
+        self.adapter_seconds.with_label_values(&[handler, variety]).observe(started.elapsed().as_secs_f64());
     }
 }
 

@@ -70,7 +70,12 @@ impl Monitor {
                     reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no config loaded\n".into())
                 }
             }
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => {
+                let rt = self.store.current();
+                let extra =
+                    rt.handlers.handlers.iter().filter_map(|h| h.report.as_ref()).flat_map(|r| r.gather()).collect();
+                reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render(extra))
+            }
             "/debug/config" => {
                 let rt = self.store.current();
                 let body = serde_json::to_string_pretty(&config_summary(&rt)).unwrap_or_default();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mixr_adapters::variety::code;
-use mixr_adapters::{CheckResult, Status};
+use mixr_adapters::{CheckResult, Denial, Status};
 use mixr_rules::bag::{Bag, Referenced};
 use mixr_rules::config::model::HeaderOpKind;
 use mixr_rules::expr::Outputs;
@@ -70,7 +70,17 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
                     continue;
                 }
                 let result = match instance.eval(bag, &mut refs) {
-                    Ok(values) => handler.check(&values),
+                    Ok(values) => {
+                        let started = std::time::Instant::now();
+                        let r = handler.check(&values);
+                        metrics.adapter_call(
+                            &handler_name,
+                            "check",
+                            r.status.code != code::INTERNAL && r.status.code != code::UNAVAILABLE,
+                            started,
+                        );
+                        r
+                    }
                     Err(e) => {
                         // A check that cannot be evaluated must not pass silently.
                         metrics.instance_errors.with_label_values(&[instance.full_name.as_str()]).inc();
@@ -102,6 +112,7 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
     }
     if !failures.is_empty() {
         status.message = failures.join(", ");
+        record_denial(rt, bag, &status);
     }
     let (valid_duration, valid_use_count) = valid.unwrap_or((DEFAULT_VALID_DURATION, DEFAULT_VALID_USE_COUNT));
 
@@ -157,6 +168,22 @@ fn header_ops<'s>(
                     tracing::debug!(header = %op.name, error = %e, "header value did not evaluate; skipped")
                 }
             }
+        }
+    }
+}
+
+/// Hands a denied Check to the report handlers that keep denials (a log store).
+fn record_denial(rt: &Runtime, bag: &Bag<'_>, status: &Status) {
+    let mut denial: Option<Denial> = None;
+    for h in rt.handlers.handlers.iter().filter_map(|h| h.report.as_ref()) {
+        if h.wants_check_denials() {
+            let d = denial.get_or_insert_with(|| Denial {
+                time: std::time::SystemTime::now(),
+                code: status.code,
+                message: status.message.clone(),
+                attributes: bag.iter().map(|(n, v)| (n.to_string(), v.to_text())).collect(),
+            });
+            h.check_denied(d);
         }
     }
 }

@@ -125,7 +125,11 @@ pub async fn allocate<'s>(
                     amount,
                     best_effort,
                 };
-                handler.alloc(&values, &inst.full_name, args).await
+                let started = std::time::Instant::now();
+                let r = handler.alloc(&values, &inst.full_name, args).await;
+                let handler_name = snapshot.handlers[h].display_name();
+                metrics.adapter_call(&handler_name, "quota", r.status.is_ok(), started);
+                r
             }
             Err(e) => {
                 metrics.instance_errors.with_label_values(&[inst.full_name.as_str()]).inc();

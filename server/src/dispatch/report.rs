@@ -52,7 +52,9 @@ pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcom
     for ((h, i), values) in batches {
         if let Some(handler) = rt.handlers.get(h).and_then(|h| h.report.as_ref()) {
             outcome.instances_dispatched += values.len();
+            let started = std::time::Instant::now();
             handler.report(&snapshot.instances[i].full_name, &values);
+            metrics.adapter_call(&snapshot.handlers[h].display_name(), "report", true, started);
         }
     }
     outcome
