@@ -76,7 +76,10 @@ fn kinds_labels_and_names() {
 #[test]
 fn bad_values_are_counted_not_recorded() {
     let h = handler(METRICS);
-    h.report("requestcount.instance.istio-system", &[inst(Value::String("lots".into()), &[]), inst(Value::Int64(-1), &[])]);
+    h.report(
+        "requestcount.instance.istio-system",
+        &[inst(Value::String("lots".into()), &[]), inst(Value::Int64(-1), &[])],
+    );
     let text = exposition(&h);
     // Two bad values, each for the two counters fed by this instance.
     assert!(text.contains("mixr_prometheus_rejected_values_total{handler=\"p.istio-system\"} 4"), "{text}");
