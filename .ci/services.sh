@@ -26,6 +26,28 @@ fi
 redis_up || { echo "redis is not reachable on 127.0.0.1:6379" >&2; exit 1; }
 echo "redis: $(redis-cli -h 127.0.0.1 -p 6379 info server | grep redis_version | tr -d '\r')"
 
+pg_up() { have pg_isready && pg_isready -q -h 127.0.0.1 -p 5432; }
+if ! have pg_ctlcluster; then
+  echo "installing postgresql"
+  apt_install postgresql
+  fresh_pg=1
+fi
+if ! pg_up; then
+  echo "starting postgresql"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  for _ in $(seq 100); do pg_up && break; sleep 0.1; done
+fi
+if [ "${fresh_pg:-0}" = 1 ]; then
+  # A new cluster authenticates by password; the tests connect as postgres over loopback
+  # without one, as on the development machines (trust auth, database "test").
+  hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -1)
+  sed -i -E 's/^(host\s+all\s+all\s+127\.0\.0\.1\/32\s+)\S+/\1trust/' "$hba"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main reload
+  su postgres -c "createdb test" 2>/dev/null || true
+fi
+pg_up || { echo "postgresql is not reachable on 127.0.0.1:5432" >&2; exit 1; }
+echo "postgresql: $(psql -h 127.0.0.1 -U postgres -d test -tAc 'select version()' | cut -c1-40)"
+
 if ! have promtool || ! have prometheus; then
   echo "installing prometheus (promtool)"
   apt_install --no-install-recommends prometheus
