@@ -19,6 +19,7 @@ pub mod denier;
 pub mod listchecker;
 pub mod memquota;
 pub mod noop;
+pub mod otlp;
 pub mod params;
 pub mod prom;
 pub mod quota;
@@ -26,6 +27,7 @@ pub mod redisquota;
 pub mod registry;
 pub mod sqllog;
 pub mod stdio;
+pub mod tracespan;
 pub mod variety;
 
 pub use registry::{AdapterMetrics, BuildContext, Handler, HandlerSet, Registry};

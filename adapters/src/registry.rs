@@ -11,7 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::variety::{CheckHandler, QuotaHandler, ReportHandler};
 use prometheus::{IntCounterVec, Opts};
 
-use crate::{denier, listchecker, memquota, noop, prom, redisquota, sqllog, stdio};
+use crate::{denier, listchecker, memquota, noop, prom, redisquota, sqllog, stdio, tracespan};
 
 /// A built handler: the varieties its adapter implements.
 #[derive(Clone, Default)]
@@ -71,11 +71,17 @@ impl AdapterMetrics {
 pub struct BuildContext {
     pub clock: Arc<dyn Clock>,
     pub adapter_metrics: AdapterMetrics,
+    /// The server's OTLP endpoint (`--otlp-endpoint`), the default for span exporters.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl BuildContext {
     pub fn new(registry: &prometheus::Registry) -> BuildContext {
-        BuildContext { clock: Arc::new(SystemClock), adapter_metrics: AdapterMetrics::register(registry) }
+        BuildContext {
+            clock: Arc::new(SystemClock),
+            adapter_metrics: AdapterMetrics::register(registry),
+            otlp_endpoint: None,
+        }
     }
 }
 
@@ -124,6 +130,7 @@ impl Registry {
                 redisquota::info(),
                 sqllog::info(),
                 stdio::info(),
+                tracespan::info(),
             ],
         }
     }

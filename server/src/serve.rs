@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Add `X-RateLimit-*` headers to rate-limit service answers.
     pub rate_limit_headers: bool,
+    /// Default OTLP endpoint for span-exporting adapters.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,8 @@ pub enum ServeError {
 
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let metrics = Metrics::new();
-    let ctx = BuildContext::new(&metrics.registry);
+    let mut ctx = BuildContext::new(&metrics.registry);
+    ctx.otlp_endpoint = opts.otlp_endpoint.clone();
     let store = Arc::new(
         ConfigStore::open(
             opts.config.clone(),

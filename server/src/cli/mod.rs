@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mixr_adapters::Registry;
+use mixr_adapters::otlp::SpanPipeline;
 
 use crate::runtime::compile_config;
 use crate::serve::{ServeOptions, serve};
@@ -27,6 +28,12 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Export spans over OTLP/gRPC to this address (Jaeger: http://HOST:4317). Off when unset.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
+    /// Share of traces kept (0.0-1.0); a caller's sampling decision is followed.
+    #[arg(long, global = true, default_value = "1.0", value_parser = parse_ratio)]
+    trace_sampling: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,7 +87,6 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, &cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -88,6 +94,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Span export runs on this runtime.
+    let _runtime = runtime.enter();
+    let traces = match &cli.otlp_endpoint {
+        Some(endpoint) => match SpanPipeline::start(endpoint) {
+            Ok(pipeline) => Some(logging::TraceExport { pipeline, sampling: cli.trace_sampling }),
+            Err(e) => {
+                eprintln!("mixr: --otlp-endpoint {endpoint}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let pipeline = traces.as_ref().map(|t| t.pipeline.clone());
+    let _provider = logging::init(cli.log_format, &cli.log_level, traces);
     match cli.command {
         Command::Serve {
             config,
@@ -108,8 +128,13 @@ pub fn main() -> ExitCode {
                 watch: !no_watch,
                 shutdown_grace,
                 rate_limit_headers,
+                otlp_endpoint: cli.otlp_endpoint.clone(),
             };
-            match runtime.block_on(serve(opts)) {
+            let result = runtime.block_on(serve(opts));
+            if let Some(p) = &pipeline {
+                runtime.block_on(p.flush());
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -149,4 +174,11 @@ fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
         .filter(|d| d.as_nanos() >= 0)
         .map(|d| d.to_std())
         .ok_or_else(|| format!("{text:?} is not a duration like \"10s\""))
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a ratio between 0 and 1")),
+    }
 }

@@ -17,6 +17,7 @@ use mixr_rules::expr::Outputs;
 use mixr_rules::snapshot::CompiledHeaderOp;
 use mixr_rules::templates::Variety;
 
+use crate::grpc::trace::adapter_span;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
@@ -72,7 +73,7 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
                 let result = match instance.eval(bag, &mut refs) {
                     Ok(values) => {
                         let started = std::time::Instant::now();
-                        let r = handler.check(&values);
+                        let r = adapter_span(&handler_name, "check").in_scope(|| handler.check(&values));
                         metrics.adapter_call(
                             &handler_name,
                             "check",

@@ -10,6 +10,9 @@ use mixr_adapters::{QuotaArgs, QuotaLimit, QuotaResult, Status};
 use mixr_rules::bag::{Bag, Referenced};
 use mixr_rules::templates::Template;
 
+use tracing::Instrument;
+
+use crate::grpc::trace::adapter_span;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
@@ -126,8 +129,11 @@ pub async fn allocate<'s>(
                     best_effort,
                 };
                 let started = std::time::Instant::now();
-                let r = handler.alloc(&values, &inst.full_name, args).await;
                 let handler_name = snapshot.handlers[h].display_name();
+                let r = handler
+                    .alloc(&values, &inst.full_name, args)
+                    .instrument(adapter_span(&handler_name, "quota"))
+                    .await;
                 metrics.adapter_call(&handler_name, "quota", r.status.is_ok(), started);
                 r
             }

@@ -7,6 +7,7 @@ use mixr_rules::bag::{Bag, Referenced};
 use mixr_rules::snapshot::InstanceValues;
 use mixr_rules::templates::Variety;
 
+use crate::grpc::trace::adapter_span;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
@@ -53,8 +54,9 @@ pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcom
         if let Some(handler) = rt.handlers.get(h).and_then(|h| h.report.as_ref()) {
             outcome.instances_dispatched += values.len();
             let started = std::time::Instant::now();
-            handler.report(&snapshot.instances[i].full_name, &values);
-            metrics.adapter_call(&snapshot.handlers[h].display_name(), "report", true, started);
+            let name = snapshot.handlers[h].display_name();
+            adapter_span(&name, "report").in_scope(|| handler.report(&snapshot.instances[i].full_name, &values));
+            metrics.adapter_call(&name, "report", true, started);
         }
     }
     outcome

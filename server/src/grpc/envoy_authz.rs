@@ -25,7 +25,10 @@ use mixr_rules::config::model::HeaderOpKind;
 use mixr_rules::value::{MapVal, StringMap, Timestamp, Value, ip_to_bytes};
 use tonic::{Request, Response};
 
+use tracing::Instrument;
+
 use super::Shared;
+use super::trace::rpc_span;
 use crate::dispatch::quota::{self, Selection};
 use crate::dispatch::{self, HeaderOp};
 use crate::metrics::{MethodMetrics, code_name};
@@ -266,7 +269,8 @@ impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
         let _call = self.shared.in_flight.enter();
         let started = Instant::now();
-        let resp = self.answer(request.get_ref()).await;
+        let span = rpc_span("envoy.service.auth.v3.Authorization/Check", request.metadata());
+        let resp = self.answer(request.get_ref()).instrument(span).await;
         let code = resp.status.as_ref().map_or(0, |s| s.code);
         self.metrics.observe(code, started);
         Ok(Response::new(resp))

@@ -23,7 +23,10 @@ use mixr_rules::bag::{Bag, Referenced};
 use mixr_rules::value::{MapVal, StringMap, Value};
 use tonic::{Request, Response};
 
+use tracing::Instrument;
+
 use super::Shared;
+use super::trace::rpc_span;
 use crate::dispatch::quota::{self, Selection};
 use crate::metrics::MethodMetrics;
 
@@ -165,7 +168,8 @@ impl RateLimitService for RlsService {
     ) -> Result<Response<RateLimitResponse>, tonic::Status> {
         let _call = self.shared.in_flight.enter();
         let started = Instant::now();
-        let result = self.answer(request.get_ref()).await;
+        let span = rpc_span("envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", request.metadata());
+        let result = self.answer(request.get_ref()).instrument(span).await;
         let code = match &result {
             Ok(r) if r.overall_code == Code::OverLimit as i32 => code::RESOURCE_EXHAUSTED,
             Ok(_) => 0,

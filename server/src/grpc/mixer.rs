@@ -15,8 +15,11 @@ use mixr_rules::config::model::HeaderOpKind;
 use prost::Message;
 use tonic::{Request, Response};
 
+use tracing::Instrument;
+
 use super::Shared;
 use super::status::CallError;
+use super::trace::rpc_span;
 use crate::dispatch::quota::{self, Selection};
 use crate::dispatch::{self, CheckOutcome, HeaderOp};
 use crate::metrics::MethodMetrics;
@@ -152,7 +155,8 @@ impl Mixer for MixerService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
         let _call = self.shared.in_flight.enter();
         let started = Instant::now();
-        match self.check_inner(request.get_ref()).await {
+        let span = rpc_span("istio.mixer.v1.Mixer/Check", request.metadata());
+        match self.check_inner(request.get_ref()).instrument(span).await {
             Ok(resp) => {
                 let code = resp.precondition.as_ref().and_then(|p| p.status.as_ref()).map_or(0, |s| s.code);
                 self.check_metrics.observe(code, started);
@@ -169,7 +173,8 @@ impl Mixer for MixerService {
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, tonic::Status> {
         let _call = self.shared.in_flight.enter();
         let started = Instant::now();
-        match self.report_inner(request.get_ref()) {
+        let span = rpc_span("istio.mixer.v1.Mixer/Report", request.metadata());
+        match span.in_scope(|| self.report_inner(request.get_ref())) {
             Ok(()) => {
                 self.report_metrics.observe(0, started);
                 Ok(Response::new(ReportResponse {}))

@@ -4,6 +4,7 @@ pub mod envoy_authz;
 pub mod envoy_rls;
 pub mod mixer;
 pub mod status;
+pub mod trace;
 
 use crate::dispatch::quota::Unconfigured;
 use crate::metrics::Metrics;
