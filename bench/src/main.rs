@@ -51,6 +51,16 @@ enum Command {
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
     },
+    /// Report: batches of 100 entries of 20 attributes into the prometheus adapter (and
+    /// prometheus + sqllog on SQLite), against a no-op Report.
+    Report {
+        #[arg(long, default_value = "5")]
+        seconds: u64,
+        #[arg(long, default_value = "4")]
+        concurrency: usize,
+        #[arg(long)]
+        mixr: Option<PathBuf>,
+    },
     /// The baseline: a Mixer server that decodes each request and answers OK.
     NoopServer {
         #[arg(long)]
@@ -64,6 +74,9 @@ fn main() -> ExitCode {
         Command::NoopServer { addr_file } => noop::run(&addr_file),
         Command::Check { seconds, concurrency, mixr } => {
             drive(|| scenario::check(Duration::from_secs(seconds), concurrency, mixr))
+        }
+        Command::Report { seconds, concurrency, mixr } => {
+            drive(|| scenario::report(Duration::from_secs(seconds), concurrency, mixr))
         }
         Command::Quota { seconds, concurrency, mixr, redis } => {
             drive(|| scenario::quota(Duration::from_secs(seconds), concurrency, mixr, redis))

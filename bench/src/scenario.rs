@@ -412,3 +412,141 @@ pub async fn quota(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>,
     print!("{}", table("Envoy RLS ShouldRateLimit", &rls_rows));
     Ok(())
 }
+
+const REPORT: &str = "/istio.mixer.v1.Mixer/Report";
+const ENTRIES: usize = 100;
+
+/// A proxy's Report: 100 entries of 20 attributes, independent encoding, shared words.
+fn report_request(seed: usize) -> mixr_proto::istio::mixer::v1::ReportRequest {
+    use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
+    let s = |v: String| Value::String(Cow::Owned(v));
+    let mut enc = Encoder::new();
+    let entries = (0..ENTRIES)
+        .map(|i| {
+            let n = seed * ENTRIES + i;
+            let attrs: Vec<(&str, Value<'static>)> = vec![
+                ("context.protocol", s("http".into())),
+                ("context.reporter.kind", s("inbound".into())),
+                ("source.workload.name", s(format!("productpage-v{}", n % 3 + 1))),
+                ("source.workload.namespace", s("default".into())),
+                ("source.principal", s("cluster.local/ns/default/sa/bookinfo-productpage".into())),
+                ("source.ip", Value::Bytes(Cow::Owned(vec![10, 1, 2, (n % 250) as u8]))),
+                ("destination.workload.name", s(format!("reviews-v{}", n % 3 + 1))),
+                ("destination.workload.namespace", s("default".into())),
+                ("destination.service.host", s(format!("svc{}.default.svc.cluster.local", n % 10))),
+                ("destination.port", Value::Int64(9080)),
+                ("request.method", s("GET".into())),
+                ("request.path", s(format!("/reviews/{}", n % 100))),
+                ("request.host", s("reviews:9080".into())),
+                ("request.size", Value::Int64((n % 2000) as i64)),
+                ("request.time", Value::Timestamp(mixr_rules::value::Timestamp { seconds: 1_700_000_000, nanos: 0 })),
+                ("response.code", Value::Int64(if n.is_multiple_of(20) { 503 } else { 200 })),
+                ("response.size", Value::Int64(4096)),
+                (
+                    "response.duration",
+                    Value::Duration(mixr_rules::value::Duration {
+                        seconds: 0,
+                        nanos: ((n % 50) as i32 + 1) * 1_000_000,
+                    }),
+                ),
+                (
+                    "response.time",
+                    Value::Timestamp(mixr_rules::value::Timestamp { seconds: 1_700_000_000, nanos: 5_000_000 }),
+                ),
+                ("request.id", s(format!("{seed:08x}-{i:04x}-4b5c-9d4c-6f7b2a8c1e01"))),
+            ];
+            enc.encode(attrs.iter().map(|(k, v)| (*k, v)))
+        })
+        .collect();
+    mixr_proto::istio::mixer::v1::ReportRequest {
+        attributes: entries,
+        default_words: enc.into_words(),
+        global_word_count: Encoder::global_word_count(),
+        repeated_attributes_semantics: RepeatedAttributesSemantics::IndependentEncoding as i32,
+    }
+}
+
+fn sample(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/release/mixr-bench -> the repository's rules/examples
+    let root = exe.parent().and_then(Path::parent).and_then(Path::parent).ok_or("cannot find the repository")?;
+    let p = root.join("rules/examples").join(name);
+    if p.exists() { Ok(p) } else { Err(format!("{} not found", p.display())) }
+}
+
+fn sets_table(title: &str, rows: &[Measured]) -> String {
+    let mut out = format!("\n{title}\n");
+    let _ =
+        writeln!(out, "{:<22} {:>12} {:>14} {:>14} {:>8}", "server", "sets/s", "cpu us/set", "1-core sets/s", "errors");
+    for r in rows {
+        let per_set = r.cpu_us_per_call / ENTRIES as f64;
+        let _ = writeln!(
+            out,
+            "{:<22} {:>12.0} {:>14.2} {:>14.0} {:>8}",
+            r.name,
+            r.load.rps() * ENTRIES as f64,
+            per_set,
+            if per_set > 0.0 { 1e6 / per_set } else { 0.0 },
+            r.load.errors
+        );
+    }
+    if let [base, rest @ ..] = rows {
+        for ours in rest {
+            let _ = writeln!(
+                out,
+                "ratio {}/{}: sets/s {:.2}x, server CPU per set {:+.2} us",
+                ours.name,
+                base.name,
+                ours.load.rps() / base.load.rps().max(1.0),
+                (ours.cpu_us_per_call - base.cpu_us_per_call) / ENTRIES as f64
+            );
+        }
+    }
+    out
+}
+
+pub async fn report(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mixr = match mixr {
+        Some(p) => p,
+        None => sibling("mixr")?,
+    };
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let addr_file = dir.path().join("addr");
+    let requests: Vec<_> = (0..8).map(report_request).collect();
+    println!(
+        "Report: batches of {ENTRIES} entries x 20 attributes, {concurrency} concurrent callers, 1 s warm-up, {} s measured",
+        seconds.as_secs()
+    );
+    let noop = start(&me, &["noop-server".into(), "--addr-file".into(), addr_file.display().to_string()], &addr_file)?;
+    let mut rows = vec![measure("noop", &noop, REPORT, &requests, concurrency, seconds, None).await?];
+    drop(noop);
+    let mut configs = vec![("mixr prometheus", vec![sample("telemetry.yaml")?])];
+    if let Ok(log) = sample("accesslog.yaml") {
+        let sqlite = dir.path().join("bench-logs.db");
+        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        let local = dir.path().join("accesslog.yaml");
+        std::fs::write(&local, text.replace("mixr-logs.db", &sqlite.display().to_string()))
+            .map_err(|e| e.to_string())?;
+        configs.push(("mixr prometheus+sqllog", vec![sample("telemetry.yaml")?, local]));
+    }
+    for (name, files) in configs {
+        let mut args = vec!["serve".to_string()];
+        for f in &files {
+            args.push("--config".into());
+            args.push(f.display().to_string());
+        }
+        args.extend([
+            "--grpc-addr=127.0.0.1:0".to_string(),
+            "--monitoring-addr=127.0.0.1:0".into(),
+            "--no-watch".into(),
+            "--log-level=warn".into(),
+            "--addr-file".into(),
+            addr_file.display().to_string(),
+        ]);
+        let server = start(&mixr, &args, &addr_file)?;
+        rows.push(measure(name, &server, REPORT, &requests, concurrency, seconds, None).await?);
+    }
+    print!("{}", sets_table("Report attribute sets", &rows));
+    Ok(())
+}

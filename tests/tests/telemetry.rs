@@ -62,10 +62,17 @@ async fn reports_become_prometheus_series() {
         mixr.metric("istio_request_duration_seconds_bucket{destination_service=\"reviews.default.svc.cluster.local\",response_code=\"503\",le=\"0.025\"}").await,
         Some(2.0)
     );
-    assert_eq!(mixr.metric("istio_request_bytes_sum{destination_service=\"reviews.default.svc.cluster.local\"}").await, Some(10240.0));
+    assert_eq!(
+        mixr.metric("istio_request_bytes_sum{destination_service=\"reviews.default.svc.cluster.local\"}").await,
+        Some(10240.0)
+    );
     // mixr's own series sit beside them.
     assert_eq!(mixr.metric("mixr_report_entries_total{api=\"mixer\"}").await, Some(20.0));
-    assert!(mixr.metric("mixr_adapter_calls_total{handler=\"prometheus.istio-system\",result=\"ok\",variety=\"report\"}").await.is_some());
+    assert!(
+        mixr.metric("mixr_adapter_calls_total{handler=\"prometheus.istio-system\",result=\"ok\",variety=\"report\"}")
+            .await
+            .is_some()
+    );
 
     let (_, body) = mixr.http_get("/metrics").await;
     if let Ok(mut promtool) = Command::new("promtool")

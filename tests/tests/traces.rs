@@ -173,7 +173,7 @@ async fn tracespan_reports_become_spans() {
         ("x-b3-parentspanid".into(), "05e3ac9a4f6e3b90".into()),
         ("end-user".into(), "jason".into()),
     ])));
-    let attrs = vec![
+    let attrs = [
         ("request.headers", headers),
         ("request.path", Value::String("/reviews/0".into())),
         ("request.method", Value::String("GET".into())),

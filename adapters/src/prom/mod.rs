@@ -228,11 +228,14 @@ impl Metric {
     }
 }
 
+/// A series: which metric, and its label values.
+type SeriesKey = (usize, Vec<String>);
+
 pub struct PrometheusHandler {
     registry: Registry,
     metrics: Vec<Metric>,
     /// Last update of each series, when series expire.
-    touched: Option<Mutex<HashMap<(usize, Vec<String>), Instant>>>,
+    touched: Option<Mutex<HashMap<SeriesKey, Instant>>>,
     expiry: Option<Duration>,
     /// Values that could not be recorded (not numbers, negative counter increments).
     rejected: prometheus::IntCounter,
@@ -330,7 +333,7 @@ impl PrometheusHandler {
     pub fn expire(&self, now: Instant) -> usize {
         let (Some(touched), Some(expiry)) = (&self.touched, self.expiry) else { return 0 };
         let mut t = touched.lock().unwrap_or_else(|e| e.into_inner());
-        let stale: Vec<(usize, Vec<String>)> =
+        let stale: Vec<SeriesKey> =
             t.iter().filter(|(_, at)| now.saturating_duration_since(**at) >= expiry).map(|(k, _)| k.clone()).collect();
         for key in &stale {
             let labels: Vec<&str> = key.1.iter().map(String::as_str).collect();
