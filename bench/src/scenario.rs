@@ -20,6 +20,24 @@ use crate::procstat::{cpu_micros, server_command};
 struct Server {
     child: Child,
     endpoint: String,
+    monitoring: Option<String>,
+}
+
+impl Server {
+    /// Sum of a counter over all its series on the monitoring port's /metrics.
+    fn counter(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(self.monitoring.as_ref()?).ok()?;
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        sock.read_to_string(&mut body).ok()?;
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
 }
 
 impl Drop for Server {
@@ -42,7 +60,8 @@ fn start(program: &Path, args: &[String], addr_file: &Path) -> Result<Server, St
         if let Ok(text) = std::fs::read_to_string(addr_file)
             && let Some(addr) = text.lines().find_map(|l| l.strip_prefix("grpc="))
         {
-            return Ok(Server { endpoint: format!("http://{addr}"), child });
+            let monitoring = text.lines().find_map(|l| l.strip_prefix("monitoring=")).map(str::to_string);
+            return Ok(Server { endpoint: format!("http://{addr}"), child, monitoring });
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("{} exited: {status}", program.display()));
@@ -521,6 +540,7 @@ pub async fn report(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>
     let noop = start(&me, &["noop-server".into(), "--addr-file".into(), addr_file.display().to_string()], &addr_file)?;
     let mut rows = vec![measure("noop", &noop, REPORT, &requests, concurrency, seconds, None).await?];
     drop(noop);
+    let mut sqllog_note = None;
     let mut configs = vec![("mixr prometheus", vec![sample("telemetry.yaml")?])];
     if let Ok(log) = sample("accesslog.yaml") {
         let sqlite = dir.path().join("bench-logs.db");
@@ -546,7 +566,21 @@ pub async fn report(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>
         ]);
         let server = start(&mixr, &args, &addr_file)?;
         rows.push(measure(name, &server, REPORT, &requests, concurrency, seconds, None).await?);
+        if let (Some(written), Some(dropped)) =
+            (server.counter("mixr_sqllog_written_total"), server.counter("mixr_sqllog_dropped_total"))
+            && written + dropped > 0.0
+        {
+            let total = seconds.as_secs_f64() + 1.0;
+            sqllog_note = Some(format!(
+                "sqllog (SQLite) wrote {:.0} entries/s during the run; {:.0} entries were dropped (queue full) and counted",
+                written / total,
+                dropped
+            ));
+        }
     }
     print!("{}", sets_table("Report attribute sets", &rows));
+    if let Some(note) = sqllog_note {
+        println!("{note}");
+    }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! shared by `sqllog` and `stdio`.
 //!
 //! - [`LogQueue::push`] never blocks or awaits: it appends under a short lock, or counts
-//!   the entry as dropped when the queue is full (and warns once per overflow streak).
+//!   the entry as dropped when the queue is full (and warns at most every 10 s).
 //! - A background task writes batches: as soon as a batch is full, and whatever is queued
 //!   every flush interval. A failed write keeps its batch and is retried with backoff.
 //! - [`LogQueue::flush`] writes everything queued, including a batch the task is writing,
@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 
 use super::entry::LogEntry;
 use crate::variety::BoxFuture;
+
+const OVERFLOW_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where a queue's entries go.
 pub trait Sink: Send + 'static {
@@ -74,7 +76,7 @@ struct Shared {
     /// Held while writing: the task and `flush` never write at the same time.
     writer: tokio::sync::Mutex<Writer>,
     metrics: Metrics,
-    overflowing: AtomicBool,
+    overflow_warned: Mutex<Option<std::time::Instant>>,
     failing: AtomicBool,
     closed: AtomicBool,
 }
@@ -93,7 +95,7 @@ impl LogQueue {
             state: Mutex::new(State { queue: VecDeque::new(), in_flight: 0 }),
             wake: Notify::new(),
             writer: tokio::sync::Mutex::new(Writer { sink, pending: Vec::new() }),
-            overflowing: AtomicBool::new(false),
+            overflow_warned: Mutex::new(None),
             failing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             cfg,
@@ -131,17 +133,20 @@ impl LogQueue {
         }
         if dropped > 0 {
             s.metrics.dropped.inc_by(dropped);
-            if !s.overflowing.swap(true, Ordering::Relaxed) {
+            // A queue at its limit flips between full and not on every push: warn at most
+            // once per interval, with the running total, rather than once per flip.
+            let mut last = s.overflow_warned.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|at| at.elapsed() >= OVERFLOW_WARN_INTERVAL) {
+                *last = Some(std::time::Instant::now());
                 tracing::warn!(
                     handler = %s.cfg.handler,
                     capacity = s.cfg.capacity,
+                    dropped_total = s.metrics.dropped.get(),
                     "{} queue is full: dropping log entries (counted in mixr_{}_dropped_total)",
                     s.cfg.adapter,
                     s.cfg.adapter
                 );
             }
-        } else if s.overflowing.load(Ordering::Relaxed) && s.overflowing.swap(false, Ordering::Relaxed) {
-            tracing::info!(handler = %s.cfg.handler, dropped_total = self.dropped(), "{} queue accepts entries again", s.cfg.adapter);
         }
     }
 
