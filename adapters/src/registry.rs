@@ -232,3 +232,54 @@ impl AdapterCatalog for Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::variety::QuotaArgs;
+    use mixr_rules::config::load_str;
+    use mixr_rules::snapshot::{InstanceValues, build};
+
+    const QUOTA: &str = "apiVersion: config.istio.io/v1alpha2\nkind: handler\nmetadata: {name: q}\nspec:\n  compiledAdapter: memquota\n  params:\n    quotas: [{name: rq, maxAmount: 2, validDuration: 60s}]\n---\napiVersion: config.istio.io/v1alpha2\nkind: instance\nmetadata: {name: rq}\nspec: {compiledTemplate: quota, params: {dimensions: {}}}\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {name: r}\nspec:\n  actions: [{handler: q, instances: [rq]}]\n";
+
+    fn snapshot(text: &str) -> Snapshot {
+        let (set, errors) = load_str("c.yaml", text, "istio-system");
+        assert!(errors.is_empty(), "{errors:?}");
+        build(&set, &Registry::builtin()).unwrap()
+    }
+
+    async fn take(h: &HandlerSet) -> i64 {
+        let args = QuotaArgs { dedup_id: String::new(), amount: 1, best_effort: false };
+        h.get(0)
+            .and_then(|h| h.quota.clone())
+            .unwrap()
+            .alloc(&InstanceValues::default(), "rq.instance.istio-system", args)
+            .await
+            .granted
+    }
+
+    #[tokio::test]
+    async fn unchanged_handlers_keep_their_state_across_reloads() {
+        let registry = Registry::builtin();
+        let ctx = BuildContext::default();
+        let first = registry.build_handlers(&snapshot(QUOTA), None, &ctx).unwrap();
+        assert_eq!((take(&first).await, take(&first).await, take(&first).await), (1, 1, 0));
+
+        // Another rule changes; the quota handler's params do not: its counters survive.
+        let edited = format!(
+            "{QUOTA}---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {{name: other}}\nspec: {{match: 'request.path == \"/x\"'}}\n"
+        );
+        let second = registry.build_handlers(&snapshot(&edited), Some(&first), &ctx).unwrap();
+        assert!(Arc::ptr_eq(
+            first.get(0).unwrap().quota.as_ref().unwrap(),
+            second.get(0).unwrap().quota.as_ref().unwrap()
+        ));
+        assert_eq!(take(&second).await, 0, "the limit is still used up");
+
+        // New params: a new handler with fresh counters.
+        let third = registry
+            .build_handlers(&snapshot(&QUOTA.replace("maxAmount: 2", "maxAmount: 3")), Some(&second), &ctx)
+            .unwrap();
+        assert_eq!(take(&third).await, 1);
+    }
+}

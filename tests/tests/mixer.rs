@@ -341,3 +341,52 @@ async fn invalid_initial_config_fails_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("document 1 (rule r): spec.match"), "{stderr}");
 }
+
+#[tokio::test]
+async fn direct_http_response_becomes_a_route_directive() {
+    let policy = r#"
+apiVersion: config.istio.io/v1alpha2
+kind: handler
+metadata: {name: login}
+spec:
+  compiledAdapter: denier
+  params:
+    status:
+      code: 16
+      message: log in first
+      details:
+      - '@type': type.googleapis.com/istio.policy.v1beta1.DirectHttpResponse
+        code: 302
+        body: see /login
+        headers: {location: /login}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: instance
+metadata: {name: nothing}
+spec: {compiledTemplate: checknothing}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: private}
+spec:
+  match: request.path.startsWith("/private")
+  actions: [{handler: login, instances: [nothing]}]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(dir.path(), policy);
+    let mixr = Mixr::start(&[&path], &[]);
+    let mut client = mixr.client().await;
+    let resp = client
+        .check(check_request(&[("request.path", Value::String("/private/x".into()))]))
+        .await
+        .unwrap()
+        .into_inner();
+    let p = resp.precondition.unwrap();
+    let status = p.status.unwrap();
+    assert_eq!((status.code, status.message.as_str()), (16, "login.istio-system:log in first"));
+    assert_eq!(status.details[0].type_url, "type.googleapis.com/istio.policy.v1beta1.DirectHttpResponse");
+    let rd = p.route_directive.unwrap();
+    assert_eq!((rd.direct_response_code, rd.direct_response_body.as_str()), (302, "see /login"));
+    let loc = rd.response_header_operations.iter().find(|o| o.name == "location").unwrap();
+    assert_eq!(loc.value, "/login");
+}

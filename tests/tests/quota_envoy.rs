@@ -474,3 +474,31 @@ async fn redis_killed_and_restarted_under_a_running_server() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_calls_finish() {
+    // A Redis that accepts connections but never answers (stopped with SIGSTOP) holds a
+    // quota call in flight for the handler's whole timeout.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let redis = OwnRedis::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = redis_policy(&format!("redis://127.0.0.1:{port}"), false).replace("timeout: 300ms", "timeout: 1500ms");
+    let policy = write(dir.path(), "p.yaml", &policy);
+    let mixr = Mixr::start(&[&policy], &[]);
+    let mut client = mixr.client().await;
+    // Connect first so the stall is in the call, not the connection.
+    let user = unique_user();
+    client.check(quota_request(&user)).await.unwrap();
+    assert!(std::process::Command::new("kill").args(["-STOP", &redis.0.id().to_string()]).status().unwrap().success());
+
+    let call = tokio::spawn(async move { client.check(quota_request(&user)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || mixr.terminate()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() >= Duration::from_millis(800), "shutdown waited for the call ({:?})", started.elapsed());
+    let resp = call.await.unwrap().expect("the in-flight call got its answer").into_inner();
+    let q = &resp.quotas["requestcount"];
+    assert_eq!(q.status.as_ref().unwrap().code, 14, "answered by the fail-closed policy after the timeout");
+    let _ = std::process::Command::new("kill").args(["-CONT", &redis.0.id().to_string()]).status();
+}

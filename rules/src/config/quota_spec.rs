@@ -142,3 +142,33 @@ impl QuotaSpecBinding {
         Ok(QuotaSpecBinding { name: loc.name.clone(), namespace: namespace.to_string(), services, quota_specs })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    #[test]
+    fn quota_spec_and_binding() {
+        let text = "apiVersion: config.istio.io/v1alpha2\nkind: QuotaSpec\nmetadata: {name: request-count, namespace: default}\nspec:\n  rules:\n  - match:\n    - clause:\n        request.path: {prefix: /api}\n        request.method: {exact: GET}\n    quotas:\n    - {quota: requestcountquota, charge: 2}\n  - quotas:\n    - quota: other\n---\napiVersion: config.istio.io/v1alpha2\nkind: QuotaSpecBinding\nmetadata: {name: b, namespace: default}\nspec:\n  quotaSpecs: [{name: request-count}]\n  services: [{name: productpage, namespace: default}, {service: '*', name: all}]\n";
+        let (set, errors) = load_str("q.yaml", text, "istio-system");
+        assert!(errors.is_empty(), "{errors:?}");
+        let spec = &set.quota_specs[0];
+        assert_eq!((spec.name.as_str(), spec.namespace.as_str()), ("request-count", "default"));
+        assert_eq!(spec.rules[0].quotas, vec![QuotaCharge { quota: "requestcountquota".into(), charge: 2 }]);
+        assert!(spec.rules[0].matches[0].clause.contains(&("request.path".into(), StringMatch::Prefix("/api".into()))));
+        assert_eq!(spec.rules[1].quotas[0].charge, 1, "charge defaults to 1");
+        assert!(spec.rules[1].matches.is_empty());
+        let b = &set.quota_spec_bindings[0];
+        assert_eq!(b.quota_specs, vec![NamedRef { name: "request-count".into(), namespace: "default".into() }]);
+        assert_eq!(b.services.len(), 2);
+
+        let bad = "apiVersion: v1\nkind: QuotaSpec\nmetadata: {name: q}\nspec:\n  rules:\n  - match: [{clause: {request.path: {regex: '('}}}]\n    quotas: [{quota: a}]\n";
+        let (_, errors) = load_str("q.yaml", bad, "istio-system");
+        assert!(
+            errors[0].to_string().contains("spec.rules[0].match[0].clause.request.path.regex: invalid regex"),
+            "{}",
+            errors[0]
+        );
+    }
+}
