@@ -16,17 +16,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use mixr_rules::config::{ConfigError, HandlerDoc};
-use mixr_rules::snapshot::InstanceValues;
 use mixr_rules::templates::Template;
 use serde_json::Value as Json;
 use tokio::io::AsyncWriteExt;
 
 use crate::registry::{AdapterInfo, BuildContext, Handler};
-use crate::sqllog::{LogEntry, LogQueue, QueueConfig, Sink};
-use crate::variety::{BoxFuture, Denial, ReportHandler};
+use crate::sqllog::{LogEntry, LogQueue, QueueConfig, QueuedLog, Sink};
+use crate::variety::BoxFuture;
 
 pub fn info() -> AdapterInfo {
     AdapterInfo {
@@ -101,58 +100,21 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
 }
 
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
-    let log = Stdio::new(parse(doc)?, &doc.display_name());
+    let log = start(parse(doc)?, &doc.display_name());
     Ok(Handler { check: None, quota: None, report: Some(Arc::new(log)) })
 }
 
-/// A built stdio handler.
-pub struct Stdio {
-    queue: LogQueue,
-    check_denials: bool,
-}
-
-impl Stdio {
-    pub fn new(params: Params, handler: &str) -> Stdio {
-        let cfg = QueueConfig {
-            adapter: "stdio",
-            handler: handler.to_string(),
-            capacity: QUEUE_SIZE,
-            batch_size: BATCH_SIZE,
-            flush_interval: FLUSH_INTERVAL,
-        };
-        let sink = LineSink { output: params.output, file: None };
-        Stdio { queue: LogQueue::start(cfg, Box::new(sink)), check_denials: params.check_denials }
-    }
-
-    /// Entries dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.queue.dropped()
-    }
-}
-
-impl ReportHandler for Stdio {
-    fn report(&self, instance_name: &str, instances: &[InstanceValues]) {
-        let now = SystemTime::now();
-        self.queue.push(instances.iter().map(|v| LogEntry::from_instance(instance_name, v, now)));
-    }
-
-    fn flush(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.queue.flush())
-    }
-
-    fn wants_check_denials(&self) -> bool {
-        self.check_denials
-    }
-
-    fn check_denied(&self, denial: &Denial) {
-        if self.check_denials {
-            self.queue.push([LogEntry::from_denial(denial)]);
-        }
-    }
-
-    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.queue.gather()
-    }
+/// Starts a stdio handler's writer.
+pub fn start(params: Params, handler: &str) -> QueuedLog {
+    let cfg = QueueConfig {
+        adapter: "stdio",
+        handler: handler.to_string(),
+        capacity: QUEUE_SIZE,
+        batch_size: BATCH_SIZE,
+        flush_interval: FLUSH_INTERVAL,
+    };
+    let sink = LineSink { output: params.output, file: None };
+    QueuedLog::new(LogQueue::start(cfg, Box::new(sink)), params.check_denials)
 }
 
 /// One entry as a JSON line (with its newline).
@@ -246,9 +208,12 @@ impl Sink for LineSink {
 
 #[cfg(test)]
 mod tests {
+    use crate::variety::{Denial, ReportHandler};
     use mixr_rules::config::load_str;
+    use mixr_rules::snapshot::InstanceValues;
     use mixr_rules::value::{Timestamp, Value};
     use serde_json::json;
+    use std::time::SystemTime;
 
     use super::*;
 
@@ -289,7 +254,7 @@ mod tests {
         std::fs::write(&path, "earlier line\n").unwrap();
         let p = params(&format!("{{outputPath: '{}', checkDenials: true}}", path.display())).unwrap();
         assert_eq!(p.output, Output::File(path.clone()));
-        let log = Stdio::new(p, "out.istio-system");
+        let log = start(p, "out.istio-system");
         log.report("accesslog.instance.istio-system", &[instance("jason"), instance("eve")]);
         log.check_denied(&Denial { time: SystemTime::UNIX_EPOCH, code: 7, message: "h:no".into(), attributes: vec![] });
         log.flush().await;
@@ -320,7 +285,7 @@ mod tests {
     async fn background_writer_writes_without_flush() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bg.log");
-        let log = Stdio::new(Params { output: Output::File(path.clone()), check_denials: false }, "bg");
+        let log = start(Params { output: Output::File(path.clone()), check_denials: false }, "bg");
         log.report("i", &[instance("a")]);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::read_to_string(&path).map(|t| t.lines().count()).unwrap_or(0) < 1 {

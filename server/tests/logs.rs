@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mixr_adapters::ReportHandler;
-use mixr_adapters::sqllog::{Params, SqlLog, Target};
+use mixr_adapters::sqllog::{self, Params, Target};
 use mixr_rules::snapshot::InstanceValues;
 use mixr_rules::value::{Timestamp, Value, format_timestamp};
 
@@ -43,7 +43,7 @@ async fn write(target: Target, instance: &str, entries: &[InstanceValues]) {
         queue_size: 1000,
         check_denials: false,
     };
-    let log = SqlLog::new(params, "test");
+    let log = sqllog::start(params, "test");
     log.report(instance, entries);
     log.flush().await;
     assert_eq!(log.written(), entries.len() as u64);

@@ -23,19 +23,18 @@ pub mod store;
 mod tests;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use mixr_rules::config::{ConfigError, HandlerDoc};
-use mixr_rules::snapshot::InstanceValues;
 use mixr_rules::templates::Template;
 
 pub use entry::LogEntry;
-pub use queue::{LogQueue, QueueConfig, Sink};
+pub use queue::{LogQueue, QueueConfig, QueuedLog, Sink};
 pub use store::{PageQuery, Store, StoredEntry, Target};
 
 use crate::params;
 use crate::registry::{AdapterInfo, BuildContext, Handler};
-use crate::variety::{BoxFuture, Denial, ReportHandler};
+use crate::variety::BoxFuture;
 
 pub fn info() -> AdapterInfo {
     AdapterInfo {
@@ -85,66 +84,23 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
 }
 
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
-    let log = SqlLog::new(parse(doc)?, &doc.display_name());
+    let log = start(parse(doc)?, &doc.display_name());
     Ok(Handler { check: None, quota: None, report: Some(std::sync::Arc::new(log)) })
 }
 
-/// A built sqllog handler.
-pub struct SqlLog {
-    queue: LogQueue,
-    check_denials: bool,
-}
-
-impl SqlLog {
-    /// Starts the handler's writer (inside a tokio runtime). Connecting is left to the
-    /// writer: a database that is down at start delays entries, not the config.
-    pub fn new(params: Params, handler: &str) -> SqlLog {
-        tracing::debug!(handler, target = %params.target, "sqllog handler");
-        let cfg = QueueConfig {
-            adapter: "sqllog",
-            handler: handler.to_string(),
-            capacity: params.queue_size,
-            batch_size: params.batch_size,
-            flush_interval: params.flush_interval,
-        };
-        let sink = SqlSink { target: params.target, store: None };
-        SqlLog { queue: LogQueue::start(cfg, Box::new(sink)), check_denials: params.check_denials }
-    }
-
-    /// Entries dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.queue.dropped()
-    }
-
-    /// Entries written to the database.
-    pub fn written(&self) -> u64 {
-        self.queue.written()
-    }
-}
-
-impl ReportHandler for SqlLog {
-    fn report(&self, instance_name: &str, instances: &[InstanceValues]) {
-        let now = SystemTime::now();
-        self.queue.push(instances.iter().map(|v| LogEntry::from_instance(instance_name, v, now)));
-    }
-
-    fn flush(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.queue.flush())
-    }
-
-    fn wants_check_denials(&self) -> bool {
-        self.check_denials
-    }
-
-    fn check_denied(&self, denial: &Denial) {
-        if self.check_denials {
-            self.queue.push([LogEntry::from_denial(denial)]);
-        }
-    }
-
-    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.queue.gather()
-    }
+/// Starts a sqllog handler's writer (inside a tokio runtime). Connecting is left to the
+/// writer: a database that is down at start delays entries, not the config.
+pub fn start(params: Params, handler: &str) -> QueuedLog {
+    tracing::debug!(handler, target = %params.target, "sqllog handler");
+    let cfg = QueueConfig {
+        adapter: "sqllog",
+        handler: handler.to_string(),
+        capacity: params.queue_size,
+        batch_size: params.batch_size,
+        flush_interval: params.flush_interval,
+    };
+    let sink = SqlSink { target: params.target, store: None };
+    QueuedLog::new(LogQueue::start(cfg, Box::new(sink)), params.check_denials)
 }
 
 /// Writes batches to the store, connecting (and migrating) on first use and again after

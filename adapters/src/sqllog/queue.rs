@@ -314,3 +314,51 @@ async fn run(shared: Arc<Shared>) {
         }
     }
 }
+
+/// A report handler that queues `logentry` instances (and, when asked, denied Checks) for a
+/// sink: what sqllog and stdio share; they differ only in their sink.
+pub struct QueuedLog {
+    queue: LogQueue,
+    check_denials: bool,
+}
+
+impl QueuedLog {
+    pub fn new(queue: LogQueue, check_denials: bool) -> QueuedLog {
+        QueuedLog { queue, check_denials }
+    }
+
+    /// Entries dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
+    }
+
+    /// Entries the sink has written.
+    pub fn written(&self) -> u64 {
+        self.queue.written()
+    }
+}
+
+impl crate::variety::ReportHandler for QueuedLog {
+    fn report(&self, instance_name: &str, instances: &[mixr_rules::snapshot::InstanceValues]) {
+        let now = std::time::SystemTime::now();
+        self.queue.push(instances.iter().map(|v| LogEntry::from_instance(instance_name, v, now)));
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.queue.flush())
+    }
+
+    fn wants_check_denials(&self) -> bool {
+        self.check_denials
+    }
+
+    fn check_denied(&self, denial: &crate::variety::Denial) {
+        if self.check_denials {
+            self.queue.push([LogEntry::from_denial(denial)]);
+        }
+    }
+
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.queue.gather()
+    }
+}

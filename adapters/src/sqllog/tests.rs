@@ -4,7 +4,10 @@
 //! themselves by unique instance names and read back only their own rows.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::variety::{Denial, ReportHandler};
+use mixr_rules::snapshot::InstanceValues;
 
 use mixr_rules::config::load_str;
 use mixr_rules::value::{Timestamp, Value};
@@ -32,8 +35,8 @@ fn params(params: &str) -> Result<Params, ConfigError> {
     parse(&handler_doc("/etc/mixr/logs.yaml", params)?)
 }
 
-fn sqllog(params_text: &str) -> SqlLog {
-    SqlLog::new(params(params_text).unwrap(), "logs.istio-system")
+fn sqllog(params_text: &str) -> QueuedLog {
+    start(params(params_text).unwrap(), "logs.istio-system")
 }
 
 /// An instance name no other test (or earlier run against the same PostgreSQL) uses.
@@ -243,7 +246,7 @@ async fn default_file_is_created_beside_the_config() {
     let p = parse(&doc).unwrap();
     let db = dir.path().join(DEFAULT_FILE);
     assert_eq!(p.target, Target::Sqlite(db.clone()));
-    let log = SqlLog::new(p, "logs.istio-system");
+    let log = start(p, "logs.istio-system");
     log.report("a.instance.ns", &instances(1));
     log.flush().await;
     assert!(db.exists());
