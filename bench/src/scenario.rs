@@ -73,6 +73,24 @@ fn start(program: &Path, args: &[String], addr_file: &Path) -> Result<Server, St
     }
 }
 
+/// `mixr serve` on free loopback ports, quiet, without file watching.
+fn serve_args(configs: &[PathBuf], addr_file: &Path) -> Vec<String> {
+    let mut args = vec!["serve".to_string()];
+    for c in configs {
+        args.push("--config".into());
+        args.push(c.display().to_string());
+    }
+    args.extend([
+        "--grpc-addr=127.0.0.1:0".to_string(),
+        "--monitoring-addr=127.0.0.1:0".into(),
+        "--no-watch".into(),
+        "--log-level=warn".into(),
+        "--addr-file".into(),
+        addr_file.display().to_string(),
+    ]);
+    args
+}
+
 fn sibling(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let p = exe.with_file_name(name);
@@ -285,18 +303,7 @@ pub async fn check(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>)
     let base = measure("noop", &noop, CHECK, &requests, concurrency, seconds, None).await?;
     drop(noop);
 
-    let args = vec![
-        "serve".to_string(),
-        "--config".into(),
-        config.display().to_string(),
-        "--grpc-addr=127.0.0.1:0".into(),
-        "--monitoring-addr=127.0.0.1:0".into(),
-        "--no-watch".into(),
-        "--log-level=warn".into(),
-        "--addr-file".into(),
-        addr_file.display().to_string(),
-    ];
-    let server = start(&mixr, &args, &addr_file)?;
+    let server = start(&mixr, &serve_args(&[config], &addr_file), &addr_file)?;
     let answers = answers(&server, &requests).await?;
     println!("mixr answers per request shape: {answers}");
     let ours = measure("mixr", &server, CHECK, &requests, concurrency, seconds, None).await?;
@@ -411,18 +418,7 @@ pub async fn quota(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>,
         [("memquota", "mixr memquota", "mixr memquota"), ("redisquota", "mixr redisquota", "mixr redisquota")]
     {
         let config = quota_config(dir.path(), adapter, &redis).map_err(|e| e.to_string())?;
-        let args = vec![
-            "serve".to_string(),
-            "--config".into(),
-            config.display().to_string(),
-            "--grpc-addr=127.0.0.1:0".into(),
-            "--monitoring-addr=127.0.0.1:0".into(),
-            "--no-watch".into(),
-            "--log-level=warn".into(),
-            "--addr-file".into(),
-            addr_file.display().to_string(),
-        ];
-        let server = start(&mixr, &args, &addr_file)?;
+        let server = start(&mixr, &serve_args(&[config], &addr_file), &addr_file)?;
         let helper = if adapter == "redisquota" { redis_pid(&redis) } else { None };
         check_rows.push(measure(label_check, &server, CHECK, &check_requests, concurrency, seconds, helper).await?);
         rls_rows.push(measure(label_rls, &server, RLS, &rls, concurrency, seconds, helper).await?);
@@ -551,20 +547,7 @@ pub async fn report(seconds: Duration, concurrency: usize, mixr: Option<PathBuf>
         configs.push(("mixr prometheus+sqllog", vec![sample("telemetry.yaml")?, local]));
     }
     for (name, files) in configs {
-        let mut args = vec!["serve".to_string()];
-        for f in &files {
-            args.push("--config".into());
-            args.push(f.display().to_string());
-        }
-        args.extend([
-            "--grpc-addr=127.0.0.1:0".to_string(),
-            "--monitoring-addr=127.0.0.1:0".into(),
-            "--no-watch".into(),
-            "--log-level=warn".into(),
-            "--addr-file".into(),
-            addr_file.display().to_string(),
-        ]);
-        let server = start(&mixr, &args, &addr_file)?;
+        let server = start(&mixr, &serve_args(&files, &addr_file), &addr_file)?;
         rows.push(measure(name, &server, REPORT, &requests, concurrency, seconds, None).await?);
         if let (Some(written), Some(dropped)) =
             (server.counter("mixr_sqllog_written_total"), server.counter("mixr_sqllog_dropped_total"))
