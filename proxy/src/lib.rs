@@ -1,5 +1,15 @@
-//! The mixr sidecar proxy: HTTP/1.1, HTTP/2 and gRPC proxying with Istio traffic rules and
-//! policy enforcement through mixr's Check/Report.
+//! The mixr sidecar proxy: Istio traffic rules (VirtualService, DestinationRule,
+//! ServiceEntry) and, later, enforcement through mixr's Check/Report.
 //!
-//! Not built yet: this crate only reserves its place in the workspace. It will depend on
-//! `mixr-proto` and `mixr-rules` (attribute encoding, QuotaSpec), never on the server.
+//! Built so far (pure code, no I/O beyond reading config files):
+//! - [`config`]: the networking YAML, parsed with errors that name file, document and key;
+//!   string matches and regexes compiled at load.
+//! - [`route`]: the route table: host lookup, ordered route matching, weighted splits,
+//!   subsets resolved to endpoints.
+//!
+//! Not built yet: the listeners and forwarding (HTTP/1.1, h2c, gRPC), resilience
+//! (timeouts, retries, pools, outlier detection), faults and mirroring in action, and
+//! enforcement. The crate depends on `mixr-proto` and `mixr-rules`, never on the server.
+
+pub mod config;
+pub mod route;

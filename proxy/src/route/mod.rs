@@ -1,0 +1,237 @@
+//! The route table: which route a request takes and which endpoints may serve it.
+//!
+//! Built once per config (regexes and host lookups prepared then); a request's route is a
+//! host lookup plus the first matching route in order, as Istio decides.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use crate::config::{
+    Destination, DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficConfig, TrafficPolicy, WeightedDestination,
+};
+
+/// What the route table needs to know about a request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo<'a> {
+    /// Host or :authority, with or without a port.
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    /// Header names lower-case.
+    pub headers: &'a [(String, String)],
+    /// The port the request arrived on.
+    pub port: Option<u16>,
+}
+
+/// The local workload's labels (for `sourceLabels`).
+pub type Labels = [(String, String)];
+
+/// A service the mesh knows: its endpoints and traffic policy.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub entry: ServiceEntry,
+    pub rule: Option<DestinationRule>,
+}
+
+/// One upstream address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub address: String,
+    pub port: u16,
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    /// Virtual services by each of their hosts (lower-case, no port).
+    by_host: HashMap<String, usize>,
+    virtual_services: Vec<crate::config::VirtualService>,
+    services: HashMap<String, Service>,
+}
+
+/// Host without port, lower-case (`[::1]:80` is `::1`).
+pub fn normalize_host(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        }
+    };
+    host.to_ascii_lowercase()
+}
+
+/// Short names match their fully qualified forms: `reviews` is `reviews.NS.svc...`.
+fn host_keys(host: &str) -> Vec<String> {
+    let h = host.to_ascii_lowercase();
+    let mut keys = vec![h.clone()];
+    if let Some(short) = h.split('.').next()
+        && short != h
+    {
+        keys.push(short.to_string());
+    }
+    keys
+}
+
+impl RouteTable {
+    pub fn build(cfg: &TrafficConfig) -> RouteTable {
+        let mut table = RouteTable { virtual_services: cfg.virtual_services.clone(), ..Default::default() };
+        for (i, vs) in cfg.virtual_services.iter().enumerate() {
+            for h in &vs.hosts {
+                for k in host_keys(h) {
+                    table.by_host.entry(k).or_insert(i);
+                }
+            }
+        }
+        for se in &cfg.service_entries {
+            for h in &se.hosts {
+                let rule =
+                    cfg.destination_rules.iter().find(|r| host_keys(&r.host).iter().any(|k| host_keys(h).contains(k)));
+                for k in host_keys(h) {
+                    table.services.entry(k).or_insert_with(|| Service { entry: se.clone(), rule: rule.cloned() });
+                }
+            }
+        }
+        table
+    }
+
+    /// The route a request takes, or `None` (404, Envoy's "NR").
+    pub fn route(&self, req: &RequestInfo<'_>, source_labels: &Labels) -> Option<&HttpRoute> {
+        let host = normalize_host(req.authority);
+        let vs = self.by_host.get(&host).or_else(|| self.by_host.get(host.split('.').next().unwrap_or("")))?;
+        self.virtual_services[*vs]
+            .http
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req, source_labels)))
+    }
+
+    /// Whether the authority names a service (with or without a VirtualService).
+    pub fn service(&self, host: &str) -> Option<&Service> {
+        let h = normalize_host(host);
+        self.services.get(&h).or_else(|| self.services.get(h.split('.').next().unwrap_or("")))
+    }
+
+    /// Endpoints of a destination: its service's endpoints, filtered by the subset's labels.
+    pub fn endpoints(&self, d: &Destination) -> Result<Vec<Upstream>, RouteError> {
+        let svc = self.service(&d.host).ok_or_else(|| RouteError::UnknownHost(d.host.clone()))?;
+        let labels: &[(String, String)] = match &d.subset {
+            Some(name) => {
+                let rule = svc.rule.as_ref().ok_or_else(|| RouteError::UnknownSubset(d.host.clone(), name.clone()))?;
+                let subset = rule
+                    .subsets
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .ok_or_else(|| RouteError::UnknownSubset(d.host.clone(), name.clone()))?;
+                &subset.labels
+            }
+            None => &[],
+        };
+        let port = match d.port {
+            Some(p) => svc.entry.ports.iter().find(|sp| sp.number == p).cloned(),
+            None => svc.entry.ports.first().cloned(),
+        };
+        let Some(port) = port else { return Err(RouteError::UnknownPort(d.host.clone(), d.port)) };
+        Ok(svc
+            .entry
+            .endpoints
+            .iter()
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.iter().any(|(ek, ev)| ek == k && ev == v)))
+            .map(|e| Upstream {
+                address: e.address.clone(),
+                port: e.ports.iter().find(|(n, _)| *n == port.name).map(|(_, p)| *p).unwrap_or(port.number),
+                labels: e.labels.clone(),
+            })
+            .collect())
+    }
+
+    /// The traffic policy for a destination: the subset's, else the rule's.
+    pub fn policy(&self, d: &Destination) -> TrafficPolicy {
+        let Some(rule) = self.service(&d.host).and_then(|s| s.rule.as_ref()) else { return TrafficPolicy::default() };
+        d.subset
+            .as_ref()
+            .and_then(|n| rule.subsets.iter().find(|s| s.name == *n))
+            .and_then(|s| s.traffic_policy.clone())
+            .unwrap_or_else(|| rule.traffic_policy.clone())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no service entry for host {0}")]
+    UnknownHost(String),
+    #[error("host {0} has no subset {1}")]
+    UnknownSubset(String, String),
+    #[error("host {0} has no port {1:?}")]
+    UnknownPort(String, Option<u16>),
+}
+
+fn header<'a>(req: &'a RequestInfo<'_>, name: &str) -> Option<&'a str> {
+    req.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path.split_once('?')?;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Whether one match block (all conditions) holds.
+pub fn matches(m: &HttpMatch, req: &RequestInfo<'_>, source_labels: &Labels) -> bool {
+    let path_only = req.path.split('?').next().unwrap_or(req.path);
+    if let Some(uri) = &m.uri {
+        let ok = if m.ignore_uri_case { uri_ignoring_case(uri, path_only) } else { uri.matches(path_only) };
+        if !ok {
+            return false;
+        }
+    }
+    let simple = [(&m.scheme, req.scheme), (&m.method, req.method), (&m.authority, req.authority)];
+    if simple.iter().any(|(cond, value)| cond.as_ref().is_some_and(|c| !c.matches(value))) {
+        return false;
+    }
+    if m.headers.iter().any(|(k, c)| !header(req, k).is_some_and(|v| c.matches(v))) {
+        return false;
+    }
+    if m.without_headers.iter().any(|(k, c)| header(req, k).is_some_and(|v| c.matches(v))) {
+        return false;
+    }
+    if m.query_params.iter().any(|(k, c)| !query_param(req.path, k).is_some_and(|v| c.matches(v))) {
+        return false;
+    }
+    if m.port.is_some() && m.port != req.port {
+        return false;
+    }
+    m.source_labels.iter().all(|(k, v)| source_labels.iter().any(|(lk, lv)| lk == k && lv == v))
+}
+
+fn uri_ignoring_case(m: &crate::config::StringMatch, path: &str) -> bool {
+    use crate::config::StringMatch;
+    match m {
+        StringMatch::Exact(s) => s.eq_ignore_ascii_case(path),
+        StringMatch::Prefix(p) => path.len() >= p.len() && path[..p.len()].eq_ignore_ascii_case(p),
+        StringMatch::Regex(r) => r.is_match(path) || r.is_match(&path.to_ascii_lowercase()),
+    }
+}
+
+/// Picks a destination by weight; `roll` is uniform in `0..total weight` (the caller's
+/// randomness, so tests can choose it). Zero-weight destinations never win.
+pub fn pick_weighted(route: &[WeightedDestination], roll: u32) -> Option<&WeightedDestination> {
+    let mut left = roll;
+    for d in route {
+        if left < d.weight {
+            return Some(d);
+        }
+        left -= d.weight;
+    }
+    None
+}
+
+/// Sum of weights (what `roll` ranges over).
+pub fn total_weight(route: &[WeightedDestination]) -> u32 {
+    route.iter().map(|d| d.weight).sum()
+}
