@@ -11,5 +11,14 @@
 //! (timeouts, retries, pools, outlier detection), faults and mirroring in action, and
 //! enforcement. The crate depends on `mixr-proto` and `mixr-rules`, never on the server.
 
+pub mod admin;
+pub mod body;
+pub mod cli;
 pub mod config;
+pub mod forward;
+pub mod identity;
+pub mod proxy;
+pub mod rand;
 pub mod route;
+pub mod stats;
+pub mod upstream;

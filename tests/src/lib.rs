@@ -4,6 +4,8 @@
 //! The binary is found next to the test executable (`target/<profile>/mixr`), where
 //! `cargo test --workspace` builds it; `MIXR_BIN` overrides the path.
 
+pub mod backend;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -162,5 +164,69 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `mixr-proxy`. Killed on drop if still running.
+pub struct MixrProxy {
+    child: Child,
+    pub outbound: String,
+    pub inbound: String,
+    pub admin: String,
+    pub stats: String,
+    _dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl MixrProxy {
+    /// Starts `mixr-proxy --config <paths> <extra...>` on free ports (at most 20 s).
+    pub fn start(config: &[&Path], extra: &[&str]) -> MixrProxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr_file = dir.path().join("addrs");
+        let log = dir.path().join("proxy.log");
+        let mut cmd = Command::new(binary("mixr-proxy"));
+        for flag in ["--outbound-addr", "--inbound-addr", "--admin-addr", "--stats-addr"] {
+            cmd.arg(flag).arg("127.0.0.1:0");
+        }
+        cmd.arg("--addr-file").arg(&addr_file);
+        for c in config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(extra).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+        let mut child = cmd.spawn().expect("start mixr-proxy");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&addr_file) {
+                break t;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("mixr-proxy exited with {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "mixr-proxy did not start listening in time");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let field = |k: &str| {
+            text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("no {k}")).to_string()
+        };
+        MixrProxy {
+            outbound: field("outbound"),
+            inbound: field("inbound"),
+            admin: field("admin"),
+            stats: field("stats"),
+            child,
+            _dir: dir,
+            log,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MixrProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,124 @@
+//! The `mixr-proxy` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::identity::Identity;
+use crate::proxy::{Direction, Proxy, serve};
+
+#[derive(Debug, Parser)]
+#[command(name = "mixr-proxy", version, about = "mixr's sidecar: Istio traffic rules for one workload")]
+struct Cli {
+    /// Traffic config files or directories (VirtualService, DestinationRule, ServiceEntry).
+    #[arg(long, short = 'c', num_args = 1..)]
+    config: Vec<PathBuf>,
+    /// The local app, the target of inbound traffic.
+    #[arg(long)]
+    app_addr: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    outbound_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15006")]
+    inbound_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15090")]
+    stats_addr: SocketAddr,
+    /// This workload's name (source.workload.name).
+    #[arg(long, default_value = "unknown")]
+    workload: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// This workload's labels, `key=value` (for sourceLabels matches).
+    #[arg(long = "label", short = 'l')]
+    labels: Vec<String>,
+    /// Write the bound addresses here once listening (tests, scripts).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let mut labels = Vec::new();
+    for l in &cli.labels {
+        match l.split_once('=') {
+            Some((k, v)) => labels.push((k.to_string(), v.to_string())),
+            None => {
+                eprintln!("mixr-proxy: --label {l:?}: expected key=value");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        eprintln!("mixr-proxy: cannot start the async runtime");
+        return ExitCode::FAILURE;
+    };
+    let identity = Identity { workload: cli.workload.clone(), namespace: cli.namespace.clone(), labels };
+    match rt.block_on(run(cli, identity)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mixr-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
+    let proxy = Arc::new(
+        Proxy::new(identity, cli.app_addr, cli.config.clone())
+            .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?,
+    );
+    let outbound = bind(cli.outbound_addr).await?;
+    let inbound = bind(cli.inbound_addr).await?;
+    let admin = bind(cli.admin_addr).await?;
+    let stats = bind(cli.stats_addr).await?;
+    let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let summary = format!(
+        "outbound={}\ninbound={}\nadmin={}\nstats={}\n",
+        addr(&outbound),
+        addr(&inbound),
+        addr(&admin),
+        addr(&stats)
+    );
+    tracing::info!(addresses = %summary.replace('\n', " "), "mixr-proxy listening");
+    if let Some(path) = &cli.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &summary).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
+    }
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(serve(proxy.clone(), outbound, Direction::Outbound, rx.clone()));
+    tokio::spawn(serve(proxy.clone(), inbound, Direction::Inbound, rx.clone()));
+    tokio::spawn(crate::admin::serve(proxy.clone(), admin, rx.clone()));
+    tokio::spawn(crate::admin::serve(proxy.clone(), stats, rx.clone()));
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int, mut hup) =
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            _ => return Err("cannot install signal handlers".into()),
+        };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { let _ = proxy.reload(); }
+        }
+    }
+    let _ = tx.send(true);
+    tracing::info!("stopped");
+    Ok(())
+}

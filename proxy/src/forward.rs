@@ -1,0 +1,354 @@
+//! The request pipeline: route, redirect, fault, pick an upstream under pool limits, send
+//! with timeout and retries, apply header operations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, Uri};
+
+use crate::body::{ProxyBody, empty, full, reply, stream};
+use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
+use crate::proxy::{Direction, Proxy};
+use crate::rand;
+use crate::route::{RequestInfo, pick_weighted, total_weight};
+use crate::upstream::{Outcome, backoff, hash_of};
+
+/// Requests with bodies up to this size are kept so they can be retried.
+const RETRY_BUFFER_LIMIT: u64 = 1 << 20;
+
+fn headers_of(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.headers().iter().filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))).collect()
+}
+
+pub fn authority_of<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+fn apply_ops(headers: &mut hyper::HeaderMap, ops: &HeaderOps) {
+    for (k, v) in &ops.set {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            headers.insert(k, v);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            headers.append(k, v);
+        }
+    }
+    for k in &ops.remove {
+        headers.remove(k.as_str());
+    }
+}
+
+fn grpc_abort(code: i32) -> Response<ProxyBody> {
+    let mut r = Response::new(empty());
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    r.headers_mut().insert("grpc-status", HeaderValue::from(code));
+    r.headers_mut().insert("grpc-message", HeaderValue::from_static("fault filter abort"));
+    r
+}
+
+fn retriable(on: &RetryOn, outcome: &Result<Response<Incoming>, ()>) -> bool {
+    match outcome {
+        Err(()) => {
+            on.connect_failure
+                || on.reset
+                || on.gateway_error
+                || on.five_xx
+                || on.refused_stream
+                || on.grpc_codes.contains(&14)
+        }
+        Ok(resp) => {
+            let s = resp.status().as_u16();
+            let grpc =
+                resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+            (on.five_xx && s >= 500)
+                || (on.gateway_error && (502..=504).contains(&s))
+                || (on.retriable_4xx && s == 409)
+                || on.status_codes.contains(&s)
+                || grpc.is_some_and(|g| on.grpc_codes.contains(&g))
+        }
+    }
+}
+
+/// A request body that can be sent again, when it is small and of known size.
+enum SendBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl SendBody {
+    fn take(&mut self) -> Option<ProxyBody> {
+        match self {
+            SendBody::Buffered(b) => Some(full(b.clone())),
+            SendBody::Streaming(s) => s.take().map(stream),
+        }
+    }
+}
+
+impl Proxy {
+    /// Handles one request on the outbound listener (the local app calling out).
+    pub async fn outbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let tables = self.tables.load_full();
+        let headers = headers_of(&req);
+        let authority = authority_of(&req);
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+        let method = req.method().as_str().to_string();
+        let info = RequestInfo {
+            authority: &authority,
+            path: &path,
+            method: &method,
+            scheme: &scheme,
+            headers: &headers,
+            port: None,
+        };
+        let default_route;
+        let route = match tables.routes.route(&info, &self.identity.labels) {
+            Some(r) => r,
+            // A known service without a VirtualService gets all its traffic.
+            None if tables.routes.service(&authority).is_some() => {
+                default_route = HttpRoute {
+                    route: vec![WeightedDestination {
+                        destination: Destination {
+                            host: crate::route::normalize_host(&authority),
+                            subset: None,
+                            port: None,
+                        },
+                        weight: 100,
+                        headers: Default::default(),
+                    }],
+                    ..Default::default()
+                };
+                &default_route
+            }
+            None => {
+                let resp = reply(404, "no route (NR)\n");
+                self.observe(Direction::Outbound, &authority, "", resp.status().as_u16(), started);
+                return resp;
+            }
+        };
+        let route_name = route.name.clone().unwrap_or_default();
+        let resp = self.clone().outbound_route(req, route, &tables, &authority, &path, &scheme, &headers, peer).await;
+        self.observe(Direction::Outbound, &authority, &route_name, resp.status().as_u16(), started);
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn outbound_route(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        route: &HttpRoute,
+        tables: &crate::proxy::Tables,
+        authority: &str,
+        path: &str,
+        scheme: &str,
+        headers: &[(String, String)],
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        if let Some(r) = &route.redirect {
+            let target_authority = r.authority.clone().unwrap_or_else(|| authority.to_string());
+            let target_path = r.uri.clone().unwrap_or_else(|| path.to_string());
+            let mut resp = reply(r.code, "");
+            if let Ok(loc) = HeaderValue::try_from(format!("{scheme}://{target_authority}{target_path}")) {
+                resp.headers_mut().insert(hyper::header::LOCATION, loc);
+            }
+            return resp;
+        }
+        if let Some(f) = &route.fault {
+            if let Some((delay, pct)) = f.delay
+                && rand::chance(pct)
+            {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some((abort, pct)) = f.abort
+                && rand::chance(pct)
+            {
+                return match abort {
+                    Abort::Http(code) => reply(code, "fault filter abort"),
+                    Abort::Grpc(code) => grpc_abort(code),
+                };
+            }
+        }
+        let Some(chosen) = pick_weighted(&route.route, rand::below(total_weight(&route.route))) else {
+            return reply(503, "no healthy upstream (all weights are 0)\n");
+        };
+        let cluster = match self.clusters_for(tables).get(&tables.routes, &chosen.destination) {
+            Ok(c) => c,
+            Err(e) => return reply(503, format!("{e}\n")),
+        };
+        if cluster.endpoint_count() == 0 {
+            return reply(503, "no healthy upstream\n");
+        }
+        // Request rewriting and header operations.
+        if let Some(rw) = &route.rewrite {
+            if let Some(uri) = &rw.uri {
+                let (p, q) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+                let prefix = route.matches.iter().find_map(|m| match &m.uri {
+                    Some(StringMatch::Prefix(pre)) if p.starts_with(pre.as_str()) => Some(pre.len()),
+                    _ => None,
+                });
+                let rest = prefix.map(|n| &p[n..]).unwrap_or("");
+                let new = format!("{uri}{rest}{}", q.map(|q| format!("?{q}")).unwrap_or_default());
+                if let Ok(u) = new.parse::<Uri>() {
+                    *req.uri_mut() = u;
+                }
+            }
+            if let Some(a) = &rw.authority
+                && let Ok(v) = HeaderValue::try_from(a.as_str())
+            {
+                req.headers_mut().insert(hyper::header::HOST, v);
+            }
+        }
+        apply_ops(req.headers_mut(), &route.headers.request);
+        apply_ops(req.headers_mut(), &chosen.headers.request);
+
+        let policy = cluster.policy.clone();
+        let hash = policy.consistent_hash.as_ref().and_then(|k| hash_of(k, headers, Some(peer.ip())));
+        let grpc = is_grpc(&req);
+        let retries = if route.retries.retry_on == RetryOn::default() { 0 } else { route.retries.attempts };
+        let size = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let no_body = size == Some(0)
+            || (size.is_none()
+                && req.headers().get(hyper::header::TRANSFER_ENCODING).is_none()
+                && !grpc
+                && matches!(
+                    *req.method(),
+                    hyper::Method::GET | hyper::Method::HEAD | hyper::Method::DELETE | hyper::Method::OPTIONS
+                ));
+        let (parts, incoming) = req.into_parts();
+        let keep = retries > 0 || route.mirror.is_some();
+        let mut body = if keep && (no_body || size.is_some_and(|s| s <= RETRY_BUFFER_LIMIT)) {
+            match incoming.collect().await {
+                Ok(b) => SendBody::Buffered(b.to_bytes()),
+                Err(_) => return reply(400, "request body could not be read\n"),
+            }
+        } else {
+            SendBody::Streaming(Some(incoming))
+        };
+        let attempts = if matches!(body, SendBody::Buffered(_)) { retries + 1 } else { 1 };
+
+        let send_all = async {
+            let mut last: Result<Response<Incoming>, ()> = Err(());
+            for attempt in 0..attempts {
+                if attempt > 0 {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                let Some(admission) = cluster.admit().await else {
+                    return Err(reply(503, "upstream overflow (connection pool limit)\n"));
+                };
+                let Some(target) = cluster.pick(hash) else { return Err(reply(503, "no healthy upstream\n")) };
+                let Some(b) = body.take() else { break };
+                let mut up = Request::from_parts(parts.clone(), b);
+                let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let Ok(uri) = format!("http://{}{pq}", target.endpoint().authority()).parse::<Uri>() else {
+                    return Err(reply(500, "bad upstream address\n"));
+                };
+                *up.uri_mut() = uri;
+                let client = if grpc || parts.version == hyper::Version::HTTP_2 { &self.h2 } else { &self.h1 };
+                let call = client.request(up);
+                let result = match route.retries.per_try_timeout {
+                    Some(t) => tokio::time::timeout(t, call).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())),
+                    None => call.await.map_err(|_| ()),
+                };
+                drop(admission);
+                let outcome = match &result {
+                    Ok(r) => Outcome::Status(r.status().as_u16()),
+                    Err(()) => Outcome::Failure,
+                };
+                cluster.record(target.endpoint(), outcome);
+                let again = attempt + 1 < attempts && retriable(&route.retries.retry_on, &result);
+                last = result;
+                if !again {
+                    break;
+                }
+                self.stats.retries.inc();
+            }
+            Ok(last)
+        };
+        let result = match route.timeout {
+            Some(t) => match tokio::time::timeout(t, send_all).await {
+                Ok(r) => r,
+                Err(_) => return reply(504, "upstream request timeout\n"),
+            },
+            None => send_all.await,
+        };
+        let mut resp = match result {
+            Err(made) => return made,
+            Ok(Ok(r)) => r.map(stream),
+            Ok(Err(())) => return reply(503, "upstream connect error or disconnect/reset before headers\n"),
+        };
+        apply_ops(resp.headers_mut(), &route.headers.response);
+        apply_ops(resp.headers_mut(), &chosen.headers.response);
+        if let Some(m) = &route.mirror
+            && rand::chance(route.mirror_percentage)
+        {
+            self.mirror(m.clone(), tables, &parts, body_for_mirror(&body));
+        }
+        resp
+    }
+
+    /// Sends a copy to the mirror (host `-shadow`), without waiting or looking at it.
+    fn mirror(
+        &self,
+        d: Destination,
+        tables: &crate::proxy::Tables,
+        parts: &hyper::http::request::Parts,
+        body: Option<Bytes>,
+    ) {
+        let Ok(cluster) = self.clusters_for(tables).get(&tables.routes, &d) else { return };
+        let Some(target) = cluster.pick(None) else { return };
+        let Some(body) = body else { return };
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let Ok(uri) = format!("http://{}{pq}", target.endpoint().authority()).parse::<Uri>() else { return };
+        let mut req = Request::from_parts(parts.clone(), full(body));
+        *req.uri_mut() = uri;
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let shadow = match host.rsplit_once(':') {
+            Some((h, p)) => format!("{h}-shadow:{p}"),
+            None => format!("{host}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::try_from(shadow) {
+            req.headers_mut().insert(hyper::header::HOST, v);
+        }
+        let client = self.h1.clone();
+        let mirrored = self.stats.mirrored.clone();
+        tokio::spawn(async move {
+            let _target = target;
+            if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                let _ = resp.into_body().collect().await;
+                mirrored.inc();
+            }
+        });
+    }
+}
+
+/// Only a kept (small, known-size) body can be mirrored: a streamed one went upstream.
+fn body_for_mirror(body: &SendBody) -> Option<Bytes> {
+    match body {
+        SendBody::Buffered(b) => Some(b.clone()),
+        SendBody::Streaming(_) => None,
+    }
+}

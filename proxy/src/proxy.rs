@@ -1,0 +1,178 @@
+//! The running sidecar: config (swapped atomically on reload), upstream clients and the
+//! listeners. Outbound traffic is routed by the traffic config; inbound traffic goes to
+//! the local app.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{ProxyBody, reply, stream};
+use crate::config::{TrafficConfig, load_paths};
+use crate::identity::Identity;
+use crate::route::RouteTable;
+use crate::stats::Stats;
+use crate::upstream::Clusters;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn reporter(self) -> &'static str {
+        match self {
+            Direction::Inbound => "destination",
+            Direction::Outbound => "source",
+        }
+    }
+}
+
+/// One config generation: routes and the clusters built from them.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub routes: RouteTable,
+    pub clusters: Clusters,
+    pub config: TrafficConfig,
+    pub generation: u64,
+}
+
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+pub struct Proxy {
+    pub tables: ArcSwap<Tables>,
+    pub identity: Identity,
+    pub h1: HttpClient,
+    pub h2: HttpClient,
+    pub stats: Stats,
+    pub app_addr: Option<SocketAddr>,
+    pub config_paths: Vec<PathBuf>,
+    pub namespace: String,
+}
+
+impl Proxy {
+    pub fn new(
+        identity: Identity,
+        app_addr: Option<SocketAddr>,
+        config_paths: Vec<PathBuf>,
+    ) -> Result<Proxy, Vec<String>> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        let namespace = identity.namespace.clone();
+        let proxy = Proxy {
+            tables: ArcSwap::from_pointee(Tables::default()),
+            identity,
+            h1,
+            h2,
+            stats: Stats::new(),
+            app_addr,
+            config_paths,
+            namespace,
+        };
+        proxy.reload()?;
+        Ok(proxy)
+    }
+
+    /// Loads the config again; an invalid one is rejected and the last good one stays.
+    pub fn reload(&self) -> Result<u64, Vec<String>> {
+        let (config, errors) = load_paths(&self.config_paths, &self.namespace);
+        if !errors.is_empty() {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            for e in &errors {
+                tracing::error!(error = %e, "traffic config rejected; keeping the last good one");
+            }
+            return Err(errors);
+        }
+        let generation = self.tables.load().generation + 1;
+        let routes = RouteTable::build(&config);
+        self.tables.store(Arc::new(Tables { routes, clusters: Clusters::default(), config, generation }));
+        tracing::info!(generation, "traffic config loaded");
+        Ok(generation)
+    }
+
+    pub fn clusters_for<'t>(&self, tables: &'t Tables) -> &'t Clusters {
+        &tables.clusters
+    }
+
+    pub fn observe(&self, dir: Direction, authority: &str, route: &str, code: u16, started: Instant) {
+        let service = crate::route::normalize_host(authority);
+        let code = code.to_string();
+        let labels = [dir.reporter(), self.identity.workload.as_str(), service.as_str(), code.as_str(), route];
+        self.stats.requests.with_label_values(&labels).inc();
+        self.stats.duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    /// Handles one request on the inbound listener: to the local app.
+    pub async fn inbound(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let authority = crate::forward::authority_of(&req);
+        let Some(app) = self.app_addr else { return reply(503, "no --app-addr configured\n") };
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let Ok(uri) = format!("http://{app}{pq}").parse::<Uri>() else { return reply(400, "bad request target\n") };
+        parts.uri = uri;
+        let grpc = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/grpc"));
+        let client = if grpc || parts.version == hyper::Version::HTTP_2 { &self.h2 } else { &self.h1 };
+        let resp = match client.request(Request::from_parts(parts, stream(body))).await {
+            Ok(r) => r.map(stream),
+            Err(_) => reply(503, "upstream connect error (local app)\n"),
+        };
+        self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+        resp
+    }
+}
+
+/// Serves HTTP/1.1 and h2c on `listener` until `shutdown` turns true.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, dir: Direction, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = sock.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move {
+                    let resp = match dir {
+                        Direction::Outbound => proxy.outbound(req, peer).await,
+                        Direction::Inbound => proxy.inbound(req, peer).await,
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(sock), svc).await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+}

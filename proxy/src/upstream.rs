@@ -1,0 +1,354 @@
+//! Upstream clusters: a destination's endpoints with load balancing, connection-pool
+//! limits (overflow fails at once with 503) and outlier detection (ejection after
+//! consecutive errors).
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{Destination, HashKey, LoadBalancer, OutlierDetection, TrafficPolicy};
+use crate::rand;
+use crate::route::{RouteError, RouteTable, Upstream};
+
+#[derive(Debug)]
+pub struct EndpointState {
+    pub upstream: Upstream,
+    in_flight: AtomicU32,
+    consecutive_errors: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl EndpointState {
+    fn new(upstream: Upstream) -> EndpointState {
+        EndpointState {
+            upstream,
+            in_flight: AtomicU32::new(0),
+            consecutive_errors: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+        }
+    }
+
+    fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t > now)
+    }
+
+    pub fn authority(&self) -> String {
+        if self.upstream.address.contains(':') {
+            format!("[{}]:{}", self.upstream.address, self.upstream.port)
+        } else {
+            format!("{}:{}", self.upstream.address, self.upstream.port)
+        }
+    }
+}
+
+/// Counts a request in flight on an endpoint (for LEAST_REQUEST) until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Cluster>, usize);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &EndpointState {
+        &self.0.endpoints[self.1]
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.endpoints[self.1].in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Permission to send under the cluster's connection-pool limits.
+#[derive(Debug)]
+pub struct Admission {
+    _connection: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub policy: TrafficPolicy,
+    endpoints: Vec<EndpointState>,
+    next: AtomicUsize,
+    connections: Option<Arc<Semaphore>>,
+    pending: Option<Arc<Semaphore>>,
+    pub overflows: AtomicU32,
+}
+
+/// How an attempt ended, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Status(u16),
+    /// No response: connect failure, reset, timeout.
+    Failure,
+}
+
+impl Cluster {
+    pub fn new(name: String, endpoints: Vec<Upstream>, policy: TrafficPolicy) -> Cluster {
+        let pool = &policy.connection_pool;
+        let connections = pool.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
+        // Requests waiting for a connection: Envoy's pending queue (default 1024 when only
+        // connections are limited).
+        let pending = match (pool.max_connections, pool.http1_max_pending_requests) {
+            (_, Some(p)) => Some(Arc::new(Semaphore::new(p as usize))),
+            (Some(_), None) => Some(Arc::new(Semaphore::new(1024))),
+            _ => None,
+        };
+        Cluster {
+            name,
+            policy,
+            endpoints: endpoints.into_iter().map(EndpointState::new).collect(),
+            next: AtomicUsize::new(0),
+            connections,
+            pending,
+            overflows: AtomicU32::new(0),
+        }
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Waits for a connection slot, or fails at once when the pending queue is full.
+    pub async fn admit(&self) -> Option<Admission> {
+        let Some(conns) = &self.connections else { return Some(Admission { _connection: None }) };
+        if let Ok(p) = conns.clone().try_acquire_owned() {
+            return Some(Admission { _connection: Some(p) });
+        }
+        let waiting = match &self.pending {
+            Some(p) => match p.clone().try_acquire_owned() {
+                Ok(w) => w,
+                Err(_) => {
+                    self.overflows.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
+            None => return None,
+        };
+        let permit = conns.clone().acquire_owned().await.ok();
+        drop(waiting);
+        permit.map(|p| Admission { _connection: Some(p) })
+    }
+
+    /// Picks an endpoint that is not ejected. `hash` comes from the consistent-hash key.
+    pub fn pick(self: &Arc<Self>, hash: Option<u64>) -> Option<InFlight> {
+        let now = Instant::now();
+        let healthy: Vec<usize> = (0..self.endpoints.len()).filter(|i| !self.endpoints[*i].ejected(now)).collect();
+        // With everything ejected, Envoy still balances across all ("panic mode").
+        let candidates = if healthy.is_empty() { (0..self.endpoints.len()).collect() } else { healthy };
+        if candidates.is_empty() {
+            return None;
+        }
+        let n = candidates.len();
+        let chosen = match (hash, self.policy.load_balancer) {
+            (Some(h), _) => candidates[(h % n as u64) as usize],
+            (None, LoadBalancer::Random) => candidates[rand::below(n as u32) as usize],
+            (None, LoadBalancer::LeastRequest) if n > 1 => {
+                // Power of two choices.
+                let a = candidates[rand::below(n as u32) as usize];
+                let b = candidates[rand::below(n as u32) as usize];
+                let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) { b } else { a }
+            }
+            _ => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
+        };
+        self.endpoints[chosen].in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(self.clone(), chosen))
+    }
+
+    /// Feeds outlier detection; returns true when this outcome ejected the endpoint.
+    pub fn record(&self, endpoint: &EndpointState, outcome: Outcome) -> bool {
+        self.record_at(endpoint, outcome, Instant::now())
+    }
+
+    pub fn record_at(&self, endpoint: &EndpointState, outcome: Outcome, now: Instant) -> bool {
+        let Some(od) = &self.policy.outlier_detection else { return false };
+        let gateway = matches!(outcome, Outcome::Failure | Outcome::Status(502..=504));
+        let error = gateway || matches!(outcome, Outcome::Status(500..=599));
+        if !error {
+            endpoint.consecutive_errors.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let n = endpoint.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit_hit =
+            n >= od.consecutive_5xx_errors || od.consecutive_gateway_errors.is_some_and(|g| gateway && n >= g);
+        if !limit_hit || !self.may_eject(od, now) {
+            return false;
+        }
+        let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        *endpoint.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(now + od.base_ejection_time * times);
+        endpoint.consecutive_errors.store(0, Ordering::Relaxed);
+        tracing::info!(cluster = %self.name, endpoint = %endpoint.authority(), for_secs = (od.base_ejection_time * times).as_secs(), "endpoint ejected");
+        true
+    }
+
+    fn may_eject(&self, od: &OutlierDetection, now: Instant) -> bool {
+        let total = self.endpoints.len();
+        let ejected = self.endpoints.iter().filter(|e| e.ejected(now)).count();
+        (ejected + 1) * 100 <= total * od.max_ejection_percent as usize
+            && (total - ejected - 1) * 100 >= total * od.min_health_percent as usize
+    }
+
+    pub fn ejected_count(&self) -> usize {
+        let now = Instant::now();
+        self.endpoints.iter().filter(|e| e.ejected(now)).count()
+    }
+}
+
+/// A destination as a map key: host, subset, port.
+type ClusterKey = (String, Option<String>, Option<u16>);
+
+/// Clusters by destination, created on first use for one route table.
+#[derive(Debug, Default)]
+pub struct Clusters {
+    map: Mutex<HashMap<ClusterKey, Arc<Cluster>>>,
+}
+
+impl Clusters {
+    pub fn get(&self, table: &RouteTable, d: &Destination) -> Result<Arc<Cluster>, RouteError> {
+        let key = (d.host.to_ascii_lowercase(), d.subset.clone(), d.port);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let endpoints = table.endpoints(d)?;
+        let name = format!(
+            "{}|{}|{}",
+            d.host,
+            d.subset.as_deref().unwrap_or(""),
+            d.port.map(|p| p.to_string()).unwrap_or_default()
+        );
+        let c = Arc::new(Cluster::new(name, endpoints, table.policy(d)));
+        map.insert(key, c.clone());
+        Ok(c)
+    }
+
+    pub fn all(&self) -> Vec<Arc<Cluster>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+/// The consistent-hash input for a request, if its policy asks for one.
+pub fn hash_of(key: &HashKey, headers: &[(String, String)], source_ip: Option<std::net::IpAddr>) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    match key {
+        HashKey::Header(name) => headers.iter().find(|(k, _)| k == name)?.1.hash(&mut h),
+        HashKey::Cookie(name) => {
+            let cookies = headers.iter().find(|(k, _)| k == "cookie")?.1.as_str();
+            cookies
+                .split(';')
+                .map(str::trim)
+                .find_map(|c| c.strip_prefix(name.as_str())?.strip_prefix('='))?
+                .hash(&mut h)
+        }
+        HashKey::SourceIp => source_ip?.hash(&mut h),
+    }
+    Some(h.finish())
+}
+
+/// Backoff before retry `n` (1-based): 25 ms doubling, capped at 250 ms, with full jitter.
+pub fn backoff(n: u32) -> Duration {
+    let cap = (25u64 << n.min(4)).min(250);
+    Duration::from_millis(rand::below(cap as u32 + 1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConnectionPool;
+
+    fn ups(n: u16) -> Vec<Upstream> {
+        (0..n).map(|i| Upstream { address: "127.0.0.1".into(), port: 9000 + i, labels: vec![] }).collect()
+    }
+
+    fn od(consecutive: u32, max_percent: u32) -> TrafficPolicy {
+        TrafficPolicy {
+            outlier_detection: Some(OutlierDetection {
+                consecutive_5xx_errors: consecutive,
+                consecutive_gateway_errors: None,
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_percent: max_percent,
+                min_health_percent: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint() {
+        let c = Arc::new(Cluster::new("c".into(), ups(3), TrafficPolicy::default()));
+        let ports: Vec<u16> = (0..6).map(|_| c.pick(None).unwrap().endpoint().upstream.port).collect();
+        assert_eq!(ports, vec![9000, 9001, 9002, 9000, 9001, 9002]);
+    }
+
+    #[test]
+    fn least_request_avoids_busy_endpoints() {
+        let policy = TrafficPolicy { load_balancer: LoadBalancer::LeastRequest, ..Default::default() };
+        let c = Arc::new(Cluster::new("c".into(), ups(2), policy));
+        let busy: Vec<InFlight> =
+            (0..50).map(|_| c.pick(None).unwrap()).filter(|f| f.endpoint().upstream.port == 9000).collect();
+        assert!(!busy.is_empty());
+        // With 9000 loaded, every pick that compares both goes to 9001.
+        let picks: Vec<u16> = (0..40).map(|_| c.pick(None).unwrap().endpoint().upstream.port).collect();
+        assert!(picks.iter().filter(|p| **p == 9001).count() > 20, "{picks:?}");
+    }
+
+    #[test]
+    fn consecutive_errors_eject_within_the_percent_limit() {
+        let c = Arc::new(Cluster::new("c".into(), ups(2), od(3, 50)));
+        let now = Instant::now();
+        let e0 = &c.endpoints[0];
+        assert!(!c.record_at(e0, Outcome::Status(500), now));
+        assert!(!c.record_at(e0, Outcome::Status(200), now), "a success resets the count");
+        assert!(!c.record_at(e0, Outcome::Status(503), now));
+        assert!(!c.record_at(e0, Outcome::Failure, now));
+        assert!(c.record_at(e0, Outcome::Status(500), now), "third consecutive error ejects");
+        assert_eq!(c.ejected_count(), 1);
+        let picks: Vec<u16> = (0..4).map(|_| c.pick(None).unwrap().endpoint().upstream.port).collect();
+        assert_eq!(picks, vec![9001; 4], "ejected endpoints get no traffic");
+        // The other endpoint cannot be ejected too: at most 50%.
+        let e1 = &c.endpoints[1];
+        for _ in 0..3 {
+            c.record_at(e1, Outcome::Status(500), now);
+        }
+        assert_eq!(c.ejected_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn pool_overflow_fails_at_once() {
+        let policy = TrafficPolicy {
+            connection_pool: ConnectionPool {
+                max_connections: Some(1),
+                http1_max_pending_requests: Some(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let c = Arc::new(Cluster::new("c".into(), ups(1), policy));
+        let first = c.admit().await.unwrap();
+        let c2 = c.clone();
+        let waiting = tokio::spawn(async move { c2.admit().await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(c.admit().await.is_none(), "connection busy and queue full: overflow");
+        assert_eq!(c.overflows.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert!(waiting.await.unwrap(), "the queued request gets the connection");
+    }
+
+    #[test]
+    fn consistent_hash_keys() {
+        let h =
+            vec![("x-user".to_string(), "jason".to_string()), ("cookie".to_string(), "a=1; session=abc".to_string())];
+        let a = hash_of(&HashKey::Header("x-user".into()), &h, None);
+        assert!(a.is_some() && a == hash_of(&HashKey::Header("x-user".into()), &h, None));
+        assert!(hash_of(&HashKey::Cookie("session".into()), &h, None).is_some());
+        assert!(hash_of(&HashKey::Cookie("missing".into()), &h, None).is_none());
+        assert!(hash_of(&HashKey::SourceIp, &h, Some("10.0.0.1".parse().unwrap())).is_some());
+    }
+}
