@@ -42,6 +42,16 @@ struct Cli {
     addr_file: Option<PathBuf>,
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// mixr's gRPC address: inbound requests are checked and every request is reported.
+    /// Without it the proxy enforces nothing.
+    #[arg(long)]
+    mixr: Option<String>,
+    /// Let requests through when mixr cannot answer in time (default: deny with 503).
+    #[arg(long)]
+    fail_open: bool,
+    /// The longest a request waits for a policy decision, retries included.
+    #[arg(long, default_value = "1000")]
+    check_timeout_ms: u64,
 }
 
 pub fn main() -> ExitCode {
@@ -78,8 +88,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 }
 
 async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
+    let mixr = cli.mixr.clone().map(|addr| {
+        let options = crate::policy::PolicyOptions {
+            fail_policy: if cli.fail_open { crate::policy::FailPolicy::Open } else { crate::policy::FailPolicy::Close },
+            timeout: std::time::Duration::from_millis(cli.check_timeout_ms),
+            ..Default::default()
+        };
+        (addr, options)
+    });
     let proxy = Arc::new(
-        Proxy::new(identity, cli.app_addr, cli.config.clone())
+        Proxy::new(identity, cli.app_addr, cli.config.clone(), mixr)
             .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?,
     );
     let outbound = bind(cli.outbound_addr).await?;
@@ -119,6 +137,9 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
         }
     }
     let _ = tx.send(true);
+    if let Some(r) = &proxy.reporter {
+        r.flush().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod identity;
+pub mod policy;
 pub mod proxy;
 pub mod rand;
 pub mod route;

@@ -54,6 +54,9 @@ pub type HttpClient = Client<HttpConnector, ProxyBody>;
 
 pub struct Proxy {
     pub tables: ArcSwap<Tables>,
+    /// Enforcement through mixr, when `--mixr` is given.
+    pub policy: Option<Arc<crate::policy::Policy>>,
+    pub reporter: Option<crate::policy::reports::Reporter>,
     pub identity: Identity,
     pub h1: HttpClient,
     pub h2: HttpClient,
@@ -68,6 +71,7 @@ impl Proxy {
         identity: Identity,
         app_addr: Option<SocketAddr>,
         config_paths: Vec<PathBuf>,
+        mixr: Option<(String, crate::policy::PolicyOptions)>,
     ) -> Result<Proxy, Vec<String>> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -76,12 +80,35 @@ impl Proxy {
             .build(connector.clone());
         let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         let namespace = identity.namespace.clone();
+        let stats = Stats::new();
+        let (policy, reporter) = match mixr {
+            Some((addr, options)) => {
+                // QuotaSpecs live beside the traffic rules, in Mixer's config format.
+                let (set, errors) = mixr_rules::config::load_paths(&config_paths, &namespace);
+                if !errors.is_empty() {
+                    return Err(errors.iter().map(ToString::to_string).collect());
+                }
+                let policy = crate::policy::Policy::new(
+                    &addr,
+                    options,
+                    set.quota_specs,
+                    set.quota_spec_bindings,
+                    stats.check_cache.clone(),
+                )
+                .map_err(|e| vec![e])?;
+                let reporter = crate::policy::reports::Reporter::start(policy.client(), stats.reports_dropped.clone());
+                (Some(Arc::new(policy)), Some(reporter))
+            }
+            None => (None, None),
+        };
         let proxy = Proxy {
+            policy,
+            reporter,
             tables: ArcSwap::from_pointee(Tables::default()),
             identity,
             h1,
             h2,
-            stats: Stats::new(),
+            stats,
             app_addr,
             config_paths,
             namespace,
@@ -119,12 +146,53 @@ impl Proxy {
         self.stats.duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64() * 1000.0);
     }
 
-    /// Handles one request on the inbound listener: to the local app.
-    pub async fn inbound(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<ProxyBody> {
+    /// Handles one request on the inbound listener: checked with mixr, then to the local app.
+    pub async fn inbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let authority = crate::forward::authority_of(&req);
         let Some(app) = self.app_addr else { return reply(503, "no --app-addr configured\n") };
         let (mut parts, body) = req.into_parts();
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let grpc_in = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/grpc"));
+        let method = parts.method.as_str().to_string();
+        let attrs =
+            crate::policy::attributes::inbound(&self.identity, peer, &method, &path, &authority, &headers, grpc_in);
+        let mut response_ops = Vec::new();
+        if let Some(policy) = &self.policy {
+            let service = crate::route::normalize_host(&authority);
+            let service = service.split('.').next().unwrap_or("").to_string();
+            let quotas = policy.quotas_for(&service, &self.identity.namespace, &attrs);
+            let dedup = headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap_or_default();
+            let traceparent = headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.as_str());
+            match policy.check(&attrs, &quotas, &dedup, traceparent).await {
+                crate::policy::Verdict::Deny { http_status, body, headers: extra } => {
+                    let mut resp = reply(http_status, body);
+                    for (k, v) in extra {
+                        if let (Ok(k), Ok(v)) =
+                            (hyper::header::HeaderName::try_from(k), hyper::header::HeaderValue::try_from(v))
+                        {
+                            resp.headers_mut().insert(k, v);
+                        }
+                    }
+                    self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+                    self.report(attrs, &resp, started);
+                    return resp;
+                }
+                crate::policy::Verdict::Allow { request_headers, response_headers } => {
+                    crate::policy::apply_header_ops(&mut parts.headers, &request_headers);
+                    response_ops = response_headers;
+                }
+            }
+        }
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let Ok(uri) = format!("http://{app}{pq}").parse::<Uri>() else { return reply(400, "bad request target\n") };
         parts.uri = uri;
@@ -134,12 +202,38 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("application/grpc"));
         let client = if grpc || parts.version == hyper::Version::HTTP_2 { &self.h2 } else { &self.h1 };
-        let resp = match client.request(Request::from_parts(parts, stream(body))).await {
+        let mut resp = match client.request(Request::from_parts(parts, stream(body))).await {
             Ok(r) => r.map(stream),
             Err(_) => reply(503, "upstream connect error (local app)\n"),
         };
+        crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
         self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+        self.report(attrs, &resp, started);
         resp
+    }
+
+    /// Queues a Report of this request and its response; never waits.
+    fn report<B>(
+        &self,
+        attrs: Vec<(&'static str, mixr_rules::value::Value<'_>)>,
+        resp: &Response<B>,
+        started: Instant,
+    ) {
+        let Some(reporter) = &self.reporter else { return };
+        let mut entry: Vec<(&'static str, mixr_rules::value::OwnedValue)> =
+            attrs.into_iter().map(|(n, v)| (n, v.into_owned())).collect();
+        entry.push(("response.code", mixr_rules::value::Value::Int64(resp.status().as_u16() as i64)));
+        entry.push((
+            "response.duration",
+            mixr_rules::value::Value::Duration(mixr_rules::value::Duration::from_std(started.elapsed())),
+        ));
+        entry.push(("response.time", crate::policy::attributes::now()));
+        if let Some(size) =
+            resp.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+        {
+            entry.push(("response.size", mixr_rules::value::Value::Int64(size)));
+        }
+        reporter.report(entry);
     }
 }
 
