@@ -117,6 +117,7 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &summary).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
     }
+    let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
     tokio::spawn(serve(proxy.clone(), outbound, Direction::Outbound, rx.clone()));
     tokio::spawn(serve(proxy.clone(), inbound, Direction::Inbound, rx.clone()));

@@ -148,6 +148,13 @@ impl Proxy {
         let route_name = route.name.clone().unwrap_or_default();
         let resp = self.clone().outbound_route(req, route, &tables, &authority, &path, &scheme, &headers, peer).await;
         self.observe(Direction::Outbound, &authority, &route_name, resp.status().as_u16(), started);
+        if self.reporter.is_some() {
+            self.report(
+                crate::policy::attributes::outbound(&self.identity, &method, &path, &authority),
+                &resp,
+                started,
+            );
+        }
         resp
     }
 
@@ -219,6 +226,9 @@ impl Proxy {
         }
         apply_ops(req.headers_mut(), &route.headers.request);
         apply_ops(req.headers_mut(), &chosen.headers.request);
+        if self.policy.is_some() {
+            req.headers_mut().insert(crate::policy::attributes::ISTIO_ATTRIBUTES, self.identity_header.clone());
+        }
 
         let policy = cluster.policy.clone();
         let hash = policy.consistent_hash.as_ref().and_then(|k| hash_of(k, headers, Some(peer.ip())));
@@ -252,6 +262,7 @@ impl Proxy {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 let Some(admission) = cluster.admit().await else {
+                    self.stats.overflows.with_label_values(&[cluster.name.as_str()]).inc();
                     return Err(reply(503, "upstream overflow (connection pool limit)\n"));
                 };
                 let Some(target) = cluster.pick(hash) else { return Err(reply(503, "no healthy upstream\n")) };
@@ -273,7 +284,9 @@ impl Proxy {
                     Ok(r) => Outcome::Status(r.status().as_u16()),
                     Err(()) => Outcome::Failure,
                 };
-                cluster.record(target.endpoint(), outcome);
+                if cluster.record(target.endpoint(), outcome) {
+                    self.stats.ejections.with_label_values(&[cluster.name.as_str()]).inc();
+                }
                 let again = attempt + 1 < attempts && retriable(&route.retries.retry_on, &result);
                 last = result;
                 if !again {

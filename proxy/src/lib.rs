@@ -20,6 +20,7 @@ pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod rand;
+pub mod reload;
 pub mod route;
 pub mod stats;
 pub mod upstream;

@@ -48,6 +48,31 @@ pub struct Tables {
     pub clusters: Clusters,
     pub config: TrafficConfig,
     pub generation: u64,
+    fingerprint: u64,
+}
+
+/// Hash of every config file's name and content.
+fn fingerprint(paths: &[PathBuf]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    fn walk(p: &std::path::Path, h: &mut DefaultHasher) {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            entries.sort();
+            for e in entries {
+                walk(&e, h);
+            }
+        } else {
+            p.hash(h);
+            std::fs::read(p).unwrap_or_default().hash(h);
+        }
+    }
+    let mut h = DefaultHasher::new();
+    for p in paths {
+        walk(p, &mut h);
+    }
+    h.finish()
 }
 
 pub type HttpClient = Client<HttpConnector, ProxyBody>;
@@ -61,6 +86,8 @@ pub struct Proxy {
     pub h1: HttpClient,
     pub h2: HttpClient,
     pub stats: Stats,
+    /// This workload's identity, sent to peers in `x-istio-attributes`.
+    pub identity_header: hyper::header::HeaderValue,
     pub app_addr: Option<SocketAddr>,
     pub config_paths: Vec<PathBuf>,
     pub namespace: String,
@@ -101,6 +128,9 @@ impl Proxy {
             }
             None => (None, None),
         };
+        let identity_header =
+            hyper::header::HeaderValue::try_from(crate::policy::attributes::identity_header(&identity))
+                .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
         let proxy = Proxy {
             policy,
             reporter,
@@ -109,6 +139,7 @@ impl Proxy {
             h1,
             h2,
             stats,
+            identity_header,
             app_addr,
             config_paths,
             namespace,
@@ -117,8 +148,18 @@ impl Proxy {
         Ok(proxy)
     }
 
+    /// Reloads when the files' contents changed.
+    pub fn reload_if_changed(&self) -> Option<Result<u64, Vec<String>>> {
+        let fp = fingerprint(&self.config_paths);
+        if fp == self.tables.load().fingerprint {
+            return None;
+        }
+        Some(self.reload())
+    }
+
     /// Loads the config again; an invalid one is rejected and the last good one stays.
     pub fn reload(&self) -> Result<u64, Vec<String>> {
+        let fingerprint = fingerprint(&self.config_paths);
         let (config, errors) = load_paths(&self.config_paths, &self.namespace);
         if !errors.is_empty() {
             let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -129,7 +170,7 @@ impl Proxy {
         }
         let generation = self.tables.load().generation + 1;
         let routes = RouteTable::build(&config);
-        self.tables.store(Arc::new(Tables { routes, clusters: Clusters::default(), config, generation }));
+        self.tables.store(Arc::new(Tables { routes, clusters: Clusters::default(), config, generation, fingerprint }));
         tracing::info!(generation, "traffic config loaded");
         Ok(generation)
     }
@@ -152,6 +193,8 @@ impl Proxy {
         let authority = crate::forward::authority_of(&req);
         let Some(app) = self.app_addr else { return reply(503, "no --app-addr configured\n") };
         let (mut parts, body) = req.into_parts();
+        // The caller's identity is for us, not for the app.
+        let peer_identity = parts.headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
         let headers: Vec<(String, String)> = parts
             .headers
             .iter()
@@ -164,8 +207,11 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("application/grpc"));
         let method = parts.method.as_str().to_string();
-        let attrs =
+        let mut attrs =
             crate::policy::attributes::inbound(&self.identity, peer, &method, &path, &authority, &headers, grpc_in);
+        if let Some(v) = peer_identity.as_ref().and_then(|v| v.to_str().ok()) {
+            attrs.extend(crate::policy::attributes::peer_attributes(v));
+        }
         let mut response_ops = Vec::new();
         if let Some(policy) = &self.policy {
             let service = crate::route::normalize_host(&authority);
@@ -213,7 +259,7 @@ impl Proxy {
     }
 
     /// Queues a Report of this request and its response; never waits.
-    fn report<B>(
+    pub fn report<B>(
         &self,
         attrs: Vec<(&'static str, mixr_rules::value::Value<'_>)>,
         resp: &Response<B>,

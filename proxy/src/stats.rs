@@ -12,6 +12,8 @@ pub struct Stats {
     pub mirrored: IntCounter,
     pub reports_dropped: IntCounter,
     pub check_cache: IntCounterVec,
+    pub overflows: IntCounterVec,
+    pub ejections: IntCounterVec,
 }
 
 impl Stats {
@@ -41,8 +43,23 @@ impl Stats {
             &["result"],
         )
         .expect("valid metric");
+        let overflows = IntCounterVec::new(
+            Opts::new(
+                "mixr_proxy_upstream_overflow_total",
+                "Requests failed at once by a connection-pool limit, by cluster.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        let ejections = IntCounterVec::new(
+            Opts::new("mixr_proxy_outlier_ejections_total", "Endpoints ejected by outlier detection, by cluster."),
+            &["cluster"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(overflows.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ejections.clone()),
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(retries.clone()),
             Box::new(mirrored.clone()),
@@ -51,7 +68,7 @@ impl Stats {
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Stats { registry, requests, duration, retries, mirrored, reports_dropped, check_cache }
+        Stats { registry, requests, duration, retries, mirrored, reports_dropped, check_cache, overflows, ejections }
     }
 }
 

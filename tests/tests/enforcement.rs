@@ -158,3 +158,56 @@ async fn fail_policy_when_mixr_is_down() {
     let (code, _) = get(&open, "/", None).await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test]
+async fn the_callers_identity_travels_between_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = r#"
+apiVersion: config.istio.io/v1alpha2
+kind: handler
+metadata: {name: only-productpage}
+spec:
+  compiledAdapter: listchecker
+  params: {overrides: [productpage-v1]}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: instance
+metadata: {name: caller}
+spec: {compiledTemplate: listentry, params: {value: 'source.workload.name | "unknown"'}}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: callers}
+spec:
+  actions: [{handler: only-productpage, instances: [caller]}]
+"#;
+    let mixr = Mixr::start(&[&write(dir.path(), "policy.yaml", policy)], &[]);
+    let app = backend::start("reviews").await;
+    let empty = write(dir.path(), "empty.yaml", "");
+    // The callee's sidecar (inbound) in front of the reviews app.
+    let reviews = MixrProxy::start(
+        &[&empty],
+        &["--app-addr", &app.addr.to_string(), "--workload", "reviews-v1", "--mixr", &mixr.grpc],
+    );
+    let inbound_port = reviews.inbound.rsplit(':').next().unwrap().to_string();
+    let routes = format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  ports: [{{number: 9080, name: http}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {inbound_port}}}}}]\n"
+    );
+    let routes = write(dir.path(), "routes.yaml", &routes);
+    let call = |proxy: &MixrProxy| {
+        reqwest::Client::new().get(format!("http://{}/reviews/1", proxy.outbound)).header("host", "reviews:9080").send()
+    };
+    // Callers' sidecars (outbound): productpage is allowed, ratings is not.
+    let productpage = MixrProxy::start(&[&routes], &["--workload", "productpage-v1", "--mixr", &mixr.grpc]);
+    let ratings = MixrProxy::start(&[&routes], &["--workload", "ratings-v1", "--mixr", &mixr.grpc]);
+    let ok = call(&productpage).await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let body = ok.text().await.unwrap();
+    assert!(!body.contains("x-istio-attributes"), "the identity header is not passed to the app: {body}");
+    let denied = call(&ratings).await.unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    assert_eq!(
+        denied.text().await.unwrap(),
+        "PERMISSION_DENIED:only-productpage.istio-system:ratings-v1 is not whitelisted"
+    );
+}

@@ -212,6 +212,8 @@ async fn circuit_breaking_overflow_and_outlier_ejection() {
     assert!(dump.contains("\"ejected\": 3"), "every failing endpoint was ejected: {dump}");
     let (_, stats) = get_text(&format!("http://{}/metrics", proxy.stats)).await;
     assert!(stats.contains("istio_requests_total{destination_service=\"mirror\",reporter=\"source\""), "{stats}");
+    assert!(stats.contains("mixr_proxy_upstream_overflow_total{cluster=\"mirror||\"}"), "{stats}");
+    assert!(stats.contains("mixr_proxy_outlier_ejections_total{cluster=\"reviews||\"} 3"), "{stats}");
 }
 
 async fn get_text(url: &str) -> (u16, String) {
@@ -256,4 +258,60 @@ async fn inbound_traffic_reaches_the_app() {
     assert!(r.text().await.unwrap().starts_with("app path=/hello host=productpage:9080"));
     let (code, ready) = get_text(&format!("http://{}/ready", proxy.admin)).await;
     assert_eq!((code, ready.as_str()), (200, "LIVE\n"));
+}
+
+#[tokio::test]
+async fn grpc_over_h2c_keeps_trailers() {
+    use mixr_proto::istio::mixer::v1::CheckRequest;
+    use mixr_proto::istio::mixer::v1::mixer_client::MixerClient;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("empty.yaml");
+    std::fs::write(&policy, "").unwrap();
+    let mixr = mixr_e2e::Mixr::start(&[&policy], &[]);
+    let port = mixr.grpc.rsplit(':').next().unwrap().to_string();
+    let s = setup(&format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: mixr}}\nspec:\n  hosts: [mixr-grpc]\n  ports: [{{number: 9091, name: grpc, protocol: GRPC}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {port}}}}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: mixr}}\nspec:\n  hosts: [mixr-grpc, faulty]\n  http:\n  - match: [{{authority: {{prefix: faulty}}}}]\n    fault: {{abort: {{grpcStatus: UNAVAILABLE, percentage: {{value: 100}}}}}}\n    route: [{{destination: {{host: mixr-grpc}}}}]\n  - route: [{{destination: {{host: mixr-grpc}}}}]\n"
+    ))
+    .await;
+    let proxy = MixrProxy::start(&[&s.config], &[]);
+    let channel = |authority: &str| {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound))
+            .unwrap()
+            .origin(format!("http://{authority}").parse().unwrap())
+    };
+    let mut client = MixerClient::new(channel("mixr-grpc:9091").connect().await.unwrap());
+    let ok = client.check(mixr_e2e::check_request(&[])).await.expect("a gRPC call through the proxy").into_inner();
+    assert_eq!(ok.precondition.unwrap().status.unwrap().code, 0);
+    // An error status travels in the trailers; it must arrive intact.
+    let err = client.check(CheckRequest { global_word_count: 999, ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert!(err.message().contains("inconsistent global dictionary"), "{}", err.message());
+    // A gRPC abort fault answers with the gRPC status, not an HTTP error.
+    let mut faulty = MixerClient::new(channel("faulty:9091").connect().await.unwrap());
+    let err = faulty.check(mixr_e2e::check_request(&[])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn hot_reload_and_last_good_config() {
+    let s = setup(&format!("{VS}  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n")).await;
+    let proxy = MixrProxy::start(&[&s.config], &[]);
+    assert!(get(&proxy, "reviews", "/", &[]).await.1.starts_with("v1 "));
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let write = |t: &str| {
+        let tmp = s.config.with_extension("tmp");
+        std::fs::write(&tmp, t).unwrap();
+        std::fs::rename(&tmp, &s.config).unwrap();
+    };
+    write(&text.replace("subset: v1}}]\n", "subset: v3}}]\n"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(&proxy, "reviews", "/", &[]).await.1.starts_with("v3 ") {
+        assert!(Instant::now() < deadline, "the new route never applied: {}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken edit is rejected: v3 keeps serving.
+    write(&text.replace("hosts: [reviews]\n  http:", "hosts: [reviews]\n  http: 7"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(get(&proxy, "reviews", "/", &[]).await.1.starts_with("v3 "));
+    assert!(proxy.logs().contains("traffic config rejected"), "{}", proxy.logs());
 }

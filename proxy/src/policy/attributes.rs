@@ -75,3 +75,97 @@ pub fn inbound<'a>(
     }
     attrs
 }
+
+/// The header that carries the caller's identity to the callee's sidecar, as Istio's did:
+/// base64 of a serialized `istio.mixer.v1.Attributes`.
+pub const ISTIO_ATTRIBUTES: &str = "x-istio-attributes";
+
+/// Source attributes a peer may send in `x-istio-attributes`; anything else is ignored.
+const PEER_ATTRIBUTES: [&str; 6] = [
+    "source.workload.name",
+    "source.workload.namespace",
+    "source.namespace",
+    "source.labels",
+    "source.uid",
+    "source.name",
+];
+
+/// This workload's identity as the `x-istio-attributes` value for outbound requests.
+pub fn identity_header(identity: &Identity) -> String {
+    use base64::Engine;
+    use mixr_proto::istio::mixer::v1::Attributes;
+    use mixr_proto::istio::mixer::v1::attributes::{AttributeValue, StringMap as WireMap, attribute_value::Value as V};
+    use prost::Message;
+    let s = |v: &str| AttributeValue { value: Some(V::StringValue(v.to_string())) };
+    let mut a = Attributes::default();
+    a.attributes.insert("source.workload.name".into(), s(&identity.workload));
+    a.attributes.insert("source.workload.namespace".into(), s(&identity.namespace));
+    a.attributes.insert("source.namespace".into(), s(&identity.namespace));
+    a.attributes.insert("source.uid".into(), s(&identity.uid()));
+    a.attributes.insert(
+        "source.labels".into(),
+        AttributeValue {
+            value: Some(V::StringMapValue(WireMap { entries: identity.labels.iter().cloned().collect() })),
+        },
+    );
+    base64::engine::general_purpose::STANDARD.encode(a.encode_to_vec())
+}
+
+/// The caller's source attributes from an `x-istio-attributes` value; bad input is ignored.
+pub fn peer_attributes(header: &str) -> Vec<(&'static str, Value<'static>)> {
+    use base64::Engine;
+    use mixr_proto::istio::mixer::v1::Attributes;
+    use prost::Message;
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(header.trim()) else { return Vec::new() };
+    let Ok(attrs) = Attributes::decode(bytes.as_slice()) else { return Vec::new() };
+    let Ok(bag) = mixr_rules::bag::decode_uncompressed(&attrs, &mixr_rules::Manifest::builtin()) else {
+        return Vec::new();
+    };
+    PEER_ATTRIBUTES.iter().filter_map(|name| bag.get(name).map(|v| (*name, v.clone().into_owned()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_travels_in_x_istio_attributes() {
+        let id = Identity {
+            workload: "reviews-v2".into(),
+            namespace: "default".into(),
+            labels: vec![("app".into(), "reviews".into())],
+        };
+        let attrs = peer_attributes(&identity_header(&id));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_text());
+        assert_eq!(get("source.workload.name").as_deref(), Some("reviews-v2"));
+        assert_eq!(get("source.labels").as_deref(), Some("app:reviews"));
+        assert!(peer_attributes("not base64!").is_empty());
+    }
+}
+
+/// Attributes of an outbound request from this workload (for its Report).
+pub fn outbound<'a>(
+    identity: &'a Identity,
+    method: &'a str,
+    path: &'a str,
+    authority: &'a str,
+) -> Vec<(&'static str, Value<'a>)> {
+    let s = |v: &'a str| Value::String(Cow::Borrowed(v));
+    vec![
+        ("source.workload.name", s(&identity.workload)),
+        ("source.workload.namespace", s(&identity.namespace)),
+        (
+            "source.labels",
+            Value::StringMap(MapVal::from(StringMap::new(
+                identity.labels.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))).collect(),
+            ))),
+        ),
+        ("destination.service.host", s(authority.split(':').next().unwrap_or(authority))),
+        ("request.method", s(method)),
+        ("request.path", s(path)),
+        ("request.host", s(authority)),
+        ("request.time", now()),
+        ("context.protocol", s("http")),
+        ("context.reporter.kind", s("outbound")),
+    ]
+}
