@@ -124,25 +124,6 @@ pub fn peer_attributes(header: &str) -> Vec<(&'static str, Value<'static>)> {
     PEER_ATTRIBUTES.iter().filter_map(|name| bag.get(name).map(|v| (*name, v.clone().into_owned()))).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_travels_in_x_istio_attributes() {
-        let id = Identity {
-            workload: "reviews-v2".into(),
-            namespace: "default".into(),
-            labels: vec![("app".into(), "reviews".into())],
-        };
-        let attrs = peer_attributes(&identity_header(&id));
-        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_text());
-        assert_eq!(get("source.workload.name").as_deref(), Some("reviews-v2"));
-        assert_eq!(get("source.labels").as_deref(), Some("app:reviews"));
-        assert!(peer_attributes("not base64!").is_empty());
-    }
-}
-
 /// Attributes of an outbound request from this workload (for its Report).
 pub fn outbound<'a>(
     identity: &'a Identity,
@@ -168,4 +149,23 @@ pub fn outbound<'a>(
         ("context.protocol", s("http")),
         ("context.reporter.kind", s("outbound")),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_travels_in_x_istio_attributes() {
+        let id = Identity {
+            workload: "reviews-v2".into(),
+            namespace: "default".into(),
+            labels: vec![("app".into(), "reviews".into())],
+        };
+        let attrs = peer_attributes(&identity_header(&id));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_text());
+        assert_eq!(get("source.workload.name").as_deref(), Some("reviews-v2"));
+        assert_eq!(get("source.labels").as_deref(), Some("app:reviews"));
+        assert!(peer_attributes("not base64!").is_empty());
+    }
 }
