@@ -214,8 +214,12 @@ impl Proxy {
         }
         let mut response_ops = Vec::new();
         if let Some(policy) = &self.policy {
-            let service = crate::route::normalize_host(&authority);
-            let service = service.split('.').next().unwrap_or("").to_string();
+            // The service this workload backs: its `app` label, as Kubernetes services
+            // select pods; else the name the caller used.
+            let service = match self.identity.labels.iter().find(|(k, _)| k == "app") {
+                Some((_, app)) => app.clone(),
+                None => crate::route::normalize_host(&authority).split('.').next().unwrap_or("").to_string(),
+            };
             let quotas = policy.quotas_for(&service, &self.identity.namespace, &attrs);
             let dedup = headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap_or_default();
             let traceparent = headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.as_str());
