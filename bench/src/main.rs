@@ -8,6 +8,7 @@
 mod load;
 mod noop;
 mod procstat;
+mod proxybench;
 mod scenario;
 
 use std::path::PathBuf;
@@ -61,6 +62,18 @@ enum Command {
         #[arg(long)]
         mixr: Option<PathBuf>,
     },
+    /// The sidecar against nginx (wrk, HTTP/1.1), then with policy and telemetry.
+    Proxy {
+        #[arg(long, default_value = "5")]
+        seconds: u64,
+        #[arg(long, default_value = "32")]
+        connections: u32,
+    },
+    /// The origin for `proxy`: a tiny HTTP server.
+    OriginServer {
+        #[arg(long)]
+        addr_file: PathBuf,
+    },
     /// The baseline: a Mixer server that decodes each request and answers OK.
     NoopServer {
         #[arg(long)]
@@ -72,6 +85,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::NoopServer { addr_file } => noop::run(&addr_file),
+        Command::OriginServer { addr_file } => proxybench::origin_server(&addr_file),
+        Command::Proxy { seconds, connections } => {
+            let Ok(exe) = std::env::current_exe() else { return ExitCode::FAILURE };
+            let bin_dir = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            let Ok(dir) = tempfile::tempdir() else { return ExitCode::FAILURE };
+            match proxybench::run(seconds, connections, &bin_dir, dir.path()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mixr-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { seconds, concurrency, mixr } => {
             drive(|| scenario::check(Duration::from_secs(seconds), concurrency, mixr))
         }

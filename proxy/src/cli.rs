@@ -52,6 +52,9 @@ struct Cli {
     /// The longest a request waits for a policy decision, retries included.
     #[arg(long, default_value = "1000")]
     check_timeout_ms: u64,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
 
 pub fn main() -> ExitCode {
@@ -69,7 +72,11 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let Ok(rt) = builder.enable_all().build() else {
         eprintln!("mixr-proxy: cannot start the async runtime");
         return ExitCode::FAILURE;
     };

@@ -1,0 +1,326 @@
+//! The sidecar against nginx: the same origin, the same load generator (wrk, HTTP/1.1,
+//! keep-alive), one worker each. Proxies are pinned to CPU 1; wrk and the origin share
+//! CPU 0.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::procstat::server_command;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_file(path: &Path, child: &mut Child) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            return Ok(t);
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            return Err(format!("exited early: {s}"));
+        }
+        if Instant::now() > deadline {
+            return Err("did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn field(text: &str, key: &str) -> Result<String, String> {
+    text.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string).ok_or_else(|| format!("no {key}"))
+}
+
+fn wait_port(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Debug, Default)]
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+fn to_us(s: &str) -> f64 {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().unwrap_or(0.0);
+    match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => n,
+    }
+}
+
+fn wrk(url: &str, host: &str, seconds: u64, connections: u32) -> Result<WrkResult, String> {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-H",
+            &format!("Host: {host}"),
+            url,
+        ])
+        .output()
+        .map_err(|e| format!("wrk: {e} (install Debian's wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut r = WrkResult::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            r.p50_us = to_us(v);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            r.p99_us = to_us(v);
+        } else if t.starts_with("Non-2xx or 3xx responses:") {
+            r.errors += t.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        } else if t.starts_with("Socket errors:") {
+            r.errors += t.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
+        }
+    }
+    if r.rps == 0.0 {
+        return Err(format!("wrk printed no result:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(r)
+}
+
+/// Peak resident memory of `pid` while `f` runs.
+fn with_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let (s, p) = (stop.clone(), peak.clone());
+    let sampler = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            if let Some(kib) = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            }) {
+                p.fetch_max(kib, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    (out, peak.load(Ordering::Relaxed))
+}
+
+pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    // The origin: a tiny hyper server on CPU 0.
+    let origin_file = dir.join("origin.addr");
+    let mut origin = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&me)
+        .arg("origin-server")
+        .arg("--addr-file")
+        .arg(&origin_file)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let origin_addr = field(&wait_for_file(&origin_file, &mut origin)?, "http")?;
+    let _origin = Proc(origin);
+    let origin_port = origin_addr.rsplit(':').next().unwrap_or("0").to_string();
+
+    let mut rows: Vec<(String, WrkResult, u64)> = Vec::new();
+    println!(
+        "HTTP/1.1 proxying: wrk -t1 -c{connections}, {seconds} s per target; proxies pinned to CPU 1, wrk and origin to CPU 0"
+    );
+    rows.push(("direct".into(), wrk(&format!("http://{origin_addr}/"), "origin", seconds, connections)?, 0));
+
+    // nginx, one worker, keep-alive upstream.
+    let nginx_port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\nuser root;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  upstream origin {{ server {origin_addr}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+            pid = dir.join("nginx.pid").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let nginx = Command::new("taskset")
+        .args(["-c", "1", "nginx", "-c"])
+        .arg(&conf)
+        // One process that is the worker: nothing outlives the benchmark.
+        .args(["-g", "daemon off; master_process off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nginx: {e} (install Debian's nginx-light)"))?;
+    let nginx = Proc(nginx);
+    wait_port(&format!("127.0.0.1:{nginx_port}"));
+    // The worker is nginx's child; its RSS is what serves.
+    let worker = Command::new("pgrep")
+        .args(["-P", &nginx.0.id().to_string()])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
+        .unwrap_or(nginx.0.id());
+    let (r, rss) = with_rss(worker, || wrk(&format!("http://127.0.0.1:{nginx_port}/"), "origin", seconds, connections));
+    rows.push(("nginx (1 worker)".into(), r?, rss));
+    drop(nginx);
+
+    // mixr-proxy: outbound routing, inbound without and with policy, and with telemetry.
+    let traffic = dir.join("traffic.yaml");
+    std::fs::write(
+        &traffic,
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: origin}}\nspec:\n  hosts: [origin]\n  ports: [{{number: 80, name: http}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {origin_port}}}}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: origin}}\nspec:\n  hosts: [origin]\n  http:\n  - route: [{{destination: {{host: origin}}}}]\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mixr_bin = bin_dir.join("mixr");
+    let proxy_bin = bin_dir.join("mixr-proxy");
+    let start_mixr = |configs: &[PathBuf]| -> Result<(Proc, String), String> {
+        let file = dir.join("mixr.addrs");
+        let _ = std::fs::remove_file(&file);
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"]).arg(&mixr_bin).args([
+            "serve",
+            "--grpc-addr=127.0.0.1:0",
+            "--monitoring-addr=127.0.0.1:0",
+            "--log-level=error",
+            "--no-watch",
+        ]);
+        for c in configs {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.arg("--addr-file").arg(&file).spawn().map_err(|e| e.to_string())?;
+        let t = wait_for_file(&file, &mut child)?;
+        Ok((Proc(child), field(&t, "grpc")?))
+    };
+    let start_proxy = |extra: &[String]| -> Result<(Proc, String, String), String> {
+        let file = dir.join("proxy.addrs");
+        let _ = std::fs::remove_file(&file);
+        let mut cmd = server_command(&proxy_bin);
+        for flag in ["--outbound-addr", "--inbound-addr", "--admin-addr", "--stats-addr"] {
+            cmd.arg(flag).arg("127.0.0.1:0");
+        }
+        cmd.arg("--config").arg(&traffic).args([
+            "--worker-threads",
+            "1",
+            "--log-level",
+            "error",
+            "--app-addr",
+            &origin_addr,
+        ]);
+        let mut child = cmd.args(extra).arg("--addr-file").arg(&file).spawn().map_err(|e| e.to_string())?;
+        let t = wait_for_file(&file, &mut child)?;
+        Ok((Proc(child), field(&t, "outbound")?, field(&t, "inbound")?))
+    };
+
+    let (proxy, outbound, inbound) = start_proxy(&[])?;
+    let pid = proxy.0.id();
+    let (r, rss) = with_rss(pid, || wrk(&format!("http://{outbound}/"), "origin", seconds, connections));
+    rows.push(("mixr-proxy routing".into(), r?, rss));
+    let (r, rss) = with_rss(pid, || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("mixr-proxy inbound".into(), r?, rss));
+    drop(proxy);
+
+    let empty = dir.join("empty.yaml");
+    std::fs::write(&empty, "").map_err(|e| e.to_string())?;
+    let (_mixr, grpc) = start_mixr(std::slice::from_ref(&empty))?;
+    let (proxy, _, inbound) = start_proxy(&["--mixr".into(), grpc])?;
+    let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("+ policy, cache hits".into(), r?, rss));
+    drop(proxy);
+    drop(_mixr);
+
+    // Every answer valid for 0 s: each request asks mixr.
+    let nocache = dir.join("nocache.yaml");
+    std::fs::write(&nocache, "apiVersion: config.istio.io/v1alpha2\nkind: handler\nmetadata: {name: allow}\nspec:\n  compiledAdapter: listchecker\n  params: {overrides: [ok], cachingInterval: 0s}\n---\napiVersion: config.istio.io/v1alpha2\nkind: instance\nmetadata: {name: v}\nspec: {compiledTemplate: listentry, params: {value: '\"ok\"'}}\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {name: allow}\nspec:\n  actions: [{handler: allow, instances: [v]}]\n").map_err(|e| e.to_string())?;
+    let (_mixr, grpc) = start_mixr(&[nocache])?;
+    let (proxy, _, inbound) = start_proxy(&["--mixr".into(), grpc])?;
+    let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("+ policy, every request a miss".into(), r?, rss));
+    drop(proxy);
+    drop(_mixr);
+
+    let telemetry = bin_dir.join("../../rules/examples/telemetry.yaml");
+    let (_mixr, grpc) = start_mixr(&[empty, telemetry])?;
+    let (proxy, _, inbound) = start_proxy(&["--mixr".into(), grpc])?;
+    let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("+ policy + telemetry".into(), r?, rss));
+    drop(proxy);
+
+    let direct_p50 = rows[0].1.p50_us;
+    let direct_p99 = rows[0].1.p99_us;
+    let nginx_rps = rows[1].1.rps;
+    println!(
+        "\n{:<32} {:>10} {:>10} {:>10} {:>12} {:>12} {:>9} {:>8} {:>7}",
+        "target", "req/s", "p50 us", "p99 us", "+p50 us", "+p99 us", "x nginx", "RSS MB", "errors"
+    );
+    for (name, r, rss) in &rows {
+        println!(
+            "{name:<32} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>9.2} {:>8.1} {:>7}",
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.p50_us - direct_p50,
+            r.p99_us - direct_p99,
+            r.rps / nginx_rps.max(1.0),
+            *rss as f64 / 1024.0,
+            r.errors
+        );
+    }
+    let inbound_rps = rows[3].1.rps;
+    println!("policy with cache hits / no policy (inbound): {:.2}x", rows[4].1.rps / inbound_rps.max(1.0));
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18080)
+}
+
+/// The origin: answers every request with a small body, as fast as it can.
+pub fn origin_server(addr_file: &Path) -> std::process::ExitCode {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        return std::process::ExitCode::FAILURE;
+    };
+    rt.block_on(async {
+        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            return std::process::ExitCode::FAILURE;
+        };
+        let Ok(addr) = listener.local_addr() else { return std::process::ExitCode::FAILURE };
+        if std::fs::write(addr_file, format!("http={addr}\n")).is_err() {
+            return std::process::ExitCode::FAILURE;
+        }
+        while let Ok((sock, _)) = listener.accept().await {
+            let _ = sock.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from_static(
+                        b"ok\n",
+                    ))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+        std::process::ExitCode::SUCCESS
+    })
+}
