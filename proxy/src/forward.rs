@@ -204,6 +204,14 @@ impl Proxy {
         if cluster.endpoint_count() == 0 {
             return reply(503, "no healthy upstream\n");
         }
+        if crate::upgrade::is_upgrade(&req) {
+            let Some(target) = cluster.pick(None) else { return reply(503, "no healthy upstream\n") };
+            let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let Ok(uri) = format!("http://{}{pq}", target.endpoint().authority()).parse::<Uri>() else {
+                return reply(500, "bad upstream address\n");
+            };
+            return crate::upgrade::forward(&self.h1, req, uri).await;
+        }
         // Request rewriting and header operations.
         if let Some(rw) = &route.rewrite {
             if let Some(uri) = &rw.uri {

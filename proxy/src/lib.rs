@@ -23,4 +23,5 @@ pub mod rand;
 pub mod reload;
 pub mod route;
 pub mod stats;
+pub mod upgrade;
 pub mod upstream;

@@ -246,6 +246,29 @@ impl Proxy {
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let Ok(uri) = format!("http://{app}{pq}").parse::<Uri>() else { return reply(400, "bad request target\n") };
         parts.uri = uri;
+        if parts.headers.contains_key(hyper::header::UPGRADE) {
+            let uri = parts.uri.clone();
+            let req = Request::from_parts(parts, body);
+            if crate::upgrade::is_upgrade(&req) {
+                let resp = crate::upgrade::forward(&self.h1, req, uri).await;
+                self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+                return resp;
+            }
+            let (p, b) = req.into_parts();
+            return self.send_inbound(p, b, attrs, response_ops, &authority, started).await;
+        }
+        self.send_inbound(parts, body, attrs, response_ops, &authority, started).await
+    }
+
+    async fn send_inbound(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Incoming,
+        attrs: Vec<(&'static str, mixr_rules::value::Value<'_>)>,
+        response_ops: Vec<(String, String, i32)>,
+        authority: &str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
         let grpc = parts
             .headers
             .get(hyper::header::CONTENT_TYPE)
@@ -257,7 +280,7 @@ impl Proxy {
             Err(_) => reply(503, "upstream connect error (local app)\n"),
         };
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
-        self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+        self.observe(Direction::Inbound, authority, "", resp.status().as_u16(), started);
         self.report(attrs, &resp, started);
         resp
     }

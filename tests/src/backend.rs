@@ -41,8 +41,23 @@ impl Backend {
     }
 }
 
-async fn answer(name: String, seen: Arc<Seen>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(name: String, seen: Arc<Seen>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     let n = seen.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    // `Upgrade: echo`: switch protocols and echo every byte back.
+    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        let upgraded = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = upgraded.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        return r;
+    }
     let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let path = req.uri().path().to_string();
     seen.hosts.lock().unwrap().push(host.clone());
@@ -83,7 +98,9 @@ pub async fn start(name: &str) -> Backend {
                     let (n, s) = (n.clone(), s.clone());
                     async move { Ok::<_, Infallible>(answer(n, s, req).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(sock), svc).await;
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(sock), svc)
+                    .await;
             });
         }
     });

@@ -315,3 +315,24 @@ async fn hot_reload_and_last_good_config() {
     assert!(get(&proxy, "reviews", "/", &[]).await.1.starts_with("v3 "));
     assert!(proxy.logs().contains("traffic config rejected"), "{}", proxy.logs());
 }
+
+#[tokio::test]
+async fn upgrades_are_spliced_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(&format!("{VS}  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n")).await;
+    let proxy = MixrProxy::start(&[&s.config], &[]);
+    let mut sock = tokio::net::TcpStream::connect(&proxy.outbound).await.unwrap();
+    sock.write_all(b"GET /ws HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = sock.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    sock.write_all(b"hello through the proxy").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 23 {
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello through the proxy");
+}

@@ -1,0 +1,43 @@
+//! Upgrade passthrough (WebSocket and friends): the request goes upstream as is; when the
+//! upstream agrees (101), the two connections are spliced and bytes flow both ways until
+//! either side closes.
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+
+use crate::body::{ProxyBody, empty, reply};
+use crate::proxy::HttpClient;
+
+/// Whether the request asks to switch protocols.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(hyper::header::UPGRADE)
+        && req
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Sends an upgrade request to `target` and splices the connections on 101.
+pub async fn forward(client: &HttpClient, mut req: Request<Incoming>, target: Uri) -> Response<ProxyBody> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    parts.uri = target;
+    let up = Request::from_parts(parts, empty());
+    let mut resp = match client.request(up).await {
+        Ok(r) => r,
+        Err(_) => return reply(503, "upstream connect error (upgrade)\n"),
+    };
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return resp.map(crate::body::stream);
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else { return };
+        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, empty())
+}
