@@ -21,29 +21,7 @@ pub mod code {
 
     /// Parses a code given by number or by name (`PERMISSION_DENIED`).
     pub fn parse(text: &str) -> Option<i32> {
-        if let Ok(n) = text.parse::<i32>() {
-            return (0..=16).contains(&n).then_some(n);
-        }
-        const NAMES: [&str; 17] = [
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        ];
-        NAMES.iter().position(|n| *n == text).map(|p| p as i32)
+        mixr_proto::parse_grpc_code(text)
     }
 }
 

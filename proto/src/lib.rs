@@ -48,3 +48,37 @@ pub fn http_status_for(grpc_code: i32) -> u16 {
         _ => 500,
     }
 }
+
+/// gRPC status code names, indexed by code.
+const GRPC_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The name of a gRPC status code (`PERMISSION_DENIED`); UNKNOWN for codes out of range.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    usize::try_from(code).ok().and_then(|c| GRPC_CODE_NAMES.get(c)).copied().unwrap_or("UNKNOWN")
+}
+
+/// A gRPC status code given by number or by name.
+pub fn parse_grpc_code(text: &str) -> Option<i32> {
+    match text.parse::<i32>() {
+        Ok(n) => (0..GRPC_CODE_NAMES.len() as i32).contains(&n).then_some(n),
+        Err(_) => GRPC_CODE_NAMES.iter().position(|n| *n == text).map(|p| p as i32),
+    }
+}

@@ -25,6 +25,7 @@ use crate::identity::Identity;
 use crate::route::RouteTable;
 use crate::stats::Stats;
 use crate::upstream::Clusters;
+use mixr_rules::config::fingerprint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -49,30 +50,6 @@ pub struct Tables {
     pub config: TrafficConfig,
     pub generation: u64,
     fingerprint: u64,
-}
-
-/// Hash of every config file's name and content.
-fn fingerprint(paths: &[PathBuf]) -> u64 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    fn walk(p: &std::path::Path, h: &mut DefaultHasher) {
-        if p.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            entries.sort();
-            for e in entries {
-                walk(&e, h);
-            }
-        } else {
-            p.hash(h);
-            std::fs::read(p).unwrap_or_default().hash(h);
-        }
-    }
-    let mut h = DefaultHasher::new();
-    for p in paths {
-        walk(p, &mut h);
-    }
-    h.finish()
 }
 
 pub type HttpClient = Client<HttpConnector, ProxyBody>;

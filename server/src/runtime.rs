@@ -2,15 +2,13 @@
 //! swaps whole runtimes atomically (arc-swap), so a request sees one config from start to
 //! end, and a rejected config never replaces the last good one.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use mixr_adapters::{BuildContext, HandlerSet, Registry};
-use mixr_rules::config::{ConfigError, load_paths};
+use mixr_rules::config::{ConfigError, fingerprint, load_paths};
 use mixr_rules::snapshot::{Snapshot, build};
 
 use crate::metrics::Metrics;
@@ -53,29 +51,6 @@ pub fn compile_config(
             Err(errors)
         }
     }
-}
-
-/// Hash of every config file's name and content: an unchanged tree is not reloaded.
-fn fingerprint(paths: &[PathBuf]) -> u64 {
-    fn walk(p: &Path, h: &mut DefaultHasher) {
-        if p.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            entries.sort();
-            for e in entries {
-                walk(&e, h);
-            }
-        } else {
-            p.hash(h);
-            std::fs::read(p).unwrap_or_default().hash(h);
-        }
-    }
-    let mut h = DefaultHasher::new();
-    for p in paths {
-        walk(p, &mut h);
-    }
-    h.finish()
 }
 
 #[derive(Debug, PartialEq)]

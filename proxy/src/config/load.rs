@@ -22,11 +22,7 @@ pub struct TrafficConfig {
 
 /// Loads `*.yaml`/`*.yml` under `paths`; returns what loaded and every error.
 pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (TrafficConfig, Vec<ConfigError>) {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for p in paths {
-        collect(p, &mut files, &mut errors);
-    }
+    let (files, mut errors) = mixr_rules::config::yaml_files(paths);
     let mut cfg = TrafficConfig::default();
     for f in files {
         match std::fs::read_to_string(&f) {
@@ -47,25 +43,6 @@ pub fn load_str(file: &str, text: &str, default_namespace: &str) -> (TrafficConf
 fn file_error(path: &Path, e: std::io::Error) -> ConfigError {
     let loc = Loc { file: path.display().to_string().into(), document: 0, kind: String::new(), name: String::new() };
     ConfigError::new(&loc, "-", e.to_string())
-}
-
-fn collect(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>) {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-            Err(e) => return errors.push(file_error(path, e)),
-        };
-        entries.sort();
-        for e in entries {
-            if e.is_dir() || e.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                collect(&e, out, errors);
-            }
-        }
-    } else if path.exists() {
-        out.push(path.to_path_buf());
-    } else {
-        errors.push(file_error(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
-    }
 }
 
 fn load_into(cfg: &mut TrafficConfig, file: &str, text: &str, default_namespace: &str, errors: &mut Vec<ConfigError>) {

@@ -425,30 +425,7 @@ fn fault(p: Param<'_>) -> Result<Fault, ConfigError> {
 
 /// A gRPC status by number or name (`UNAVAILABLE`).
 pub fn grpc_code(text: &str) -> Option<i32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    match text.parse::<i32>() {
-        Ok(n) if (0..=16).contains(&n) => Some(n),
-        Ok(_) => None,
-        Err(_) => NAMES.iter().position(|n| *n == text).map(|p| p as i32),
-    }
+    mixr_proto::parse_grpc_code(text)
 }
 
 pub(crate) fn http_route(p: Param<'_>) -> Result<HttpRoute, ConfigError> {

@@ -68,34 +68,11 @@ pub struct Policy {
     cache_lookups: prometheus::IntCounterVec,
 }
 
-fn code_name(code: i32) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    usize::try_from(code).ok().and_then(|c| NAMES.get(c)).copied().unwrap_or("UNKNOWN")
-}
-
 /// A denial as Istio's sidecar answered it: the mapped HTTP status, body `CODE:message`.
 pub fn deny(code: i32, message: &str) -> Verdict {
     Verdict::Deny {
         http_status: mixr_proto::http_status_for(code),
-        body: format!("{}:{message}", code_name(code)),
+        body: format!("{}:{message}", mixr_proto::grpc_code_name(code)),
         headers: Vec::new(),
     }
 }

@@ -13,13 +13,7 @@ use super::yaml::{ConfigError, Loc, Param};
 /// Loads every file under `paths`. Returns what loaded and every error (a document with an
 /// error is left out), so later checks can still report problems in the rest.
 pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for p in paths {
-        if let Err(e) = collect_files(p, &mut files) {
-            errors.push(io_error(p, e));
-        }
-    }
+    let (files, mut errors) = yaml_files(paths);
     let mut set = ConfigSet::default();
     for file in files {
         match std::fs::read_to_string(&file) {
@@ -44,6 +38,30 @@ fn io_error(path: &Path, e: std::io::Error) -> ConfigError {
         key: "-".into(),
         message: e.to_string(),
     }
+}
+
+/// Every config file under `paths`, in name order, with an error for each unreadable path.
+pub fn yaml_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<ConfigError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        if let Err(e) = collect_files(p, &mut files) {
+            errors.push(io_error(p, e));
+        }
+    }
+    (files, errors)
+}
+
+/// Hash of every config file's name and content: an unchanged tree need not be reloaded.
+pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let (files, _) = yaml_files(paths);
+    let mut h = DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(&f).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
