@@ -1,11 +1,8 @@
 //! Loading networking config from files, directories and text.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use mixr_rules::config::{ConfigError, Loc, Param};
-use serde::Deserialize;
-use yaml_serde::Value as Yaml;
+use mixr_rules::config::{ConfigError, Document, Param, read_documents, read_documents_str};
 
 use super::model::{
     DestinationRule, ServiceEntry, TrafficPolicy, VirtualService, endpoint, http_route, service_port, subset,
@@ -22,71 +19,24 @@ pub struct TrafficConfig {
 
 /// Loads `*.yaml`/`*.yml` under `paths`; returns what loaded and every error.
 pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (TrafficConfig, Vec<ConfigError>) {
-    let (files, mut errors) = mixr_rules::config::yaml_files(paths);
     let mut cfg = TrafficConfig::default();
-    for f in files {
-        match std::fs::read_to_string(&f) {
-            Ok(text) => load_into(&mut cfg, &f.display().to_string(), &text, default_namespace, &mut errors),
-            Err(e) => errors.push(file_error(&f, e)),
-        }
-    }
+    let errors = read_documents(paths, default_namespace, |d| document(&mut cfg, d));
     (cfg, errors)
 }
 
 pub fn load_str(file: &str, text: &str, default_namespace: &str) -> (TrafficConfig, Vec<ConfigError>) {
     let mut cfg = TrafficConfig::default();
-    let mut errors = Vec::new();
-    load_into(&mut cfg, file, text, default_namespace, &mut errors);
+    let errors = read_documents_str(file, text, default_namespace, |d| document(&mut cfg, d));
     (cfg, errors)
 }
 
-fn file_error(path: &Path, e: std::io::Error) -> ConfigError {
-    let loc = Loc { file: path.display().to_string().into(), document: 0, kind: String::new(), name: String::new() };
-    ConfigError::new(&loc, "-", e.to_string())
-}
-
-fn load_into(cfg: &mut TrafficConfig, file: &str, text: &str, default_namespace: &str, errors: &mut Vec<ConfigError>) {
-    let file: Arc<str> = file.into();
-    for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let loc = Loc { file: file.clone(), document: i + 1, kind: String::new(), name: String::new() };
-        let value = match Yaml::deserialize(doc) {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(ConfigError::new(&loc, "-", format!("invalid YAML: {e}")));
-                return;
-            }
-        };
-        if value.is_null() {
-            continue;
-        }
-        if let Err(e) = document(cfg, loc, &value, default_namespace) {
-            errors.push(e);
-        }
-    }
-}
-
-fn document(cfg: &mut TrafficConfig, loc: Loc, value: &Yaml, default_namespace: &str) -> Result<(), ConfigError> {
-    let root = Param::new(value, &loc, "").obj()?;
-    let kind = root.require("kind", |p| p.text())?;
-    if !matches!(kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry") {
-        // Policy and telemetry kinds belong to the server.
+fn document(cfg: &mut TrafficConfig, d: Document) -> Result<(), ConfigError> {
+    // Policy and telemetry kinds belong to the server.
+    if !matches!(d.kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry") {
         return Ok(());
     }
-    let (name, namespace) = root.require("metadata", |p| {
-        let m = p.obj()?;
-        let r = (m.require("name", |p| p.text())?, m.get("namespace", |p| p.text())?);
-        for k in ["labels", "annotations", "uid", "resourceVersion", "creationTimestamp", "generation"] {
-            let _ = m.raw(k);
-        }
-        m.finish()?;
-        Ok(r)
-    })?;
-    root.require("apiVersion", |p| p.text())?;
-    let spec = root.raw("spec").map(|(v, _)| v.clone()).unwrap_or(Yaml::Null);
-    let _ = root.raw("status");
-    root.finish()?;
-    let namespace = namespace.unwrap_or_else(|| default_namespace.to_string());
-    let loc = Loc { kind: kind.clone(), name: name.clone(), ..loc };
+    let Document { loc, kind, namespace, spec } = d;
+    let name = loc.name.clone();
     let o = Param::new(&spec, &loc, "spec").obj()?;
     match kind.as_str() {
         "VirtualService" => {

@@ -10,25 +10,58 @@ use yaml_serde::Value as Yaml;
 use super::model::ConfigSet;
 use super::yaml::{ConfigError, Loc, Param};
 
-/// Loads every file under `paths`. Returns what loaded and every error (a document with an
-/// error is left out), so later checks can still report problems in the rest.
-pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
+/// One document of a config file, its envelope (`apiVersion`, `kind`, `metadata`) read:
+/// `loc` names file, position, kind and name.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub loc: Loc,
+    pub kind: String,
+    pub namespace: String,
+    pub spec: Yaml,
+}
+
+/// Reads every config file under `paths` and hands each document to `f`. Returns every
+/// error: unreadable files, invalid YAML, bad envelopes and `f`'s own (a document with an
+/// error is left out, so later checks still report problems in the rest).
+pub fn read_documents(
+    paths: &[PathBuf],
+    default_namespace: &str,
+    mut f: impl FnMut(Document) -> Result<(), ConfigError>,
+) -> Vec<ConfigError> {
     let (files, mut errors) = yaml_files(paths);
-    let mut set = ConfigSet::default();
     for file in files {
         match std::fs::read_to_string(&file) {
-            Ok(text) => load_into(&mut set, &file.display().to_string(), &text, default_namespace, &mut errors),
+            Ok(text) => read_text(&file.display().to_string(), &text, default_namespace, &mut f, &mut errors),
             Err(e) => errors.push(io_error(&file, e)),
         }
     }
+    errors
+}
+
+/// Like [`read_documents`], for text already in memory.
+pub fn read_documents_str(
+    file: &str,
+    text: &str,
+    default_namespace: &str,
+    mut f: impl FnMut(Document) -> Result<(), ConfigError>,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    read_text(file, text, default_namespace, &mut f, &mut errors);
+    errors
+}
+
+/// Loads every Mixer config file under `paths`.
+pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
+    let mut set = ConfigSet::default();
+    let errors = read_documents(paths, default_namespace, |d| set.add_document(&d.loc, &d.kind, &d.namespace, &d.spec));
     (set, errors)
 }
 
-/// Loads documents from text (tests, and configs embedded elsewhere).
+/// Loads Mixer config from text (tests, and configs embedded elsewhere).
 pub fn load_str(file: &str, text: &str, default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
     let mut set = ConfigSet::default();
-    let mut errors = Vec::new();
-    load_into(&mut set, file, text, default_namespace, &mut errors);
+    let errors =
+        read_documents_str(file, text, default_namespace, |d| set.add_document(&d.loc, &d.kind, &d.namespace, &d.spec));
     (set, errors)
 }
 
@@ -83,10 +116,16 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     }
 }
 
-fn load_into(set: &mut ConfigSet, file: &str, text: &str, default_namespace: &str, errors: &mut Vec<ConfigError>) {
+fn read_text(
+    file: &str,
+    text: &str,
+    default_namespace: &str,
+    f: &mut impl FnMut(Document) -> Result<(), ConfigError>,
+    errors: &mut Vec<ConfigError>,
+) {
     let file: Arc<str> = file.into();
     for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let mut loc = Loc { file: file.clone(), document: i + 1, kind: String::new(), name: String::new() };
+        let loc = Loc { file: file.clone(), document: i + 1, kind: String::new(), name: String::new() };
         let value = match Yaml::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
@@ -98,14 +137,14 @@ fn load_into(set: &mut ConfigSet, file: &str, text: &str, default_namespace: &st
         if value.is_null() {
             continue;
         }
-        if let Err(e) = load_document(set, &mut loc, &value, default_namespace) {
+        if let Err(e) = envelope(loc, &value, default_namespace).and_then(&mut *f) {
             errors.push(e);
         }
     }
 }
 
-fn load_document(set: &mut ConfigSet, loc: &mut Loc, value: &Yaml, default_namespace: &str) -> Result<(), ConfigError> {
-    let root = Param::new(value, loc, "").obj()?;
+fn envelope(loc: Loc, value: &Yaml, default_namespace: &str) -> Result<Document, ConfigError> {
+    let root = Param::new(value, &loc, "").obj()?;
     let kind = root.require("kind", |p| p.text())?;
     let (name, namespace) = root.require("metadata", |p| {
         let m = p.obj()?;
@@ -123,6 +162,5 @@ fn load_document(set: &mut ConfigSet, loc: &mut Loc, value: &Yaml, default_names
     let _ = root.raw("status");
     root.finish()?;
     let namespace = namespace.unwrap_or_else(|| default_namespace.to_string());
-    let loc = Loc { kind: kind.clone(), name, ..loc.clone() };
-    set.add_document(&loc, &kind, &namespace, &spec)
+    Ok(Document { loc: Loc { kind: kind.clone(), name, ..loc }, kind, namespace, spec })
 }

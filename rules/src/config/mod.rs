@@ -12,7 +12,7 @@ pub mod model;
 pub mod quota_spec;
 pub mod yaml;
 
-pub use load::{fingerprint, load_paths, load_str, yaml_files};
+pub use load::{Document, fingerprint, load_paths, load_str, read_documents, read_documents_str, yaml_files};
 pub use model::{ActionDoc, ConfigSet, HandlerDoc, HeaderOpDoc, InstanceDoc, ObjectRef, RuleDoc};
 pub use yaml::{ConfigError, Loc, Obj, Param};
 
