@@ -19,7 +19,6 @@ pub mod denier;
 pub mod listchecker;
 pub mod memquota;
 pub mod noop;
-pub mod otlp;
 pub mod params;
 pub mod prom;
 pub mod quota;

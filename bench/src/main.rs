@@ -62,12 +62,15 @@ enum Command {
         #[arg(long)]
         mixr: Option<PathBuf>,
     },
-    /// The sidecar against nginx (wrk, HTTP/1.1), then with policy and telemetry.
+    /// The sidecar against nginx (wrk for HTTP/1.1, h2load for h2c), then with policy and telemetry.
     Proxy {
         #[arg(long, default_value = "5")]
         seconds: u64,
         #[arg(long, default_value = "32")]
         connections: u32,
+        /// Interleaved rounds; each target's median is printed.
+        #[arg(long, default_value = "3")]
+        rounds: usize,
     },
     /// The origin for `proxy`: a tiny HTTP server.
     OriginServer {
@@ -86,11 +89,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::NoopServer { addr_file } => noop::run(&addr_file),
         Command::OriginServer { addr_file } => proxybench::origin_server(&addr_file),
-        Command::Proxy { seconds, connections } => {
+        Command::Proxy { seconds, connections, rounds } => {
             let Ok(exe) = std::env::current_exe() else { return ExitCode::FAILURE };
             let bin_dir = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
             let Ok(dir) = tempfile::tempdir() else { return ExitCode::FAILURE };
-            match proxybench::run(seconds, connections, &bin_dir, dir.path()) {
+            match proxybench::run(seconds, connections, rounds, &bin_dir, dir.path()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mixr-bench: {e}");

@@ -1,6 +1,6 @@
-//! The sidecar against nginx: the same origin, the same load generator (wrk, HTTP/1.1,
-//! keep-alive), one worker each. Proxies are pinned to CPU 1; wrk and the origin share
-//! CPU 0.
+//! The sidecar against nginx: the same origin, the same load generators (wrk for
+//! HTTP/1.1 keep-alive, h2load for h2c), one worker each. Proxies are pinned to CPU 1; the
+//! load generator and the origin share CPU 0.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -126,10 +126,73 @@ fn with_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
     (out, peak.load(Ordering::Relaxed))
 }
 
-pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<(), String> {
+type Rows = (Vec<(String, WrkResult, u64)>, Vec<(String, H2Result, u64)>);
+
+/// Runs every target `rounds` times, interleaved so a noisy spell on the machine hits all
+/// of them alike, and prints each target's median round.
+pub fn run(seconds: u64, connections: u32, rounds: usize, bin_dir: &Path, dir: &Path) -> Result<(), String> {
+    println!(
+        "HTTP/1.1 proxying: wrk -t1 -c{connections}, {seconds} s per target, median of {rounds} interleaved rounds; proxies pinned to CPU 1, wrk and origin to CPU 0"
+    );
+    let mut all: Vec<Rows> = Vec::new();
+    for n in 0..rounds.max(1) {
+        eprintln!("round {}/{}", n + 1, rounds.max(1));
+        all.push(round(seconds, connections, bin_dir, dir)?);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(|a, b| a.total_cmp(b));
+        values[values.len() / 2]
+    };
+    let (first_rows, first_h2) = &all[0];
+    let rows: Vec<(String, WrkResult, u64)> = (0..first_rows.len())
+        .map(|i| {
+            let pick = |f: &dyn Fn(&WrkResult) -> f64| median(&mut all.iter().map(|(r, _)| f(&r[i].1)).collect());
+            let r = WrkResult {
+                rps: pick(&|r| r.rps),
+                p50_us: pick(&|r| r.p50_us),
+                p99_us: pick(&|r| r.p99_us),
+                errors: all.iter().map(|(r, _)| r[i].1.errors).sum(),
+            };
+            (first_rows[i].0.clone(), r, all.iter().map(|(r, _)| r[i].2).max().unwrap_or(0))
+        })
+        .collect();
+    let h2_rows: Vec<(String, H2Result, u64)> = (0..first_h2.len())
+        .map(|i| {
+            let pick = |f: &dyn Fn(&H2Result) -> f64| median(&mut all.iter().map(|(_, r)| f(&r[i].1)).collect());
+            let r = H2Result {
+                rps: pick(&|r| r.rps),
+                mean_us: pick(&|r| r.mean_us),
+                errors: all.iter().map(|(_, r)| r[i].1.errors).sum(),
+            };
+            (first_h2[i].0.clone(), r, all.iter().map(|(_, r)| r[i].2).max().unwrap_or(0))
+        })
+        .collect();
+    print_rows(&rows);
+    println!("policy with cache hits / no policy (inbound): {:.2}x", rows[4].1.rps / rows[3].1.rps.max(1.0));
+
+    println!(
+        "\nh2c: h2load -t1 -c{connections} -m{H2_STREAMS}, {seconds} s per target (h2load reports mean latency, not percentiles)"
+    );
+    let nginx_h2 = h2_rows[1].1.rps;
+    println!("{:<40} {:>10} {:>12} {:>9} {:>8} {:>7}", "target", "req/s", "mean us", "x nginx", "RSS MB", "errors");
+    for (name, r, rss) in &h2_rows {
+        println!(
+            "{name:<40} {:>10.0} {:>12.0} {:>9.2} {:>8.1} {:>7}",
+            r.rps,
+            r.mean_us,
+            r.rps / nginx_h2.max(1.0),
+            *rss as f64 / 1024.0,
+            r.errors
+        );
+    }
+    Ok(())
+}
+
+fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<Rows, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     // The origin: a tiny hyper server on CPU 0.
     let origin_file = dir.join("origin.addr");
+    let _ = std::fs::remove_file(&origin_file);
     let mut origin = Command::new("taskset")
         .args(["-c", "0"])
         .arg(&me)
@@ -143,18 +206,16 @@ pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result
     let origin_port = origin_addr.rsplit(':').next().unwrap_or("0").to_string();
 
     let mut rows: Vec<(String, WrkResult, u64)> = Vec::new();
-    println!(
-        "HTTP/1.1 proxying: wrk -t1 -c{connections}, {seconds} s per target; proxies pinned to CPU 1, wrk and origin to CPU 0"
-    );
     rows.push(("direct".into(), wrk(&format!("http://{origin_addr}/"), "origin", seconds, connections)?, 0));
 
     // nginx, one worker, keep-alive upstream.
     let nginx_port = free_port();
+    let nginx_h2_port = free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\nuser root;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  upstream origin {{ server {origin_addr}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+            "worker_processes 1;\nuser root;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  upstream origin {{ server {origin_addr}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n  server {{\n    listen 127.0.0.1:{nginx_h2_port} http2;\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
             pid = dir.join("nginx.pid").display()
         ),
     )
@@ -179,6 +240,11 @@ pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result
         .unwrap_or(nginx.0.id());
     let (r, rss) = with_rss(worker, || wrk(&format!("http://127.0.0.1:{nginx_port}/"), "origin", seconds, connections));
     rows.push(("nginx (1 worker)".into(), r?, rss));
+    let mut h2_rows: Vec<(String, H2Result, u64)> = Vec::new();
+    h2_rows.push(("direct".into(), h2load(&format!("http://{origin_addr}/"), "origin", seconds, connections)?, 0));
+    let (r, rss) =
+        with_rss(worker, || h2load(&format!("http://127.0.0.1:{nginx_h2_port}/"), "origin", seconds, connections));
+    h2_rows.push(("nginx (1 worker, h2c to HTTP/1.1)".into(), r?, rss));
     drop(nginx);
 
     // mixr-proxy: outbound routing, inbound without and with policy, and with telemetry.
@@ -236,12 +302,16 @@ pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result
     rows.push(("mixr-proxy routing".into(), r?, rss));
     let (r, rss) = with_rss(pid, || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
     rows.push(("mixr-proxy inbound".into(), r?, rss));
+    let (r, rss) = with_rss(pid, || h2load(&format!("http://{outbound}/"), "origin", seconds, connections));
+    h2_rows.push(("mixr-proxy routing (h2c both sides)".into(), r?, rss));
     drop(proxy);
 
     let empty = dir.join("empty.yaml");
     std::fs::write(&empty, "").map_err(|e| e.to_string())?;
     let (_mixr, grpc) = start_mixr(std::slice::from_ref(&empty))?;
-    let (proxy, _, inbound) = start_proxy(&["--mixr".into(), grpc])?;
+    // Policy alone, as Istio ran it with telemetry off (disable_report_calls).
+    let policy_only = |grpc: String| vec!["--mixr".to_string(), grpc, "--disable-report-calls".into()];
+    let (proxy, _, inbound) = start_proxy(&policy_only(grpc))?;
     let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
     rows.push(("+ policy, cache hits".into(), r?, rss));
     drop(proxy);
@@ -251,7 +321,7 @@ pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result
     let nocache = dir.join("nocache.yaml");
     std::fs::write(&nocache, "apiVersion: config.istio.io/v1alpha2\nkind: handler\nmetadata: {name: allow}\nspec:\n  compiledAdapter: listchecker\n  params: {overrides: [ok], cachingInterval: 0s}\n---\napiVersion: config.istio.io/v1alpha2\nkind: instance\nmetadata: {name: v}\nspec: {compiledTemplate: listentry, params: {value: '\"ok\"'}}\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {name: allow}\nspec:\n  actions: [{handler: allow, instances: [v]}]\n").map_err(|e| e.to_string())?;
     let (_mixr, grpc) = start_mixr(&[nocache])?;
-    let (proxy, _, inbound) = start_proxy(&["--mixr".into(), grpc])?;
+    let (proxy, _, inbound) = start_proxy(&policy_only(grpc))?;
     let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
     rows.push(("+ policy, every request a miss".into(), r?, rss));
     drop(proxy);
@@ -263,7 +333,10 @@ pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result
     let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
     rows.push(("+ policy + telemetry".into(), r?, rss));
     drop(proxy);
+    Ok((rows, h2_rows))
+}
 
+fn print_rows(rows: &[(String, WrkResult, u64)]) {
     let direct_p50 = rows[0].1.p50_us;
     let direct_p99 = rows[0].1.p99_us;
     let nginx_rps = rows[1].1.rps;
@@ -271,7 +344,7 @@ pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result
         "\n{:<32} {:>10} {:>10} {:>10} {:>12} {:>12} {:>9} {:>8} {:>7}",
         "target", "req/s", "p50 us", "p99 us", "+p50 us", "+p99 us", "x nginx", "RSS MB", "errors"
     );
-    for (name, r, rss) in &rows {
+    for (name, r, rss) in rows {
         println!(
             "{name:<32} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>9.2} {:>8.1} {:>7}",
             r.rps,
@@ -284,9 +357,53 @@ pub fn run(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result
             r.errors
         );
     }
-    let inbound_rps = rows[3].1.rps;
-    println!("policy with cache hits / no policy (inbound): {:.2}x", rows[4].1.rps / inbound_rps.max(1.0));
-    Ok(())
+}
+
+/// Concurrent streams per h2c connection.
+const H2_STREAMS: u32 = 10;
+
+#[derive(Debug, Default)]
+struct H2Result {
+    rps: f64,
+    mean_us: f64,
+    errors: u64,
+}
+
+fn h2load(url: &str, host: &str, seconds: u64, connections: u32) -> Result<H2Result, String> {
+    let out = Command::new("taskset")
+        .args(["-c", "0", "h2load", "-t1"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-m{H2_STREAMS}"))
+        .arg(format!("-D{seconds}"))
+        .args(["-H", &format!(":authority: {host}"), url])
+        .output()
+        .map_err(|e| format!("h2load: {e} (install Debian's nghttp2-client)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut r = H2Result::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("finished in") {
+            r.rps = rest.split(',').nth(1).and_then(|v| v.trim().strip_suffix(" req/s")?.parse().ok()).unwrap_or(0.0);
+        } else if let Some(rest) = t.strip_prefix("time for request:") {
+            r.mean_us = rest.split_whitespace().nth(2).map(to_us).unwrap_or(0.0);
+        } else if let Some(rest) = t.strip_prefix("requests:") {
+            let field = |name: &str| {
+                rest.split(',').find_map(|p| p.trim().strip_suffix(name)?.trim().parse::<u64>().ok()).unwrap_or(0)
+            };
+            r.errors = field("failed") + field("errored");
+        } else if let Some(rest) = t.strip_prefix("status codes:") {
+            r.errors += ["3xx", "4xx", "5xx"]
+                .iter()
+                .map(|c| {
+                    rest.split(',').find_map(|p| p.trim().strip_suffix(c)?.trim().parse::<u64>().ok()).unwrap_or(0)
+                })
+                .sum::<u64>();
+        }
+    }
+    if r.rps == 0.0 {
+        return Err(format!("h2load printed no result:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(r)
 }
 
 fn free_port() -> u16 {

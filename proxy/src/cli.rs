@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::identity::Identity;
-use crate::proxy::{Direction, Proxy, serve};
+use crate::proxy::Proxy;
 
 #[derive(Debug, Parser)]
 #[command(name = "mixr-proxy", version, about = "mixr's sidecar: Istio traffic rules for one workload")]
@@ -52,7 +52,20 @@ struct Cli {
     /// The longest a request waits for a policy decision, retries included.
     #[arg(long, default_value = "1000")]
     check_timeout_ms: u64,
-    /// Worker threads (default: one per CPU).
+    /// OTLP/gRPC endpoint (`http://host:4317`) for a span per request; none by default.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Share of the traces this proxy starts that are sampled (0 to 1); a caller's
+    /// sampling decision in `traceparent` is always kept.
+    #[arg(long, default_value = "1.0")]
+    trace_sampling: f64,
+    /// Send no Checks (policy and quotas off); Reports still flow (Istio's disable_check_calls).
+    #[arg(long)]
+    disable_check_calls: bool,
+    /// Send no Reports (Istio's disable_report_calls).
+    #[arg(long)]
+    disable_report_calls: bool,
+    /// Worker threads, each with its own listeners and upstream connections (default: one per CPU).
     #[arg(long)]
     worker_threads: Option<usize>,
 }
@@ -72,11 +85,9 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.worker_threads {
-        builder.worker_threads(n.max(1));
-    }
-    let Ok(rt) = builder.enable_all().build() else {
+    // This thread runs the control plane (admin, stats, reload, signals); the workers
+    // (in `worker`) carry the traffic.
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         eprintln!("mixr-proxy: cannot start the async runtime");
         return ExitCode::FAILURE;
     };
@@ -99,26 +110,30 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
         let options = crate::policy::PolicyOptions {
             fail_policy: if cli.fail_open { crate::policy::FailPolicy::Open } else { crate::policy::FailPolicy::Close },
             timeout: std::time::Duration::from_millis(cli.check_timeout_ms),
+            disable_checks: cli.disable_check_calls,
+            disable_reports: cli.disable_report_calls,
             ..Default::default()
         };
         (addr, options)
     });
-    let proxy = Arc::new(
-        Proxy::new(identity, cli.app_addr, cli.config.clone(), mixr)
-            .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?,
-    );
-    let outbound = bind(cli.outbound_addr).await?;
-    let inbound = bind(cli.inbound_addr).await?;
+    let mut proxy = Proxy::new(identity, cli.app_addr, cli.config.clone(), mixr)
+        .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        if !(0.0..=1.0).contains(&cli.trace_sampling) {
+            return Err(format!("--trace-sampling {}: expected a number from 0 to 1", cli.trace_sampling));
+        }
+        let tracer = crate::trace::Tracer::start(endpoint, cli.trace_sampling, &proxy.identity.workload)
+            .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+        proxy.tracer = Some(tracer);
+    }
+    let proxy = Arc::new(proxy);
+    let workers =
+        cli.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let (listeners, outbound, inbound) = crate::worker::bind_all(cli.outbound_addr, cli.inbound_addr, workers)?;
     let admin = bind(cli.admin_addr).await?;
     let stats = bind(cli.stats_addr).await?;
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let summary = format!(
-        "outbound={}\ninbound={}\nadmin={}\nstats={}\n",
-        addr(&outbound),
-        addr(&inbound),
-        addr(&admin),
-        addr(&stats)
-    );
+    let summary = format!("outbound={outbound}\ninbound={inbound}\nadmin={}\nstats={}\n", addr(&admin), addr(&stats));
     tracing::info!(addresses = %summary.replace('\n', " "), "mixr-proxy listening");
     if let Some(path) = &cli.addr_file {
         let tmp = path.with_extension("tmp");
@@ -126,8 +141,7 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
     }
     let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(serve(proxy.clone(), outbound, Direction::Outbound, rx.clone()));
-    tokio::spawn(serve(proxy.clone(), inbound, Direction::Inbound, rx.clone()));
+    let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, rx.clone()));
     tokio::spawn(crate::admin::serve(proxy.clone(), stats, rx.clone()));
 
@@ -145,8 +159,10 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
         }
     }
     let _ = tx.send(true);
-    if let Some(r) = &proxy.reporter {
-        r.flush().await;
+    // Each worker flushes its reports before it ends.
+    let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    if let Some(t) = &proxy.tracer {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t.flush()).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -2,7 +2,6 @@
 //! with timeout and retries, apply header operations.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,16 +12,21 @@ use hyper::{Request, Response, Uri};
 
 use crate::body::{ProxyBody, empty, full, reply, stream};
 use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
+use crate::pool::{Pool, PoolError};
 use crate::proxy::{Direction, Proxy};
 use crate::rand;
 use crate::route::{RequestInfo, pick_weighted, total_weight};
-use crate::upstream::{Outcome, backoff, hash_of};
+use crate::upstream::{InFlight, Outcome, backoff, hash_of};
+use crate::worker::Worker;
+use hyper::http::request::Parts;
+use hyper::http::uri::PathAndQuery;
 
 /// Requests with bodies up to this size are kept so they can be retried.
 const RETRY_BUFFER_LIMIT: u64 = 1 << 20;
 
-fn headers_of(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.headers().iter().filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))).collect()
+/// Headers as text pairs, for matching and attributes; values that are not text are left out.
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))).collect()
 }
 
 pub fn authority_of<B>(req: &Request<B>) -> String {
@@ -33,11 +37,41 @@ pub fn authority_of<B>(req: &Request<B>) -> String {
         .unwrap_or_default()
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
+pub fn is_grpc_headers(headers: &hyper::HeaderMap) -> bool {
+    headers
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// Sends a request to the endpoint `target` over the worker's pool: HTTP/1.1 in origin
+/// form with a Host header, or HTTP/2 with the caller's authority.
+pub async fn send_upstream(
+    pool: &Pool,
+    target: &InFlight,
+    mut parts: Parts,
+    body: ProxyBody,
+    http2: bool,
+    authority: &str,
+) -> Result<Response<ProxyBody>, PoolError> {
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = hyper::http::uri::Parts::default();
+    if http2 {
+        let authority = if authority.is_empty() { target.endpoint().authority() } else { authority };
+        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        uri.authority = authority.parse().ok();
+    } else if !parts.headers.contains_key(hyper::header::HOST)
+        && let Ok(host) = HeaderValue::try_from(authority)
+    {
+        parts.headers.insert(hyper::header::HOST, host);
+    }
+    uri.path_and_query = Some(pq);
+    if let Ok(u) = Uri::from_parts(uri) {
+        parts.uri = u;
+    }
+    parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
+    let req = Request::from_parts(parts, body);
+    if http2 { pool.send_h2(&target.target(), req).await } else { pool.send_h1(&target.target(), req).await }
 }
 
 fn apply_ops(headers: &mut hyper::HeaderMap, ops: &HeaderOps) {
@@ -64,7 +98,7 @@ fn grpc_abort(code: i32) -> Response<ProxyBody> {
     r
 }
 
-fn retriable(on: &RetryOn, outcome: &Result<Response<Incoming>, ()>) -> bool {
+fn retriable(on: &RetryOn, outcome: &Result<Response<ProxyBody>, ()>) -> bool {
     match outcome {
         Err(()) => {
             on.connect_failure
@@ -104,10 +138,10 @@ impl SendBody {
 
 impl Proxy {
     /// Handles one request on the outbound listener (the local app calling out).
-    pub async fn outbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn outbound(&self, worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let tables = self.tables.load_full();
-        let headers = headers_of(&req);
+        let headers = header_pairs(req.headers());
         let authority = authority_of(&req);
         let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
@@ -128,7 +162,7 @@ impl Proxy {
                 default_route = HttpRoute {
                     route: vec![WeightedDestination {
                         destination: Destination {
-                            host: crate::route::normalize_host(&authority),
+                            host: crate::route::normalize_host(&authority).into_owned(),
                             subset: None,
                             port: None,
                         },
@@ -145,22 +179,21 @@ impl Proxy {
                 return resp;
             }
         };
-        let route_name = route.name.clone().unwrap_or_default();
-        let resp = self.clone().outbound_route(req, route, &tables, &authority, &path, &scheme, &headers, peer).await;
-        self.observe(Direction::Outbound, &authority, &route_name, resp.status().as_u16(), started);
-        if self.reporter.is_some() {
-            self.report(
-                crate::policy::attributes::outbound(&self.identity, &method, &path, &authority),
-                &resp,
-                started,
-            );
+        let route_name = route.name.as_deref().unwrap_or("");
+        let resp = self.outbound_route(worker, req, route, &tables, &authority, &path, &scheme, &headers, peer).await;
+        self.observe(Direction::Outbound, &authority, route_name, resp.status().as_u16(), started);
+        if worker.reporter.is_some() {
+            let attrs = crate::policy::attributes::outbound(&self.identity, &method, &path, &authority);
+            let traceparent = headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.clone());
+            self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
         }
         resp
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn outbound_route(
-        self: Arc<Self>,
+        &self,
+        worker: &Worker,
         mut req: Request<Incoming>,
         route: &HttpRoute,
         tables: &crate::proxy::Tables,
@@ -206,11 +239,7 @@ impl Proxy {
         }
         if crate::upgrade::is_upgrade(&req) {
             let Some(target) = cluster.pick(None) else { return reply(503, "no healthy upstream\n") };
-            let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let Ok(uri) = format!("http://{}{pq}", target.endpoint().authority()).parse::<Uri>() else {
-                return reply(500, "bad upstream address\n");
-            };
-            return crate::upgrade::forward(&self.h1, req, uri).await;
+            return crate::upgrade::forward(target.endpoint().authority(), req).await;
         }
         // Request rewriting and header operations.
         if let Some(rw) = &route.rewrite {
@@ -240,7 +269,8 @@ impl Proxy {
 
         let policy = cluster.policy.clone();
         let hash = policy.consistent_hash.as_ref().and_then(|k| hash_of(k, headers, Some(peer.ip())));
-        let grpc = is_grpc(&req);
+        let grpc = is_grpc_headers(req.headers());
+        let http2 = grpc || req.version() == hyper::Version::HTTP_2;
         let retries = if route.retries.retry_on == RetryOn::default() { 0 } else { route.retries.attempts };
         let size = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let no_body = size == Some(0)
@@ -264,25 +294,27 @@ impl Proxy {
         let attempts = if matches!(body, SendBody::Buffered(_)) { retries + 1 } else { 1 };
 
         let send_all = async {
-            let mut last: Result<Response<Incoming>, ()> = Err(());
+            let mut last: Result<Response<ProxyBody>, ()> = Err(());
             for attempt in 0..attempts {
+                let mut _retry = None;
                 if attempt > 0 {
+                    match cluster.retry_permit() {
+                        Some(p) => _retry = Some(p),
+                        None => {
+                            self.stats.retry_overflows.inc();
+                            break;
+                        }
+                    }
+                    self.stats.retries.inc();
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                let Some(admission) = cluster.admit().await else {
+                let Some(admission) = cluster.admit(http2).await else {
                     self.stats.overflows.with_label_values(&[cluster.name.as_str()]).inc();
                     return Err(reply(503, "upstream overflow (connection pool limit)\n"));
                 };
                 let Some(target) = cluster.pick(hash) else { return Err(reply(503, "no healthy upstream\n")) };
                 let Some(b) = body.take() else { break };
-                let mut up = Request::from_parts(parts.clone(), b);
-                let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let Ok(uri) = format!("http://{}{pq}", target.endpoint().authority()).parse::<Uri>() else {
-                    return Err(reply(500, "bad upstream address\n"));
-                };
-                *up.uri_mut() = uri;
-                let client = if grpc || parts.version == hyper::Version::HTTP_2 { &self.h2 } else { &self.h1 };
-                let call = client.request(up);
+                let call = send_upstream(&worker.pool, &target, parts.clone(), b, http2, authority);
                 let result = match route.retries.per_try_timeout {
                     Some(t) => tokio::time::timeout(t, call).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())),
                     None => call.await.map_err(|_| ()),
@@ -300,7 +332,6 @@ impl Proxy {
                 if !again {
                     break;
                 }
-                self.stats.retries.inc();
             }
             Ok(last)
         };
@@ -313,7 +344,7 @@ impl Proxy {
         };
         let mut resp = match result {
             Err(made) => return made,
-            Ok(Ok(r)) => r.map(stream),
+            Ok(Ok(r)) => r,
             Ok(Err(())) => return reply(503, "upstream connect error or disconnect/reset before headers\n"),
         };
         apply_ops(resp.headers_mut(), &route.headers.response);
@@ -321,7 +352,7 @@ impl Proxy {
         if let Some(m) = &route.mirror
             && rand::chance(route.mirror_percentage)
         {
-            self.mirror(m.clone(), tables, &parts, body_for_mirror(&body));
+            self.mirror(worker, m.clone(), tables, &parts, body_for_mirror(&body));
         }
         resp
     }
@@ -329,6 +360,7 @@ impl Proxy {
     /// Sends a copy to the mirror (host `-shadow`), without waiting or looking at it.
     fn mirror(
         &self,
+        worker: &Worker,
         d: Destination,
         tables: &crate::proxy::Tables,
         parts: &hyper::http::request::Parts,
@@ -337,28 +369,26 @@ impl Proxy {
         let Ok(cluster) = self.clusters_for(tables).get(&tables.routes, &d) else { return };
         let Some(target) = cluster.pick(None) else { return };
         let Some(body) = body else { return };
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let Ok(uri) = format!("http://{}{pq}", target.endpoint().authority()).parse::<Uri>() else { return };
-        let mut req = Request::from_parts(parts.clone(), full(body));
-        *req.uri_mut() = uri;
-        let host = req
-            .headers()
+        let mut parts = parts.clone();
+        let host = parts
+            .headers
             .get(hyper::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(|h| h.to_string())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
         let shadow = match host.rsplit_once(':') {
             Some((h, p)) => format!("{h}-shadow:{p}"),
             None => format!("{host}-shadow"),
         };
-        if let Ok(v) = HeaderValue::try_from(shadow) {
-            req.headers_mut().insert(hyper::header::HOST, v);
+        if let Ok(v) = HeaderValue::try_from(shadow.as_str()) {
+            parts.headers.insert(hyper::header::HOST, v);
         }
-        let client = self.h1.clone();
+        let pool = worker.pool.clone();
         let mirrored = self.stats.mirrored.clone();
         tokio::spawn(async move {
-            let _target = target;
-            if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+            let send = send_upstream(&pool, &target, parts, full(body), false, &shadow);
+            if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(10), send).await {
                 let _ = resp.into_body().collect().await;
                 mirrored.inc();
             }

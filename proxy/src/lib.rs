@@ -1,15 +1,20 @@
-//! The mixr sidecar proxy: Istio traffic rules (VirtualService, DestinationRule,
-//! ServiceEntry) and, later, enforcement through mixr's Check/Report.
+//! The mixr sidecar proxy (`mixr-proxy`): Istio traffic rules (VirtualService,
+//! DestinationRule, ServiceEntry) for one workload's outbound and inbound HTTP/1.1 and h2c
+//! traffic, and enforcement through mixr's Check/Report.
 //!
-//! Built so far (pure code, no I/O beyond reading config files):
-//! - [`config`]: the networking YAML, parsed with errors that name file, document and key;
-//!   string matches and regexes compiled at load.
-//! - [`route`]: the route table: host lookup, ordered route matching, weighted splits,
-//!   subsets resolved to endpoints.
+//! Layout, in the order a request meets it:
+//! - [`cli`], [`worker`]: the command line; worker threads, each with its own listeners,
+//!   upstream [`pool`], mixr channel and report batcher.
+//! - [`proxy`]: the shared state (config generation, clusters, policy, stats) and the
+//!   inbound path; [`forward`]: the outbound pipeline (route, redirect, fault, pool limits,
+//!   retries, mirror); [`upgrade`]: WebSocket and other upgrades.
+//! - [`config`], [`route`]: the networking YAML (compiled at load) and the route table;
+//!   [`upstream`]: clusters with load balancing, circuit breaking and outlier detection.
+//! - [`policy`]: attributes, the check cache, quotas and the report batcher; [`trace`]:
+//!   request spans over OTLP and `traceparent` propagation.
+//! - [`admin`], [`stats`], [`reload`]: the admin and stats ports and hot reload.
 //!
-//! Not built yet: the listeners and forwarding (HTTP/1.1, h2c, gRPC), resilience
-//! (timeouts, retries, pools, outlier detection), faults and mirroring in action, and
-//! enforcement. The crate depends on `mixr-proto` and `mixr-rules`, never on the server.
+//! The crate depends on `mixr-proto`, `mixr-rules` and `mixr-otlp`, never on the server.
 
 pub mod admin;
 pub mod body;
@@ -18,10 +23,13 @@ pub mod config;
 pub mod forward;
 pub mod identity;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod rand;
 pub mod reload;
 pub mod route;
 pub mod stats;
+pub mod trace;
 pub mod upgrade;
 pub mod upstream;
+pub mod worker;

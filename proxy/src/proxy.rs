@@ -11,20 +11,19 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::{ProxyBody, reply, stream};
+use crate::body::{ProxyBody, reply};
 use crate::config::{TrafficConfig, load_paths};
 use crate::identity::Identity;
 use crate::route::RouteTable;
 use crate::stats::Stats;
-use crate::upstream::Clusters;
+use crate::upstream::{Cluster, Clusters};
+use crate::worker::Worker;
 use mixr_rules::config::fingerprint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +39,14 @@ impl Direction {
             Direction::Outbound => "source",
         }
     }
+
+    /// `context.reporter.kind`.
+    pub fn reporter_kind(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
 }
 
 /// One config generation: routes and the clusters built from them.
@@ -52,20 +59,18 @@ pub struct Tables {
     fingerprint: u64,
 }
 
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
-
 pub struct Proxy {
     pub tables: ArcSwap<Tables>,
     /// Enforcement through mixr, when `--mixr` is given.
     pub policy: Option<Arc<crate::policy::Policy>>,
-    pub reporter: Option<crate::policy::reports::Reporter>,
     pub identity: Identity,
-    pub h1: HttpClient,
-    pub h2: HttpClient,
     pub stats: Stats,
+    /// The local app as a cluster of one, so inbound traffic shares the pool's code.
+    pub app: Option<Arc<Cluster>>,
+    /// Request spans over OTLP, when `--otlp-endpoint` is given.
+    pub tracer: Option<crate::trace::Tracer>,
     /// This workload's identity, sent to peers in `x-istio-attributes`.
     pub identity_header: hyper::header::HeaderValue,
-    pub app_addr: Option<SocketAddr>,
     pub config_paths: Vec<PathBuf>,
     pub namespace: String,
 }
@@ -77,15 +82,9 @@ impl Proxy {
         config_paths: Vec<PathBuf>,
         mixr: Option<(String, crate::policy::PolicyOptions)>,
     ) -> Result<Proxy, Vec<String>> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build(connector.clone());
-        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         let namespace = identity.namespace.clone();
         let stats = Stats::new();
-        let (policy, reporter) = match mixr {
+        let policy = match mixr {
             Some((addr, options)) => {
                 // QuotaSpecs live beside the traffic rules, in Mixer's config format.
                 let (set, errors) = mixr_rules::config::load_paths(&config_paths, &namespace);
@@ -100,24 +99,25 @@ impl Proxy {
                     stats.check_cache.clone(),
                 )
                 .map_err(|e| vec![e])?;
-                let reporter = crate::policy::reports::Reporter::start(policy.client(), stats.reports_dropped.clone());
-                (Some(Arc::new(policy)), Some(reporter))
+                Some(Arc::new(policy))
             }
-            None => (None, None),
+            None => None,
         };
+        let app = app_addr.map(|a| {
+            let upstream = crate::route::Upstream { address: a.ip().to_string(), port: a.port(), labels: Vec::new() };
+            Arc::new(Cluster::new("inbound|app".into(), vec![upstream], Default::default()))
+        });
         let identity_header =
             hyper::header::HeaderValue::try_from(crate::policy::attributes::identity_header(&identity))
                 .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
         let proxy = Proxy {
             policy,
-            reporter,
             tables: ArcSwap::from_pointee(Tables::default()),
             identity,
-            h1,
-            h2,
             stats,
+            app,
+            tracer: None,
             identity_header,
-            app_addr,
             config_paths,
             namespace,
         };
@@ -158,50 +158,58 @@ impl Proxy {
 
     pub fn observe(&self, dir: Direction, authority: &str, route: &str, code: u16, started: Instant) {
         let service = crate::route::normalize_host(authority);
-        let code = code.to_string();
-        let labels = [dir.reporter(), self.identity.workload.as_str(), service.as_str(), code.as_str(), route];
+        let code = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let labels = [dir.reporter(), self.identity.workload.as_str(), service.as_ref(), code.as_str(), route];
         self.stats.requests.with_label_values(&labels).inc();
         self.stats.duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64() * 1000.0);
     }
 
     /// Handles one request on the inbound listener: checked with mixr, then to the local app.
-    pub async fn inbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn inbound(&self, worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let authority = crate::forward::authority_of(&req);
-        let Some(app) = self.app_addr else { return reply(503, "no --app-addr configured\n") };
+        let Some(app) = &self.app else { return reply(503, "no --app-addr configured\n") };
         let (mut parts, body) = req.into_parts();
         // The caller's identity is for us, not for the app.
         let peer_identity = parts.headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
-        let headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-        let grpc_in = parts
-            .headers
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/grpc"));
-        let method = parts.method.as_str().to_string();
-        let mut attrs =
-            crate::policy::attributes::inbound(&self.identity, peer, &method, &path, &authority, &headers, grpc_in);
-        if let Some(v) = peer_identity.as_ref().and_then(|v| v.to_str().ok()) {
-            attrs.extend(crate::policy::attributes::peer_attributes(v));
-        }
         let mut response_ops = Vec::new();
-        if let Some(policy) = &self.policy {
-            // The service this workload backs: its `app` label, as Kubernetes services
-            // select pods; else the name the caller used.
-            let service = match self.identity.labels.iter().find(|(k, _)| k == "app") {
-                Some((_, app)) => app.clone(),
-                None => crate::route::normalize_host(&authority).split('.').next().unwrap_or("").to_string(),
+        let mut report = None;
+        let checker = self.policy.as_ref().filter(|p| p.checks()).zip(worker.mixr.as_ref());
+        if checker.is_some() || worker.reporter.is_some() {
+            let headers = crate::forward::header_pairs(&parts.headers);
+            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let grpc = crate::forward::is_grpc_headers(&parts.headers);
+            let mut attrs = crate::policy::attributes::inbound(
+                &self.identity,
+                peer,
+                parts.method.as_str(),
+                path,
+                &authority,
+                &headers,
+                grpc,
+            );
+            if let Some(v) = peer_identity.as_ref().and_then(|v| v.to_str().ok()) {
+                attrs.extend(crate::policy::attributes::peer_attributes(v));
+            }
+            let verdict = match checker {
+                Some((policy, mixr)) => {
+                    // The service this workload backs: its `app` label, as Kubernetes
+                    // services select pods; else the name the caller used.
+                    let service = match self.identity.labels.iter().find(|(k, _)| k == "app") {
+                        Some((_, app)) => app.as_str(),
+                        None => crate::route::service_name(&authority),
+                    };
+                    let quotas = policy.quotas_for(service, &self.identity.namespace, &attrs);
+                    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                    let dedup = header("x-request-id").unwrap_or_default();
+                    Some(policy.check(mixr, &attrs, &quotas, dedup, header("traceparent")).await)
+                }
+                None => None,
             };
-            let quotas = policy.quotas_for(&service, &self.identity.namespace, &attrs);
-            let dedup = headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap_or_default();
-            let traceparent = headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.as_str());
-            match policy.check(&attrs, &quotas, &dedup, traceparent).await {
-                crate::policy::Verdict::Deny { http_status, body, headers: extra } => {
+            let traceparent = headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.clone());
+            let entry = worker.reporter.as_ref().map(|_| (crate::policy::reports::owned(attrs), traceparent));
+            match verdict {
+                Some(crate::policy::Verdict::Deny { http_status, body, headers: extra }) => {
                     let mut resp = reply(http_status, body);
                     for (k, v) in extra {
                         if let (Ok(k), Ok(v)) =
@@ -211,67 +219,50 @@ impl Proxy {
                         }
                     }
                     self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
-                    self.report(attrs, &resp, started);
+                    self.report(worker, entry, &resp, started);
                     return resp;
                 }
-                crate::policy::Verdict::Allow { request_headers, response_headers } => {
+                Some(crate::policy::Verdict::Allow { request_headers, response_headers }) => {
                     crate::policy::apply_header_ops(&mut parts.headers, &request_headers);
                     response_ops = response_headers;
+                    report = entry;
                 }
+                None => report = entry,
             }
         }
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let Ok(uri) = format!("http://{app}{pq}").parse::<Uri>() else { return reply(400, "bad request target\n") };
-        parts.uri = uri;
-        if parts.headers.contains_key(hyper::header::UPGRADE) {
-            let uri = parts.uri.clone();
-            let req = Request::from_parts(parts, body);
-            if crate::upgrade::is_upgrade(&req) {
-                let resp = crate::upgrade::forward(&self.h1, req, uri).await;
-                self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
-                return resp;
-            }
-            let (p, b) = req.into_parts();
-            return self.send_inbound(p, b, attrs, response_ops, &authority, started).await;
+        let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
+        if crate::upgrade::wants_upgrade(&parts.headers) {
+            let resp = crate::upgrade::forward(target.endpoint().authority(), Request::from_parts(parts, body)).await;
+            self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+            return resp;
         }
-        self.send_inbound(parts, body, attrs, response_ops, &authority, started).await
-    }
-
-    async fn send_inbound(
-        &self,
-        parts: hyper::http::request::Parts,
-        body: Incoming,
-        attrs: Vec<(&'static str, mixr_rules::value::Value<'_>)>,
-        response_ops: Vec<(String, String, i32)>,
-        authority: &str,
-        started: Instant,
-    ) -> Response<ProxyBody> {
-        let grpc = parts
-            .headers
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/grpc"));
-        let client = if grpc || parts.version == hyper::Version::HTTP_2 { &self.h2 } else { &self.h1 };
-        let mut resp = match client.request(Request::from_parts(parts, stream(body))).await {
-            Ok(r) => r.map(stream),
-            Err(_) => reply(503, "upstream connect error (local app)\n"),
+        let http2 = crate::forward::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
+        let result =
+            crate::forward::send_upstream(&worker.pool, &target, parts, crate::body::stream(body), http2, &authority)
+                .await;
+        drop(target);
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "local app unreachable");
+                reply(503, "upstream connect error (local app)\n")
+            }
         };
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
-        self.observe(Direction::Inbound, authority, "", resp.status().as_u16(), started);
-        self.report(attrs, &resp, started);
+        self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+        self.report(worker, report, &resp, started);
         resp
     }
 
     /// Queues a Report of this request and its response; never waits.
     pub fn report<B>(
         &self,
-        attrs: Vec<(&'static str, mixr_rules::value::Value<'_>)>,
+        worker: &Worker,
+        entry: Option<(crate::policy::reports::Entry, Option<String>)>,
         resp: &Response<B>,
         started: Instant,
     ) {
-        let Some(reporter) = &self.reporter else { return };
-        let mut entry: Vec<(&'static str, mixr_rules::value::OwnedValue)> =
-            attrs.into_iter().map(|(n, v)| (n, v.into_owned())).collect();
+        let (Some(reporter), Some((mut entry, traceparent))) = (&worker.reporter, entry) else { return };
         entry.push(("response.code", mixr_rules::value::Value::Int64(resp.status().as_u16() as i64)));
         entry.push((
             "response.duration",
@@ -283,12 +274,18 @@ impl Proxy {
         {
             entry.push(("response.size", mixr_rules::value::Value::Int64(size)));
         }
-        reporter.report(entry);
+        reporter.report(entry, traceparent);
     }
 }
 
 /// Serves HTTP/1.1 and h2c on `listener` until `shutdown` turns true.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, dir: Direction, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    worker: Arc<Worker>,
+    listener: TcpListener,
+    dir: Direction,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (sock, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -302,14 +299,19 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, dir: Direction, mut
         };
         let _ = sock.set_nodelay(true);
         let proxy = proxy.clone();
+        let worker = worker.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
+                let worker = worker.clone();
                 async move {
-                    let resp = match dir {
-                        Direction::Outbound => proxy.outbound(req, peer).await,
-                        Direction::Inbound => proxy.inbound(req, peer).await,
-                    };
+                    let resp = crate::trace::traced(proxy.tracer.as_ref(), dir, req, |req| async {
+                        match dir {
+                            Direction::Outbound => proxy.outbound(&worker, req, peer).await,
+                            Direction::Inbound => proxy.inbound(&worker, req, peer).await,
+                        }
+                    })
+                    .await;
                     Ok::<_, Infallible>(resp)
                 }
             });

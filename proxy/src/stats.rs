@@ -9,6 +9,7 @@ pub struct Stats {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub retries: IntCounter,
+    pub retry_overflows: IntCounter,
     pub mirrored: IntCounter,
     pub reports_dropped: IntCounter,
     pub check_cache: IntCounterVec,
@@ -33,6 +34,11 @@ impl Stats {
         .expect("valid metric");
         let retries = IntCounter::new("mixr_proxy_upstream_retries_total", "Upstream attempts that were retries.")
             .expect("valid metric");
+        let retry_overflows = IntCounter::new(
+            "mixr_proxy_upstream_retry_overflow_total",
+            "Retries not sent because the cluster's maxRetries were in flight.",
+        )
+        .expect("valid metric");
         let mirrored = IntCounter::new("mixr_proxy_mirrored_requests_total", "Requests copied to a mirror.")
             .expect("valid metric");
         let reports_dropped =
@@ -62,13 +68,25 @@ impl Stats {
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(retries.clone()),
+            Box::new(retry_overflows.clone()),
             Box::new(mirrored.clone()),
             Box::new(reports_dropped.clone()),
             Box::new(check_cache.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Stats { registry, requests, duration, retries, mirrored, reports_dropped, check_cache, overflows, ejections }
+        Stats {
+            registry,
+            requests,
+            duration,
+            retries,
+            retry_overflows,
+            mirrored,
+            reports_dropped,
+            check_cache,
+            overflows,
+            ejections,
+        }
     }
 }
 

@@ -7,25 +7,31 @@ use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 
 use crate::body::{ProxyBody, empty, reply};
-use crate::proxy::HttpClient;
 
 /// Whether the request asks to switch protocols.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(hyper::header::UPGRADE)
-        && req
-            .headers()
+    wants_upgrade(req.headers())
+}
+
+pub fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
+    headers.contains_key(hyper::header::UPGRADE)
+        && headers
             .get(hyper::header::CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Sends an upgrade request to `target` and splices the connections on 101.
-pub async fn forward(client: &HttpClient, mut req: Request<Incoming>, target: Uri) -> Response<ProxyBody> {
+/// Sends an upgrade request to the endpoint at `address` on a connection of its own and
+/// splices the connections on 101.
+pub async fn forward(address: &str, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let downstream = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
-    parts.uri = target;
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Ok(uri) = pq.parse::<Uri>() {
+        parts.uri = uri;
+    }
     let up = Request::from_parts(parts, empty());
-    let mut resp = match client.request(up).await {
+    let mut resp = match crate::pool::send_upgrade(address, std::time::Duration::from_secs(10), up).await {
         Ok(r) => r,
         Err(_) => return reply(503, "upstream connect error (upgrade)\n"),
     };

@@ -4,19 +4,22 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Destination, HashKey, LoadBalancer, OutlierDetection, TrafficPolicy};
+use crate::pool::{PoolKey, PoolSettings, Target};
 use crate::rand;
 use crate::route::{RouteError, RouteTable, Upstream};
 
 #[derive(Debug)]
 pub struct EndpointState {
     pub upstream: Upstream,
+    /// `host:port`, to connect to and for absolute URIs.
+    authority: String,
     in_flight: AtomicU32,
     consecutive_errors: AtomicU32,
     ejections: AtomicU32,
@@ -25,7 +28,13 @@ pub struct EndpointState {
 
 impl EndpointState {
     fn new(upstream: Upstream) -> EndpointState {
+        let authority = if upstream.address.contains(':') {
+            format!("[{}]:{}", upstream.address, upstream.port)
+        } else {
+            format!("{}:{}", upstream.address, upstream.port)
+        };
         EndpointState {
+            authority,
             upstream,
             in_flight: AtomicU32::new(0),
             consecutive_errors: AtomicU32::new(0),
@@ -38,12 +47,8 @@ impl EndpointState {
         self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t > now)
     }
 
-    pub fn authority(&self) -> String {
-        if self.upstream.address.contains(':') {
-            format!("[{}]:{}", self.upstream.address, self.upstream.port)
-        } else {
-            format!("{}:{}", self.upstream.address, self.upstream.port)
-        }
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 }
 
@@ -54,6 +59,16 @@ pub struct InFlight(Arc<Cluster>, usize);
 impl InFlight {
     pub fn endpoint(&self) -> &EndpointState {
         &self.0.endpoints[self.1]
+    }
+
+    /// Where the pool sends this request.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            key: PoolKey { cluster: self.0.id, endpoint: self.1 },
+            owner: &self.0,
+            address: self.endpoint().authority(),
+            settings: self.0.settings,
+        }
     }
 }
 
@@ -67,16 +82,37 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Admission {
     _connection: Option<OwnedSemaphorePermit>,
+    _request: Option<OwnedSemaphorePermit>,
 }
+
+/// Permission to retry under the cluster's `maxRetries` (retries in flight at once).
+#[derive(Debug)]
+pub struct RetryPermit(Arc<Cluster>);
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug)]
 pub struct Cluster {
+    /// Unique for the process's life: pooled connections are keyed by it.
+    pub id: u64,
     pub name: String,
     pub policy: TrafficPolicy,
+    pub settings: PoolSettings,
     endpoints: Vec<EndpointState>,
     next: AtomicUsize,
+    /// HTTP/1.1 connections: one request at a time each, so this bounds requests.
     connections: Option<Arc<Semaphore>>,
     pending: Option<Arc<Semaphore>>,
+    /// `http2MaxRequests`: requests in flight to the cluster, over any protocol.
+    requests: Option<Arc<Semaphore>>,
+    max_retries: u32,
+    retries_in_flight: AtomicU32,
     pub overflows: AtomicU32,
 }
 
@@ -100,13 +136,18 @@ impl Cluster {
             _ => None,
         };
         Cluster {
+            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             name,
-            policy,
+            settings: PoolSettings::from(pool),
+            requests: pool.http2_max_requests.map(|n| Arc::new(Semaphore::new(n as usize))),
+            max_retries: pool.max_retries.unwrap_or(u32::MAX),
+            retries_in_flight: AtomicU32::new(0),
             endpoints: endpoints.into_iter().map(EndpointState::new).collect(),
             next: AtomicUsize::new(0),
             connections,
             pending,
             overflows: AtomicU32::new(0),
+            policy,
         }
     }
 
@@ -114,11 +155,26 @@ impl Cluster {
         self.endpoints.len()
     }
 
-    /// Waits for a connection slot, or fails at once when the pending queue is full.
-    pub async fn admit(&self) -> Option<Admission> {
-        let Some(conns) = &self.connections else { return Some(Admission { _connection: None }) };
+    /// Waits for a connection slot, or fails at once when the pending queue (or the
+    /// cluster's request limit) is full. `http2` requests share connections, so only the
+    /// request limit applies to them.
+    pub async fn admit(&self, http2: bool) -> Option<Admission> {
+        let request = match &self.requests {
+            Some(r) => match r.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.overflows.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let conns = match &self.connections {
+            Some(c) if !http2 => c,
+            _ => return Some(Admission { _connection: None, _request: request }),
+        };
         if let Ok(p) = conns.clone().try_acquire_owned() {
-            return Some(Admission { _connection: Some(p) });
+            return Some(Admission { _connection: Some(p), _request: request });
         }
         let waiting = match &self.pending {
             Some(p) => match p.clone().try_acquire_owned() {
@@ -132,11 +188,31 @@ impl Cluster {
         };
         let permit = conns.clone().acquire_owned().await.ok();
         drop(waiting);
-        permit.map(|p| Admission { _connection: Some(p) })
+        permit.map(|p| Admission { _connection: Some(p), _request: request })
+    }
+
+    /// A retry may go only while fewer than `maxRetries` retries are in flight.
+    pub fn retry_permit(self: &Arc<Self>) -> Option<RetryPermit> {
+        let now = self.retries_in_flight.fetch_add(1, Ordering::Relaxed);
+        if now >= self.max_retries {
+            self.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetryPermit(self.clone()))
     }
 
     /// Picks an endpoint that is not ejected. `hash` comes from the consistent-hash key.
     pub fn pick(self: &Arc<Self>, hash: Option<u64>) -> Option<InFlight> {
+        if self.policy.outlier_detection.is_none() {
+            // Nothing is ever ejected: every endpoint is a candidate, no list to build.
+            let n = self.endpoints.len();
+            if n == 0 {
+                return None;
+            }
+            let chosen = self.choose(hash, n, |i| i);
+            self.endpoints[chosen].in_flight.fetch_add(1, Ordering::Relaxed);
+            return Some(InFlight(self.clone(), chosen));
+        }
         let now = Instant::now();
         let healthy: Vec<usize> = (0..self.endpoints.len()).filter(|i| !self.endpoints[*i].ejected(now)).collect();
         // With everything ejected, Envoy still balances across all ("panic mode").
@@ -144,21 +220,26 @@ impl Cluster {
         if candidates.is_empty() {
             return None;
         }
-        let n = candidates.len();
-        let chosen = match (hash, self.policy.load_balancer) {
-            (Some(h), _) => candidates[(h % n as u64) as usize],
-            (None, LoadBalancer::Random) => candidates[rand::below(n as u32) as usize],
+        let chosen = self.choose(hash, candidates.len(), |i| candidates[i]);
+        self.endpoints[chosen].in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(self.clone(), chosen))
+    }
+
+    /// Picks one of `n` candidates (`candidate(i)` is the endpoint index of the i-th) by
+    /// the cluster's load balancer.
+    fn choose(&self, hash: Option<u64>, n: usize, candidate: impl Fn(usize) -> usize) -> usize {
+        match (hash, self.policy.load_balancer) {
+            (Some(h), _) => candidate((h % n as u64) as usize),
+            (None, LoadBalancer::Random) => candidate(rand::below(n as u32) as usize),
             (None, LoadBalancer::LeastRequest) if n > 1 => {
                 // Power of two choices.
-                let a = candidates[rand::below(n as u32) as usize];
-                let b = candidates[rand::below(n as u32) as usize];
+                let a = candidate(rand::below(n as u32) as usize);
+                let b = candidate(rand::below(n as u32) as usize);
                 let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
-            _ => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
-        };
-        self.endpoints[chosen].in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight(self.clone(), chosen))
+            _ => candidate(self.next.fetch_add(1, Ordering::Relaxed) % n),
+        }
     }
 
     /// Feeds outlier detection; returns true when this outcome ejected the endpoint.
@@ -200,21 +281,37 @@ impl Cluster {
     }
 }
 
-/// A destination as a map key: host, subset, port.
-type ClusterKey = (String, Option<String>, Option<u16>);
+/// A destination's identity: host (any case), subset, port.
+fn destination_hash(d: &Destination) -> u64 {
+    let mut h = DefaultHasher::new();
+    for b in d.host.bytes() {
+        h.write_u8(b.to_ascii_lowercase());
+    }
+    d.subset.hash(&mut h);
+    d.port.hash(&mut h);
+    h.finish()
+}
 
-/// Clusters by destination, created on first use for one route table.
+fn same_destination(a: &Destination, b: &Destination) -> bool {
+    a.host.eq_ignore_ascii_case(&b.host) && a.subset == b.subset && a.port == b.port
+}
+
+/// The clusters whose destinations share one hash.
+type SameHash = Vec<(Destination, Arc<Cluster>)>;
+
+/// Clusters by destination, created on first use for one route table. Looked up on every
+/// request, so without building a key.
 #[derive(Debug, Default)]
 pub struct Clusters {
-    map: Mutex<HashMap<ClusterKey, Arc<Cluster>>>,
+    map: Mutex<HashMap<u64, SameHash>>,
 }
 
 impl Clusters {
     pub fn get(&self, table: &RouteTable, d: &Destination) -> Result<Arc<Cluster>, RouteError> {
-        let key = (d.host.to_ascii_lowercase(), d.subset.clone(), d.port);
+        let key = destination_hash(d);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(&key) {
-            return Ok(c.clone());
+        if let Some(c) = map.get(&key).and_then(|v| v.iter().find(|(dest, _)| same_destination(dest, d))) {
+            return Ok(c.1.clone());
         }
         let endpoints = table.endpoints(d)?;
         let name = format!(
@@ -224,12 +321,12 @@ impl Clusters {
             d.port.map(|p| p.to_string()).unwrap_or_default()
         );
         let c = Arc::new(Cluster::new(name, endpoints, table.policy(d)));
-        map.insert(key, c.clone());
+        map.entry(key).or_default().push((d.clone(), c.clone()));
         Ok(c)
     }
 
     pub fn all(&self) -> Vec<Arc<Cluster>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).values().flatten().map(|(_, c)| c.clone()).collect()
     }
 }
 
@@ -331,14 +428,49 @@ mod tests {
             ..Default::default()
         };
         let c = Arc::new(Cluster::new("c".into(), ups(1), policy));
-        let first = c.admit().await.unwrap();
+        let first = c.admit(false).await.unwrap();
         let c2 = c.clone();
-        let waiting = tokio::spawn(async move { c2.admit().await.is_some() });
+        let waiting = tokio::spawn(async move { c2.admit(false).await.is_some() });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(c.admit().await.is_none(), "connection busy and queue full: overflow");
+        assert!(c.admit(false).await.is_none(), "connection busy and queue full: overflow");
         assert_eq!(c.overflows.load(Ordering::Relaxed), 1);
         drop(first);
         assert!(waiting.await.unwrap(), "the queued request gets the connection");
+    }
+
+    #[test]
+    fn max_retries_bounds_retries_in_flight() {
+        let policy = TrafficPolicy {
+            connection_pool: ConnectionPool { max_retries: Some(2), ..Default::default() },
+            ..Default::default()
+        };
+        let c = Arc::new(Cluster::new("c".into(), ups(1), policy));
+        let first = c.retry_permit().expect("first retry");
+        let second = c.retry_permit().expect("second retry");
+        assert!(c.retry_permit().is_none(), "two retries in flight: a third is not sent");
+        drop(first);
+        assert!(c.retry_permit().is_some(), "a retry ended: room for another");
+        drop(second);
+        let unlimited = Arc::new(Cluster::new("u".into(), ups(1), TrafficPolicy::default()));
+        let many: Vec<_> = (0..100).map(|_| unlimited.retry_permit()).collect();
+        assert!(many.iter().all(Option::is_some), "Istio's default: no limit");
+    }
+
+    #[test]
+    fn http2_max_requests_overflows_at_once() {
+        let policy = TrafficPolicy {
+            connection_pool: ConnectionPool { http2_max_requests: Some(1), ..Default::default() },
+            ..Default::default()
+        };
+        let c = Arc::new(Cluster::new("c".into(), ups(1), policy));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let first = c.admit(true).await.expect("first request");
+            assert!(c.admit(true).await.is_none(), "one request in flight: the next overflows");
+            assert!(c.admit(false).await.is_none(), "the limit counts every protocol");
+            drop(first);
+            assert!(c.admit(true).await.is_some());
+        });
     }
 
     #[test]

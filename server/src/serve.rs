@@ -11,6 +11,7 @@ use mixr_adapters::{BuildContext, Registry};
 use notify::{RecursiveMode, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -108,15 +109,22 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .build_v1()
         .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
     let mut grpc_shutdown = shutdown_rx.clone();
+    // The builder's `tcp_nodelay` only reaches sockets it accepts itself; ours come from
+    // our own listener, and with Nagle on, small answers wait for the caller's delayed ACK
+    // (about 40 ms).
+    let incoming = TcpListenerStream::new(grpc).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(mixer)
             .add_service(authz)
             .add_service(rls)
             .add_service(health_service)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.changed().await;
             }),
     );

@@ -1,5 +1,6 @@
 //! Small HTTP backends for proxy tests: each answers with its name and what it received,
-//! and can be told to fail or be slow (`/status/503`, `/sleep/200`, `/fail-first/2`).
+//! and can be told to fail or be slow (`/status/503`, `/sleep/200`, `/sleep/200/status/503`,
+//! `/fail-first/2`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ use tokio::net::TcpListener;
 #[derive(Debug, Default)]
 pub struct Seen {
     pub hits: AtomicUsize,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
     pub hosts: Mutex<Vec<String>>,
     pub paths: Mutex<Vec<String>>,
 }
@@ -34,6 +37,10 @@ pub struct Backend {
 impl Backend {
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.seen.connections.load(Ordering::SeqCst)
     }
 
     pub fn hits(&self) -> usize {
@@ -65,7 +72,7 @@ async fn answer(name: String, seen: Arc<Seen>, mut req: Request<Incoming>) -> Re
     let echoed: Vec<String> = req
         .headers()
         .iter()
-        .filter(|(k, _)| k.as_str().starts_with("x-"))
+        .filter(|(k, _)| k.as_str().starts_with("x-") || k.as_str() == "traceparent")
         .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("")))
         .collect();
     let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
@@ -73,6 +80,10 @@ async fn answer(name: String, seen: Arc<Seen>, mut req: Request<Incoming>) -> Re
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["status", code, ..] => status = code.parse().unwrap_or(500),
+        ["sleep", ms, "status", code, ..] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            status = code.parse().unwrap_or(500);
+        }
         ["sleep", ms, ..] => tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await,
         ["fail-first", k, ..] if n <= k.parse().unwrap_or(0) => status = 503,
         _ => {}
@@ -92,6 +103,7 @@ pub async fn start(name: &str) -> Backend {
     let (n, s) = (name.to_string(), seen.clone());
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
+            s.connections.fetch_add(1, Ordering::SeqCst);
             let (n, s) = (n.clone(), s.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {

@@ -216,6 +216,86 @@ async fn circuit_breaking_overflow_and_outlier_ejection() {
     assert!(stats.contains("mixr_proxy_outlier_ejections_total{cluster=\"reviews||\"} 3"), "{stats}");
 }
 
+#[tokio::test]
+async fn connection_pool_settings_shape_upstream_connections() {
+    // A listener that never accepts: with its backlog full, connects to it hang.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hanging = socket.listen(1).unwrap();
+    let hanging_port = hanging.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let addr = hanging.local_addr().unwrap();
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(100), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let s = setup(&format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: pool}}\nspec:\n  host: mirror\n  trafficPolicy:\n    connectionPool: {{http: {{maxRequestsPerConnection: 2, idleTimeout: 1s, http2MaxRequests: 1}}}}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: blackhole}}\nspec:\n  hosts: [blackhole]\n  ports: [{{number: 80, name: http}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {hanging_port}}}}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: blackhole}}\nspec:\n  host: blackhole\n  trafficPolicy:\n    connectionPool: {{tcp: {{connectTimeout: 300ms}}}}\n---\n{VS}  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n    retries: {{attempts: 3, retryOn: 5xx}}\n"
+    ))
+    .await;
+    // One retry at a time may be in flight for reviews.
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "spec:\n  host: reviews\n  subsets:",
+        "spec:\n  host: reviews\n  trafficPolicy:\n    connectionPool: {http: {maxRetries: 1}}\n  subsets:",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    // Upstream connections belong to a worker; one worker makes them countable.
+    let proxy = MixrProxy::start(&[&s.config], &["--worker-threads", "1"]);
+
+    // maxRequestsPerConnection 2: four requests, two connections.
+    for _ in 0..4 {
+        assert_eq!(get(&proxy, "mirror", "/", &[]).await.0, 200);
+    }
+    assert_eq!(s.mirror.connections(), 2);
+    // idleTimeout 1s: a connection left idle is closed, the next request opens another.
+    assert_eq!(get(&proxy, "mirror", "/", &[]).await.0, 200);
+    assert_eq!(s.mirror.connections(), 3);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(&proxy, "mirror", "/", &[]).await.0, 200);
+    assert_eq!(s.mirror.connections(), 4, "the idle connection was closed");
+
+    // http2MaxRequests 1: a second request while one is in flight overflows at once.
+    let before = s.mirror.hits();
+    let slow = {
+        let outbound = proxy.outbound.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{outbound}/sleep/1500"))
+                .header("host", "mirror")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.mirror.hits() == before {
+        assert!(Instant::now() < deadline, "the slow request never reached the backend");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, body, _) = get(&proxy, "mirror", "/", &[]).await;
+    assert_eq!((code, body.as_str()), (503, "upstream overflow (connection pool limit)\n"));
+    assert_eq!(slow.await.unwrap(), 200);
+
+    // maxRetries 1 (retries in flight at once; the limit itself is unit-tested on the
+    // cluster): a lone failing request still gets its 3 retries.
+    assert_eq!(get(&proxy, "reviews", "/status/503", &[]).await.0, 503);
+    assert_eq!(s.v1.hits(), 1 + 3);
+    let (_, stats) = get_text(&format!("http://{}/metrics", proxy.stats)).await;
+    assert!(stats.contains("mixr_proxy_upstream_retries_total 3"), "{stats}");
+    assert!(stats.contains("mixr_proxy_upstream_overflow_total{cluster=\"mirror||\"} 1"), "{stats}");
+
+    // connectTimeout 300ms: an endpoint that never accepts fails fast (Istio's default 2
+    // retries included), where the default 10 s would have held the request.
+    let started = Instant::now();
+    assert_eq!(get(&proxy, "blackhole", "/", &[]).await.0, 503);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    drop(fillers);
+}
+
 async fn get_text(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())

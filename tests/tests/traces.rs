@@ -206,3 +206,64 @@ async fn tracespan_reports_become_spans() {
     assert_eq!(attr("http.method"), Some(any_value::Value::StringValue("GET".into())));
     assert_eq!(attr("http.status_code"), Some(any_value::Value::IntValue(200)));
 }
+
+#[tokio::test]
+async fn the_sidecar_spans_each_request_and_propagates_its_trace() {
+    let (recv, endpoint) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let mixr = Mixr::start(&[Path::new(&empty)], &["--otlp-endpoint", &endpoint]);
+    let app = mixr_e2e::backend::start("app").await;
+    let proxy = mixr_e2e::MixrProxy::start(
+        &[Path::new(&empty)],
+        &[
+            "--app-addr",
+            &app.addr.to_string(),
+            "--mixr",
+            &mixr.grpc,
+            "--otlp-endpoint",
+            &endpoint,
+            "--workload",
+            "productpage-v1",
+        ],
+    );
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let body = reqwest::Client::new()
+        .get(format!("http://{}/products", proxy.inbound))
+        .header("host", "productpage:9080")
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    // The app's parent is the sidecar's span, in the caller's trace.
+    let seen = body.split_whitespace().find_map(|w| w.strip_prefix("traceparent=")).expect("app saw a traceparent");
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace_id, "01"), "{seen}");
+    let proxy_span = parts[2].to_string();
+    assert_ne!(proxy_span, caller_span, "the sidecar's own span goes upstream");
+
+    let spans = wait_for(&recv, |s| {
+        let in_trace = |name: &str| s.iter().any(|(_, sp)| sp.name == name && hex(&sp.trace_id) == trace_id);
+        in_trace("inbound productpage:9080")
+            && in_trace("istio.mixer.v1.Mixer/Check")
+            && in_trace("istio.mixer.v1.Mixer/Report")
+    })
+    .await;
+    let find = |name: &str| spans.iter().find(|(_, s)| s.name == name && hex(&s.trace_id) == trace_id).unwrap();
+    let (service, span) = find("inbound productpage:9080");
+    assert_eq!(service, "productpage-v1");
+    assert_eq!(hex(&span.span_id), proxy_span);
+    assert_eq!(hex(&span.parent_span_id), caller_span, "child of the caller's span");
+    let code = span.attributes.iter().find(|kv| kv.key == "http.response.status_code").and_then(|kv| kv.value.clone());
+    assert_eq!(code.and_then(|v| v.value), Some(any_value::Value::IntValue(200)));
+    // Check and Report reached mixr with the sidecar's span as their parent.
+    for rpc in ["istio.mixer.v1.Mixer/Check", "istio.mixer.v1.Mixer/Report"] {
+        assert_eq!(hex(&find(rpc).1.parent_span_id), proxy_span, "{rpc}");
+    }
+}

@@ -16,9 +16,9 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, Tr
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use crate::otlp::SpanPipeline;
 use crate::registry::{AdapterInfo, BuildContext, Handler};
 use crate::variety::{BoxFuture, ReportHandler};
+use mixr_otlp::SpanPipeline;
 
 pub fn info() -> AdapterInfo {
     AdapterInfo {

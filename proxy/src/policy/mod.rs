@@ -19,7 +19,7 @@ use mixr_proto::istio::mixer::v1::mixer_client::MixerClient;
 use mixr_rules::bag::Encoder;
 use mixr_rules::config::quota_spec::{QuotaSpec, QuotaSpecBinding, StringMatch as QuotaMatch};
 use mixr_rules::value::Value;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::rand;
 
@@ -38,6 +38,10 @@ pub struct PolicyOptions {
     pub max_retries: u32,
     pub base_retry_wait: Duration,
     pub max_retry_wait: Duration,
+    /// Istio's `disable_check_calls`: no Checks (nor quotas); Reports may still flow.
+    pub disable_checks: bool,
+    /// Istio's `disable_report_calls`.
+    pub disable_reports: bool,
 }
 
 impl Default for PolicyOptions {
@@ -48,6 +52,8 @@ impl Default for PolicyOptions {
             max_retries: 3,
             base_retry_wait: Duration::from_millis(80),
             max_retry_wait: Duration::from_secs(1),
+            disable_checks: false,
+            disable_reports: false,
         }
     }
 }
@@ -60,8 +66,11 @@ pub enum Verdict {
 }
 
 pub struct Policy {
-    client: MixerClient<Channel>,
+    /// mixr's address; each worker opens its own channel to it.
+    pub endpoint: Endpoint,
     options: PolicyOptions,
+    /// QuotaSpec regexes, compiled at load.
+    regexes: HashMap<String, regex::Regex>,
     pub cache: cache::CheckCache,
     quota_specs: Vec<QuotaSpec>,
     bindings: Vec<QuotaSpecBinding>,
@@ -85,14 +94,24 @@ impl Policy {
         bindings: Vec<QuotaSpecBinding>,
         cache_lookups: prometheus::IntCounterVec,
     ) -> Result<Policy, String> {
-        let endpoint = if mixr.contains("://") { mixr.to_string() } else { format!("http://{mixr}") };
-        let channel = Channel::from_shared(endpoint)
+        let uri = if mixr.contains("://") { mixr.to_string() } else { format!("http://{mixr}") };
+        let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("--mixr {mixr}: {e}"))?
             .tcp_nodelay(true)
-            .connect_timeout(options.timeout)
-            .connect_lazy();
+            .connect_timeout(options.timeout);
+        let mut regexes = HashMap::new();
+        for spec in &quota_specs {
+            for m in spec.rules.iter().flat_map(|r| &r.matches).flat_map(|m| m.clause.iter().map(|(_, sm)| sm)) {
+                if let QuotaMatch::Regex(r) = m {
+                    let re = regex::Regex::new(r)
+                        .map_err(|e| format!("QuotaSpec {}/{}: regex {r:?}: {e}", spec.namespace, spec.name))?;
+                    regexes.insert(r.clone(), re);
+                }
+            }
+        }
         Ok(Policy {
-            client: MixerClient::new(channel),
+            endpoint,
+            regexes,
             options,
             cache: cache::CheckCache::new(10_000),
             quota_specs,
@@ -101,8 +120,12 @@ impl Policy {
         })
     }
 
-    pub fn client(&self) -> MixerClient<Channel> {
-        self.client.clone()
+    pub fn checks(&self) -> bool {
+        !self.options.disable_checks
+    }
+
+    pub fn reports(&self) -> bool {
+        !self.options.disable_reports
     }
 
     /// Quotas (name, charge) the QuotaSpecs bound to `service` ask of this request.
@@ -125,7 +148,7 @@ impl Policy {
                                 value.is_some_and(|v| match sm {
                                     QuotaMatch::Exact(s) => v == *s,
                                     QuotaMatch::Prefix(p) => v.starts_with(p.as_str()),
-                                    QuotaMatch::Regex(r) => regex::Regex::new(r).is_ok_and(|re| re.is_match(&v)),
+                                    QuotaMatch::Regex(r) => self.regexes.get(r).is_some_and(|re| re.is_match(&v)),
                                 })
                             })
                         });
@@ -147,6 +170,7 @@ impl Policy {
     /// every request asks the server, so no proxy grants more than the server allowed.
     pub async fn check(
         &self,
+        mixr: &MixerClient<Channel>,
         attrs: &[(&str, Value<'_>)],
         quotas: &[(String, i64)],
         dedup: &str,
@@ -180,7 +204,7 @@ impl Policy {
                 call.metadata_mut().insert("traceparent", tp);
             }
             call.set_timeout(left);
-            let mut client = self.client.clone();
+            let mut client = mixr.clone();
             match tokio::time::timeout(left, client.check(call)).await {
                 Ok(Ok(resp)) => return self.verdict(attrs, resp.into_inner(), quotas),
                 Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {

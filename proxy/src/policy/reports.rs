@@ -2,6 +2,8 @@
 //! background so no response waits; a bounded buffer counts what it drops; flushed on
 //! graceful shutdown.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mixr_proto::istio::mixer::v1::ReportRequest;
@@ -10,16 +12,26 @@ use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
 use mixr_rules::bag::Encoder;
 use mixr_rules::value::OwnedValue;
 use prometheus::IntCounter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
 
 pub type Entry = Vec<(&'static str, OwnedValue)>;
 
+/// A request's attributes, owned so they outlive the request in the batch.
+pub fn owned(attrs: Vec<(&'static str, mixr_rules::value::Value<'_>)>) -> Entry {
+    attrs.into_iter().map(|(n, v)| (n, v.into_owned())).collect()
+}
+
 const BATCH: usize = 100;
-const BUFFER: usize = 10_000;
+/// Entries waiting for a batch: bounded, so a slow mixr costs dropped (and counted)
+/// entries, never the sidecar's memory.
+const BUFFER: usize = 2_000;
+/// Report calls in flight at once, so one slow answer does not stall the batching.
+const IN_FLIGHT: usize = 4;
 
 enum Msg {
-    Entry(Entry),
+    /// An entry and its request's `traceparent`.
+    Entry(Entry, Option<String>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -43,8 +55,8 @@ impl Reporter {
     }
 
     /// Queues one entry; never waits.
-    pub fn report(&self, entry: Entry) {
-        if self.tx.try_send(Msg::Entry(entry)).is_err() {
+    pub fn report(&self, entry: Entry, traceparent: Option<String>) {
+        if self.tx.try_send(Msg::Entry(entry, traceparent)).is_err() {
             self.dropped.inc();
         }
     }
@@ -58,10 +70,21 @@ impl Reporter {
     }
 }
 
-async fn send(client: &mut MixerClient<Channel>, batch: &mut Vec<Entry>, failing: &mut bool) {
+/// Entries waiting to be sent. A Report call has one metadata set for many requests, so
+/// it carries the first traced request's `traceparent`.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<Entry>,
+    traceparent: Option<String>,
+}
+
+/// Sends one batch in the background, waiting only while `IN_FLIGHT` are already out.
+async fn send(client: &MixerClient<Channel>, pending: &mut Batch, state: &Arc<Sender>) {
+    let batch = &mut pending.entries;
     if batch.is_empty() {
         return;
     }
+    let traceparent = pending.traceparent.take();
     let mut enc = Encoder::new();
     let attributes = batch.iter().map(|e| enc.encode(e.iter().map(|(n, v)| (*n, v)))).collect();
     let req = ReportRequest {
@@ -71,46 +94,72 @@ async fn send(client: &mut MixerClient<Channel>, batch: &mut Vec<Entry>, failing
         repeated_attributes_semantics: RepeatedAttributesSemantics::IndependentEncoding as i32,
     };
     batch.clear();
-    // Reports are not retried (as in Istio); a failure is logged once per streak.
-    match tokio::time::timeout(Duration::from_secs(5), client.report(req)).await {
-        Ok(Ok(_)) => *failing = false,
-        other => {
-            if !*failing {
-                tracing::warn!(error = ?other.err(), "report to mixr failed; entries dropped");
-            }
-            *failing = true;
+    let Ok(permit) = state.slots.clone().acquire_owned().await else { return };
+    let mut client = client.clone();
+    let state = state.clone();
+    tokio::spawn(async move {
+        // Reports are not retried (as in Istio); a failure is logged once per streak.
+        let mut call = tonic::Request::new(req);
+        if let Some(tp) = traceparent.and_then(|t| t.parse().ok()) {
+            call.metadata_mut().insert("traceparent", tp);
         }
+        match tokio::time::timeout(Duration::from_secs(5), client.report(call)).await {
+            Ok(Ok(_)) => state.failing.store(false, Ordering::Relaxed),
+            other => {
+                if !state.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = ?other.err(), "report to mixr failed; entries dropped");
+                }
+            }
+        }
+        drop(permit);
+    });
+}
+
+struct Sender {
+    slots: Arc<Semaphore>,
+    failing: AtomicBool,
+}
+
+impl Sender {
+    /// Waits for every call in flight.
+    async fn drain(&self) {
+        let _ = self.slots.acquire_many(IN_FLIGHT as u32).await;
     }
 }
 
-async fn run(mut client: MixerClient<Channel>, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<Entry> = Vec::new();
-    let mut failing = false;
+async fn run(client: MixerClient<Channel>, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch = Batch::default();
+    let state = Arc::new(Sender { slots: Arc::new(Semaphore::new(IN_FLIGHT)), failing: AtomicBool::new(false) });
     loop {
-        let msg = if batch.is_empty() {
+        let msg = if batch.entries.is_empty() {
             rx.recv().await
         } else {
             match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
                 Ok(m) => m,
                 Err(_) => {
-                    send(&mut client, &mut batch, &mut failing).await;
+                    send(&client, &mut batch, &state).await;
                     continue;
                 }
             }
         };
         match msg {
-            Some(Msg::Entry(e)) => {
-                batch.push(e);
-                if batch.len() >= BATCH {
-                    send(&mut client, &mut batch, &mut failing).await;
+            Some(Msg::Entry(e, traceparent)) => {
+                batch.entries.push(e);
+                if batch.traceparent.is_none() {
+                    batch.traceparent = traceparent;
+                }
+                if batch.entries.len() >= BATCH {
+                    send(&client, &mut batch, &state).await;
                 }
             }
             Some(Msg::Flush(done)) => {
-                send(&mut client, &mut batch, &mut failing).await;
+                send(&client, &mut batch, &state).await;
+                state.drain().await;
                 let _ = done.send(());
             }
             None => {
-                send(&mut client, &mut batch, &mut failing).await;
+                send(&client, &mut batch, &state).await;
+                state.drain().await;
                 return;
             }
         }

@@ -6,6 +6,7 @@
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::config::{
@@ -52,8 +53,8 @@ pub struct RouteTable {
     services: HashMap<String, Service>,
 }
 
-/// Host without port, lower-case (`[::1]:80` is `::1`).
-pub fn normalize_host(authority: &str) -> String {
+/// Host without port, lower-case (`[::1]:80` is `::1`); borrowed when already lower-case.
+pub fn normalize_host(authority: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
@@ -62,7 +63,20 @@ pub fn normalize_host(authority: &str) -> String {
             _ => authority,
         }
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// The short service name an authority names: `reviews` of `reviews.default.svc:9080`.
+pub fn service_name(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return "";
+    }
+    let host = authority.split(':').next().unwrap_or(authority);
+    host.split('.').next().unwrap_or(host)
 }
 
 /// Short names match their fully qualified forms: `reviews` is `reviews.NS.svc...`.
@@ -102,7 +116,7 @@ impl RouteTable {
     /// The route a request takes, or `None` (404, Envoy's "NR").
     pub fn route(&self, req: &RequestInfo<'_>, source_labels: &Labels) -> Option<&HttpRoute> {
         let host = normalize_host(req.authority);
-        let vs = self.by_host.get(&host).or_else(|| self.by_host.get(host.split('.').next().unwrap_or("")))?;
+        let vs = self.by_host.get(host.as_ref()).or_else(|| self.by_host.get(host.split('.').next().unwrap_or("")))?;
         self.virtual_services[*vs]
             .http
             .iter()
@@ -112,7 +126,7 @@ impl RouteTable {
     /// Whether the authority names a service (with or without a VirtualService).
     pub fn service(&self, host: &str) -> Option<&Service> {
         let h = normalize_host(host);
-        self.services.get(&h).or_else(|| self.services.get(h.split('.').next().unwrap_or("")))
+        self.services.get(h.as_ref()).or_else(|| self.services.get(h.split('.').next().unwrap_or("")))
     }
 
     /// Endpoints of a destination: its service's endpoints, filtered by the subset's labels.

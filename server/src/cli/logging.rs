@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use mixr_adapters::otlp::{PipelineProcessor, SpanPipeline};
+use mixr_otlp::{PipelineProcessor, SpanPipeline};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mixr_adapters::Registry;
-use mixr_adapters::otlp::SpanPipeline;
+use mixr_otlp::SpanPipeline;
 
 use crate::runtime::compile_config;
 use crate::serve::{ServeOptions, serve};

@@ -1,9 +1,13 @@
-//! Exporting spans over OTLP/gRPC from inside mixr's tokio runtime.
+//! Exporting spans over OTLP/gRPC from inside a tokio runtime.
 //!
 //! The SDK's own batch processor runs its exporter on a thread of its own, where the tonic
-//! exporter has no runtime. This pipeline queues finished spans (bounded; overflow is
-//! counted, never blocking a request) and a tokio task exports them in batches. The
-//! server's own spans and the `tracing` adapter's report spans both use it.
+//! exporter has no runtime. [`SpanPipeline`] queues finished spans (bounded; overflow is
+//! counted, never blocking a request) and a tokio task exports them in batches, one
+//! exporter per service name. [`PipelineProcessor`] feeds it the spans the SDK finishes.
+//!
+//! Users: the server's own spans, the `tracing` adapter's report spans (both through
+//! `mixr-adapters`/`mixr-server`) and the sidecar's request spans. It depends on no other
+//! mixr crate, so the sidecar can use it without the adapters.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,417 @@
+//! Upstream connections, owned by one worker so a request never hops threads: HTTP/1.1
+//! keep-alive connections carry one request at a time and go back to an idle list when
+//! the response body ends; an HTTP/2 connection carries many streams at once.
+//! DestinationRule's `connectTimeout`, `maxRequestsPerConnection` and `idleTimeout` are
+//! enforced here; the concurrency limits live on the cluster (`upstream`).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::config::ConnectionPool;
+use crate::upstream::Cluster;
+
+/// Istio's defaults where the DestinationRule is silent.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A reused connection the server closed under us: the request was never written, so it
+/// goes again on a fresh connection, at most this many times.
+const STALE_RETRIES: usize = 2;
+/// How long a reused connection may take to become ready for its next request.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("handshake with {0}: {1}")]
+    Handshake(String, hyper::Error),
+    #[error("upstream {0}: {1}")]
+    Send(String, hyper::Error),
+}
+
+/// The connection settings of one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    /// 0: unlimited.
+    pub max_requests_per_connection: u32,
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_requests_per_connection: 0,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl From<&ConnectionPool> for PoolSettings {
+    fn from(p: &ConnectionPool) -> PoolSettings {
+        PoolSettings {
+            connect_timeout: p.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            max_requests_per_connection: p.max_requests_per_connection.unwrap_or(0),
+            idle_timeout: p.idle_timeout.filter(|d| !d.is_zero()).unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+}
+
+/// Which upstream a connection belongs to: a cluster (by id) and one of its endpoints.
+/// The owner is weak so connections of clusters a reload replaced are swept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub cluster: u64,
+    pub endpoint: usize,
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+    uses: u32,
+}
+
+struct H2Conn {
+    sender: http2::SendRequest<ProxyBody>,
+    last_used: Instant,
+    uses: u32,
+}
+
+struct Slot<T> {
+    owner: Weak<Cluster>,
+    idle_timeout: Duration,
+    conns: T,
+}
+
+#[derive(Default)]
+struct Shared {
+    h1: HashMap<PoolKey, Slot<Vec<IdleH1>>>,
+    h2: HashMap<PoolKey, Slot<Option<H2Conn>>>,
+}
+
+/// One worker's upstream connections.
+#[derive(Clone, Default)]
+pub struct Pool {
+    shared: Arc<Mutex<Shared>>,
+    connects: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+/// Where and how to send one request.
+pub struct Target<'a> {
+    pub key: PoolKey,
+    /// Keeps the pool's entries for this cluster alive; when it is gone they are swept.
+    pub owner: &'a Arc<Cluster>,
+    /// `host:port` to connect to.
+    pub address: &'a str,
+    pub settings: PoolSettings,
+}
+
+async fn connect(address: &str, timeout: Duration) -> Result<TokioIo<TcpStream>, PoolError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Err(_) => return Err(PoolError::ConnectTimeout(address.to_string())),
+        Ok(Err(e)) => return Err(PoolError::Connect(address.to_string(), e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+impl Pool {
+    pub fn new() -> Pool {
+        Pool::default()
+    }
+
+    /// TCP connections opened so far (tests and stats).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn dial(&self, t: &Target<'_>) -> Result<TokioIo<TcpStream>, PoolError> {
+        self.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        connect(t.address, t.settings.connect_timeout).await
+    }
+
+    /// Sends over HTTP/1.1, reusing an idle keep-alive connection when one is fresh. The
+    /// request's URI must be in origin form (`/path?query`).
+    pub async fn send_h1(&self, t: &Target<'_>, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
+        let mut attempt = 0;
+        loop {
+            let idle = if attempt < STALE_RETRIES { self.checkout_h1(t) } else { None };
+            attempt += 1;
+            let (mut sender, uses) = match idle {
+                Some(mut idle) => {
+                    // Put back the moment its response ended, the connection task may not
+                    // have marked it ready yet; it will at once, unless it is closing.
+                    match tokio::time::timeout(READY_WAIT, idle.sender.ready()).await {
+                        Ok(Ok(())) => (idle.sender, idle.uses),
+                        _ => continue,
+                    }
+                }
+                None => (self.connect_h1(t).await?, 0),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let uses = uses + 1;
+                    let max = t.settings.max_requests_per_connection;
+                    let checkin = (max == 0 || uses < max).then(|| Checkin {
+                        sender,
+                        pool: Arc::downgrade(&self.shared),
+                        key: t.key,
+                        owner: Arc::downgrade(t.owner),
+                        idle_timeout: t.settings.idle_timeout,
+                        uses,
+                    });
+                    return Ok(resp.map(|inner| PooledBody { inner, checkin }.boxed_unsync()));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: a connection that closed while idle. Try another.
+                    Some(back) if uses > 0 => req = back,
+                    _ => return Err(PoolError::Send(t.address.to_string(), e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn checkout_h1(&self, t: &Target<'_>) -> Option<IdleH1> {
+        let mut shared = self.lock();
+        let slot = shared.h1.get_mut(&t.key)?;
+        let now = Instant::now();
+        while let Some(idle) = slot.conns.pop() {
+            if !idle.sender.is_closed() && now.duration_since(idle.since) < slot.idle_timeout {
+                return Some(idle);
+            }
+        }
+        None
+    }
+
+    async fn connect_h1(&self, t: &Target<'_>) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
+        let io = self.dial(t).await?;
+        let (sender, conn) = http1::handshake(io).await.map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends over HTTP/2, sharing one connection per endpoint until it has carried
+    /// `maxRequestsPerConnection` streams. The URI must be absolute.
+    pub async fn send_h2(&self, t: &Target<'_>, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
+        let mut sender = match self.checkout_h2(t) {
+            Some(s) => s,
+            None => {
+                let io = self.dial(t).await?;
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream h2 connection ended");
+                    }
+                });
+                let mut shared = self.lock();
+                let slot = shared.h2.entry(t.key).or_insert_with(|| Slot {
+                    owner: Arc::downgrade(t.owner),
+                    idle_timeout: t.settings.idle_timeout,
+                    conns: None,
+                });
+                let max = t.settings.max_requests_per_connection;
+                slot.conns = (max != 1).then(|| H2Conn { sender: sender.clone(), last_used: Instant::now(), uses: 1 });
+                sender
+            }
+        };
+        sender.ready().await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
+        let resp = sender.send_request(req).await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
+        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+    }
+
+    fn checkout_h2(&self, t: &Target<'_>) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut shared = self.lock();
+        let slot = shared.h2.get_mut(&t.key)?;
+        let conn = slot.conns.as_mut()?;
+        let max = t.settings.max_requests_per_connection;
+        if conn.sender.is_closed() || Instant::now().duration_since(conn.last_used) >= slot.idle_timeout {
+            slot.conns = None;
+            return None;
+        }
+        conn.uses += 1;
+        conn.last_used = Instant::now();
+        let sender = conn.sender.clone();
+        // The last stream this connection may carry: new requests get a new connection,
+        // and this one closes once its streams finish.
+        if max != 0 && conn.uses >= max {
+            slot.conns = None;
+        }
+        Some(sender)
+    }
+
+    /// Drops idle connections past their idle timeout and those of clusters that are
+    /// gone. Returns how many connections were closed.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut shared = self.lock();
+        let mut closed = 0;
+        shared.h1.retain(|_, slot| {
+            let alive = slot.owner.strong_count() > 0;
+            let before = slot.conns.len();
+            let timeout = slot.idle_timeout;
+            slot.conns.retain(|c| alive && !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+            closed += before - slot.conns.len();
+            alive
+        });
+        shared.h2.retain(|_, slot| {
+            let alive = slot.owner.strong_count() > 0;
+            if slot
+                .conns
+                .as_ref()
+                .is_some_and(|c| !alive || c.sender.is_closed() || now.duration_since(c.last_used) >= slot.idle_timeout)
+            {
+                slot.conns = None;
+                closed += 1;
+            }
+            alive
+        });
+        closed
+    }
+
+    /// Idle HTTP/1.1 connections plus live HTTP/2 connections (tests and stats).
+    pub fn idle(&self) -> usize {
+        let shared = self.lock();
+        shared.h1.values().map(|s| s.conns.len()).sum::<usize>()
+            + shared.h2.values().filter(|s| s.conns.is_some()).count()
+    }
+
+    /// Sweeps every second until the pool's last handle is gone.
+    pub fn start_sweeper(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let connects = self.connects.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                Pool { shared, connects: connects.clone() }.sweep(Instant::now());
+            }
+        });
+    }
+}
+
+/// A connection waiting for its response body to end before it can be reused.
+struct Checkin {
+    sender: http1::SendRequest<ProxyBody>,
+    pool: Weak<Mutex<Shared>>,
+    key: PoolKey,
+    owner: Weak<Cluster>,
+    idle_timeout: Duration,
+    uses: u32,
+}
+
+impl Checkin {
+    fn put_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let Some(pool) = self.pool.upgrade() else { return };
+        let mut shared = pool.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = shared.h1.entry(self.key).or_insert_with(|| Slot {
+            owner: self.owner.clone(),
+            idle_timeout: self.idle_timeout,
+            conns: Vec::new(),
+        });
+        slot.conns.push(IdleH1 { sender: self.sender, since: Instant::now(), uses: self.uses });
+    }
+}
+
+/// A response body from a pooled HTTP/1.1 connection; the connection goes back to the
+/// pool once the body has been read to its end, and is closed if it is dropped before.
+struct PooledBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Err(_)) => self.checkin = None,
+            None => {
+                if let Some(c) = self.checkin.take() {
+                    c.put_back();
+                }
+            }
+            Some(Ok(_)) if self.inner.is_end_stream() => {
+                if let Some(c) = self.checkin.take() {
+                    c.put_back();
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body is never polled; it still ended cleanly.
+        if self.inner.is_end_stream()
+            && let Some(c) = self.checkin.take()
+        {
+            c.put_back();
+        }
+    }
+}
+
+/// Sends an upgrade request (WebSocket and friends) on a connection of its own: once
+/// switched, the connection belongs to the spliced streams, never to the pool.
+pub async fn send_upgrade(
+    address: &str,
+    timeout: Duration,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, PoolError> {
+    let io = connect(address, timeout).await?;
+    let (mut sender, conn) = http1::handshake(io).await.map_err(|e| PoolError::Handshake(address.to_string(), e))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender.send_request(req).await.map_err(|e| PoolError::Send(address.to_string(), e))
+}
+
+#[cfg(test)]
+mod tests;
