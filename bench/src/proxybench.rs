@@ -215,7 +215,7 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\nuser root;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  upstream origin {{ server {origin_addr}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n  server {{\n    listen 127.0.0.1:{nginx_h2_port} http2;\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+            "worker_processes 1;\nuser root;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  upstream origin {{ server {origin_addr}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n  server {{\n    listen 127.0.0.1:{nginx_h2_port} http2;\n    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
             pid = dir.join("nginx.pid").display()
         ),
     )

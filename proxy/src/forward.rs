@@ -159,7 +159,7 @@ impl Proxy {
             Some(r) => r,
             // A known service without a VirtualService gets all its traffic.
             None if tables.routes.service(&authority).is_some() => {
-                default_route = HttpRoute {
+                default_route = Box::new(HttpRoute {
                     route: vec![WeightedDestination {
                         destination: Destination {
                             host: crate::route::normalize_host(&authority).into_owned(),
@@ -170,8 +170,8 @@ impl Proxy {
                         headers: Default::default(),
                     }],
                     ..Default::default()
-                };
-                &default_route
+                });
+                &*default_route
             }
             None => {
                 let resp = reply(404, "no route (NR)\n");
@@ -180,7 +180,10 @@ impl Proxy {
             }
         };
         let route_name = route.name.as_deref().unwrap_or("");
-        let resp = self.outbound_route(worker, req, route, &tables, &authority, &path, &scheme, &headers, peer).await;
+        // Boxed, so the request's future stays small as it is moved (see `serve`).
+        let resp =
+            Box::pin(self.outbound_route(worker, req, route, &tables, &authority, &path, &scheme, &headers, peer))
+                .await;
         self.observe(Direction::Outbound, &authority, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
             let attrs = crate::policy::attributes::outbound(&self.identity, &method, &path, &authority);
@@ -239,7 +242,7 @@ impl Proxy {
         }
         if crate::upgrade::is_upgrade(&req) {
             let Some(target) = cluster.pick(None) else { return reply(503, "no healthy upstream\n") };
-            return crate::upgrade::forward(target.endpoint().authority(), req).await;
+            return Box::pin(crate::upgrade::forward(target.endpoint().authority(), req)).await;
         }
         // Request rewriting and header operations.
         if let Some(rw) = &route.rewrite {

@@ -202,7 +202,9 @@ impl Proxy {
                     let quotas = policy.quotas_for(service, &self.identity.namespace, &attrs);
                     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
                     let dedup = header("x-request-id").unwrap_or_default();
-                    Some(policy.check(mixr, &attrs, &quotas, dedup, header("traceparent")).await)
+                    // Boxed, as are other large, conditional steps: futures are sized for
+                    // their largest state, and every request's future is moved.
+                    Some(Box::pin(policy.check(mixr, &attrs, &quotas, dedup, header("traceparent"))).await)
                 }
                 None => None,
             };
@@ -232,7 +234,9 @@ impl Proxy {
         }
         let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
         if crate::upgrade::wants_upgrade(&parts.headers) {
-            let resp = crate::upgrade::forward(target.endpoint().authority(), Request::from_parts(parts, body)).await;
+            let resp =
+                Box::pin(crate::upgrade::forward(target.endpoint().authority(), Request::from_parts(parts, body)))
+                    .await;
             self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
             return resp;
         }
@@ -305,12 +309,14 @@ pub async fn serve(
                 let proxy = proxy.clone();
                 let worker = worker.clone();
                 async move {
-                    let resp = crate::trace::traced(proxy.tracer.as_ref(), dir, req, |req| async {
+                    // Boxed: the request's future is several kilobytes, and hyper would
+                    // otherwise copy it as it moves it into place.
+                    let resp = Box::pin(crate::trace::traced(proxy.tracer.as_ref(), dir, req, |req| async {
                         match dir {
                             Direction::Outbound => proxy.outbound(&worker, req, peer).await,
                             Direction::Inbound => proxy.inbound(&worker, req, peer).await,
                         }
-                    })
+                    }))
                     .await;
                     Ok::<_, Infallible>(resp)
                 }

@@ -10,6 +10,7 @@ pub struct Stats {
     pub duration: HistogramVec,
     pub retries: IntCounter,
     pub retry_overflows: IntCounter,
+    pub upstream_connections: IntCounter,
     pub mirrored: IntCounter,
     pub reports_dropped: IntCounter,
     pub check_cache: IntCounterVec,
@@ -37,6 +38,11 @@ impl Stats {
         let retry_overflows = IntCounter::new(
             "mixr_proxy_upstream_retry_overflow_total",
             "Retries not sent because the cluster's maxRetries were in flight.",
+        )
+        .expect("valid metric");
+        let upstream_connections = IntCounter::new(
+            "mixr_proxy_upstream_connections_opened_total",
+            "Upstream TCP connections opened (pooled HTTP/1.1 and HTTP/2).",
         )
         .expect("valid metric");
         let mirrored = IntCounter::new("mixr_proxy_mirrored_requests_total", "Requests copied to a mirror.")
@@ -69,6 +75,7 @@ impl Stats {
             Box::new(duration.clone()),
             Box::new(retries.clone()),
             Box::new(retry_overflows.clone()),
+            Box::new(upstream_connections.clone()),
             Box::new(mirrored.clone()),
             Box::new(reports_dropped.clone()),
             Box::new(check_cache.clone()),
@@ -81,6 +88,7 @@ impl Stats {
             duration,
             retries,
             retry_overflows,
+            upstream_connections,
             mirrored,
             reports_dropped,
             check_cache,

@@ -1,12 +1,8 @@
-//! Worker threads, as Envoy runs them: each runs its own runtime of one thread, with its
+//! Worker threads, as Envoy runs them: each runs its own single-threaded runtime, with its
 //! own listeners on the shared ports (SO_REUSEPORT, so the kernel spreads connections),
 //! upstream connections, mixr channel and report batcher. A request never leaves the
-//! thread that accepted it; only config, clusters, the check cache and stats are shared.
-//!
-//! The runtime is tokio's multi-threaded one with a single worker rather than the
-//! current-thread one: its LIFO slot runs a just-woken task next, which keeps a Check's
-//! hops (request, channel, HTTP/2 connection) short; measured, a cache-miss Check cost
-//! half the throughput on the current-thread runtime.
+//! thread that accepted it (no work stealing, no cross-thread wake-ups); only config,
+//! clusters, the check cache and stats are shared.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +28,7 @@ impl Worker {
     /// Builds a worker's state; must run on that worker's runtime, where its connections'
     /// tasks will live.
     pub fn start(proxy: &Proxy) -> Worker {
-        let pool = Pool::new();
+        let pool = Pool::new(proxy.stats.upstream_connections.clone());
         pool.start_sweeper();
         let mixr = proxy.policy.as_ref().map(|p| MixerClient::new(p.endpoint.connect_lazy()));
         let reports = proxy.policy.as_ref().is_some_and(|p| p.reports());
@@ -86,14 +82,12 @@ pub fn spawn_all(
     for (n, l) in listeners.into_iter().enumerate() {
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("mixr-proxy-worker-{n}"))
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start worker runtime: {e}"))?;
         let t = std::thread::Builder::new()
-            .name(format!("mixr-proxy-worker-{n}-main"))
+            .name(format!("mixr-proxy-worker-{n}"))
             .spawn(move || rt.block_on(run(proxy, l, shutdown)))
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         threads.push(t);

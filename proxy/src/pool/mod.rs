@@ -16,6 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::IntCounter;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
@@ -105,10 +106,11 @@ struct Shared {
 }
 
 /// One worker's upstream connections.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Pool {
     shared: Arc<Mutex<Shared>>,
-    connects: Arc<std::sync::atomic::AtomicU64>,
+    /// TCP connections opened (a Prometheus counter shared by the workers).
+    opened: IntCounter,
 }
 
 impl std::fmt::Debug for Pool {
@@ -138,13 +140,8 @@ async fn connect(address: &str, timeout: Duration) -> Result<TokioIo<TcpStream>,
 }
 
 impl Pool {
-    pub fn new() -> Pool {
-        Pool::default()
-    }
-
-    /// TCP connections opened so far (tests and stats).
-    pub fn connects(&self) -> u64 {
-        self.connects.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn new(opened: IntCounter) -> Pool {
+        Pool { shared: Arc::default(), opened }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -152,7 +149,7 @@ impl Pool {
     }
 
     async fn dial(&self, t: &Target<'_>) -> Result<TokioIo<TcpStream>, PoolError> {
-        self.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.opened.inc();
         connect(t.address, t.settings.connect_timeout).await
     }
 
@@ -172,7 +169,7 @@ impl Pool {
                         _ => continue,
                     }
                 }
-                None => (self.connect_h1(t).await?, 0),
+                None => (Box::pin(self.connect_h1(t)).await?, 0),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -225,30 +222,33 @@ impl Pool {
     pub async fn send_h2(&self, t: &Target<'_>, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
         let mut sender = match self.checkout_h2(t) {
             Some(s) => s,
-            None => {
-                let io = self.dial(t).await?;
-                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream h2 connection ended");
-                    }
-                });
-                let mut shared = self.lock();
-                let slot = shared.h2.entry(t.key).or_insert_with(|| Slot {
-                    owner: Arc::downgrade(t.owner),
-                    idle_timeout: t.settings.idle_timeout,
-                    conns: None,
-                });
-                let max = t.settings.max_requests_per_connection;
-                slot.conns = (max != 1).then(|| H2Conn { sender: sender.clone(), last_used: Instant::now(), uses: 1 });
-                sender
-            }
+            None => Box::pin(self.connect_h2(t)).await?,
         };
         sender.ready().await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
         let resp = sender.send_request(req).await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
         Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+    }
+
+    /// Opens an HTTP/2 connection and makes it the endpoint's shared one.
+    async fn connect_h2(&self, t: &Target<'_>) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
+        let io = self.dial(t).await?;
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        let mut shared = self.lock();
+        let slot = shared.h2.entry(t.key).or_insert_with(|| Slot {
+            owner: Arc::downgrade(t.owner),
+            idle_timeout: t.settings.idle_timeout,
+            conns: None,
+        });
+        let max = t.settings.max_requests_per_connection;
+        slot.conns = (max != 1).then(|| H2Conn { sender: sender.clone(), last_used: Instant::now(), uses: 1 });
+        Ok(sender)
     }
 
     fn checkout_h2(&self, t: &Target<'_>) -> Option<http2::SendRequest<ProxyBody>> {
@@ -309,14 +309,14 @@ impl Pool {
     /// Sweeps every second until the pool's last handle is gone.
     pub fn start_sweeper(&self) {
         let weak = Arc::downgrade(&self.shared);
-        let connects = self.connects.clone();
+        let opened = self.opened.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                Pool { shared, connects: connects.clone() }.sweep(Instant::now());
+                Pool { shared, opened: opened.clone() }.sweep(Instant::now());
             }
         });
     }

@@ -29,6 +29,10 @@ async fn origin(keep_alive: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+fn pool() -> Pool {
+    Pool::new(IntCounter::new("opened", "connections opened").unwrap())
+}
+
 fn cluster(addr: SocketAddr, pool: ConnectionPool) -> Arc<Cluster> {
     let upstream = Upstream { address: addr.ip().to_string(), port: addr.port(), labels: vec![] };
     Arc::new(Cluster::new("c".into(), vec![upstream], TrafficPolicy { connection_pool: pool, ..Default::default() }))
@@ -51,7 +55,7 @@ async fn get(pool: &Pool, c: &Arc<Cluster>, http2: bool) -> Result<String, PoolE
 async fn http1_connections_are_kept_alive_and_reused() {
     let (addr, accepted) = origin(true).await;
     let c = cluster(addr, ConnectionPool::default());
-    let pool = Pool::new();
+    let pool = pool();
     for _ in 0..5 {
         assert_eq!(get(&pool, &c, false).await.unwrap(), "hello");
     }
@@ -63,18 +67,19 @@ async fn http1_connections_are_kept_alive_and_reused() {
 async fn max_requests_per_connection_opens_new_connections() {
     let (addr, accepted) = origin(true).await;
     let c = cluster(addr, ConnectionPool { max_requests_per_connection: Some(2), ..Default::default() });
-    let pool = Pool::new();
+    let pool = pool();
     for _ in 0..5 {
         get(&pool, &c, false).await.unwrap();
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "2 + 2 + 1 requests");
+    assert_eq!(pool.opened.get(), 3, "every connection is counted");
 }
 
 #[tokio::test]
 async fn idle_connections_close_after_the_idle_timeout() {
     let (addr, accepted) = origin(true).await;
     let c = cluster(addr, ConnectionPool { idle_timeout: Some(Duration::from_secs(30)), ..Default::default() });
-    let pool = Pool::new();
+    let pool = pool();
     get(&pool, &c, false).await.unwrap();
     assert_eq!(pool.sweep(Instant::now() + Duration::from_secs(29)), 0, "still fresh");
     assert_eq!(pool.sweep(Instant::now() + Duration::from_secs(31)), 1, "idle too long");
@@ -87,7 +92,7 @@ async fn idle_connections_close_after_the_idle_timeout() {
 async fn connections_of_a_replaced_cluster_are_swept() {
     let (addr, _) = origin(true).await;
     let c = cluster(addr, ConnectionPool::default());
-    let pool = Pool::new();
+    let pool = pool();
     get(&pool, &c, false).await.unwrap();
     drop(c);
     assert_eq!(pool.sweep(Instant::now()), 1);
@@ -97,7 +102,7 @@ async fn connections_of_a_replaced_cluster_are_swept() {
 async fn a_connection_the_server_closed_is_not_reused() {
     let (addr, accepted) = origin(false).await;
     let c = cluster(addr, ConnectionPool::default());
-    let pool = Pool::new();
+    let pool = pool();
     for _ in 0..3 {
         assert_eq!(get(&pool, &c, false).await.unwrap(), "hello");
         // Let the connection task see the close.
@@ -110,7 +115,7 @@ async fn a_connection_the_server_closed_is_not_reused() {
 async fn http2_streams_share_a_connection_up_to_the_limit() {
     let (addr, accepted) = origin(true).await;
     let shared = cluster(addr, ConnectionPool::default());
-    let pool = Pool::new();
+    let pool = pool();
     let (a, b, c) = tokio::join!(get(&pool, &shared, true), get(&pool, &shared, true), get(&pool, &shared, true));
     assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), ("hello".into(), "hello".into(), "hello".into()));
     get(&pool, &shared, true).await.unwrap();
@@ -143,7 +148,7 @@ async fn connect_timeout_bounds_a_connect_that_hangs() {
     }
     let c = cluster(addr, ConnectionPool { connect_timeout: Some(Duration::from_millis(200)), ..Default::default() });
     let started = Instant::now();
-    let err = get(&Pool::new(), &c, false).await.unwrap_err();
+    let err = get(&pool(), &c, false).await.unwrap_err();
     assert!(matches!(err, PoolError::ConnectTimeout(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
