@@ -285,7 +285,8 @@ async fn hot_reload_changes_answers_and_invalid_config_keeps_the_last_good_one()
     // An invalid edit: rejected, counted, and the last good config keeps answering.
     write_policy(dir.path(), &POLICY.replace("compiledAdapter: denier", "compiledAdapter: nosuch"));
     let rejected = eventually(Duration::from_secs(10), || async {
-        mixr.metric("mixr_config_reloads_total{result=\"failed\"}").await == Some(1.0)
+        // At least once: the watcher may report one edit as two events, each a rejection.
+        mixr.metric("mixr_config_reloads_total{result=\"failed\"}").await.is_some_and(|n| n >= 1.0)
     })
     .await;
     assert!(rejected, "invalid reload not counted; logs:\n{}", mixr.logs());

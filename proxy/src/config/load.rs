@@ -95,3 +95,21 @@ fn document(cfg: &mut TrafficConfig, d: Document) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compose_sidecar_config_loads() {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/proxy"));
+        let (config, errors) = load_paths(&[dir], "default");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.virtual_services.len(), 1);
+        let rule = &config.destination_rules[0];
+        let pool = &rule.traffic_policy.connection_pool;
+        assert_eq!(pool.max_requests_per_connection, Some(1000));
+        assert_eq!(pool.idle_timeout, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(pool.connect_timeout, Some(std::time::Duration::from_secs(1)));
+    }
+}
