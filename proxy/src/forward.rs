@@ -242,7 +242,7 @@ impl Proxy {
         }
         if crate::upgrade::is_upgrade(&req) {
             let Some(target) = cluster.pick(None) else { return reply(503, "no healthy upstream\n") };
-            return Box::pin(crate::upgrade::forward(target.endpoint().authority(), req)).await;
+            return Box::pin(crate::upgrade::forward(&target, req)).await;
         }
         // Request rewriting and header operations.
         if let Some(rw) = &route.rewrite {

@@ -234,9 +234,7 @@ impl Proxy {
         }
         let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
         if crate::upgrade::wants_upgrade(&parts.headers) {
-            let resp =
-                Box::pin(crate::upgrade::forward(target.endpoint().authority(), Request::from_parts(parts, body)))
-                    .await;
+            let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
             self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
             return resp;
         }

@@ -21,9 +21,10 @@ pub fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Sends an upgrade request to the endpoint at `address` on a connection of its own and
-/// splices the connections on 101.
-pub async fn forward(address: &str, mut req: Request<Incoming>) -> Response<ProxyBody> {
+/// Sends an upgrade request to the picked endpoint on a connection of its own (within the
+/// cluster's `connectTimeout`) and splices the connections on 101.
+pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let (address, connect_timeout) = (target.endpoint().authority(), target.target().settings.connect_timeout);
     let downstream = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -31,7 +32,7 @@ pub async fn forward(address: &str, mut req: Request<Incoming>) -> Response<Prox
         parts.uri = uri;
     }
     let up = Request::from_parts(parts, empty());
-    let mut resp = match crate::pool::send_upgrade(address, std::time::Duration::from_secs(10), up).await {
+    let mut resp = match crate::pool::send_upgrade(address, connect_timeout, up).await {
         Ok(r) => r,
         Err(_) => return reply(503, "upstream connect error (upgrade)\n"),
     };
