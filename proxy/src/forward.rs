@@ -141,7 +141,6 @@ impl Proxy {
     pub async fn outbound(&self, worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let tables = self.tables.load_full();
-        let headers = header_pairs(req.headers());
         let authority = authority_of(&req);
         let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
@@ -151,7 +150,7 @@ impl Proxy {
             path: &path,
             method: &method,
             scheme: &scheme,
-            headers: &headers,
+            headers: req.headers(),
             port: None,
         };
         let default_route;
@@ -180,14 +179,13 @@ impl Proxy {
             }
         };
         let route_name = route.name.as_deref().unwrap_or("");
+        let traceparent =
+            worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
         // Boxed, so the request's future stays small as it is moved (see `serve`).
-        let resp =
-            Box::pin(self.outbound_route(worker, req, route, &tables, &authority, &path, &scheme, &headers, peer))
-                .await;
+        let resp = Box::pin(self.outbound_route(worker, req, route, &tables, &authority, &path, &scheme, peer)).await;
         self.observe(Direction::Outbound, &authority, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
             let attrs = crate::policy::attributes::outbound(&self.identity, &method, &path, &authority);
-            let traceparent = headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.clone());
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
         }
         resp
@@ -203,7 +201,6 @@ impl Proxy {
         authority: &str,
         path: &str,
         scheme: &str,
-        headers: &[(String, String)],
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         if let Some(r) = &route.redirect {
@@ -244,6 +241,8 @@ impl Proxy {
             let Some(target) = cluster.pick(None) else { return reply(503, "no healthy upstream\n") };
             return Box::pin(crate::upgrade::forward(&target, req)).await;
         }
+        // As the caller sent it, before the route's header operations.
+        let hash = cluster.policy.consistent_hash.as_ref().and_then(|k| hash_of(k, req.headers(), Some(peer.ip())));
         // Request rewriting and header operations.
         if let Some(rw) = &route.rewrite {
             if let Some(uri) = &rw.uri {
@@ -270,8 +269,6 @@ impl Proxy {
             req.headers_mut().insert(crate::policy::attributes::ISTIO_ATTRIBUTES, self.identity_header.clone());
         }
 
-        let policy = cluster.policy.clone();
-        let hash = policy.consistent_hash.as_ref().and_then(|k| hash_of(k, headers, Some(peer.ip())));
         let grpc = is_grpc_headers(req.headers());
         let http2 = grpc || req.version() == hyper::Version::HTTP_2;
         let retries = if route.retries.retry_on == RetryOn::default() { 0 } else { route.retries.attempts };

@@ -331,18 +331,18 @@ impl Clusters {
 }
 
 /// The consistent-hash input for a request, if its policy asks for one.
-pub fn hash_of(key: &HashKey, headers: &[(String, String)], source_ip: Option<std::net::IpAddr>) -> Option<u64> {
+pub fn hash_of(key: &HashKey, headers: &hyper::HeaderMap, source_ip: Option<std::net::IpAddr>) -> Option<u64> {
     let mut h = DefaultHasher::new();
     match key {
-        HashKey::Header(name) => headers.iter().find(|(k, _)| k == name)?.1.hash(&mut h),
-        HashKey::Cookie(name) => {
-            let cookies = headers.iter().find(|(k, _)| k == "cookie")?.1.as_str();
-            cookies
-                .split(';')
-                .map(str::trim)
-                .find_map(|c| c.strip_prefix(name.as_str())?.strip_prefix('='))?
-                .hash(&mut h)
-        }
+        HashKey::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut h),
+        HashKey::Cookie(name) => headers
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .find_map(|c| c.strip_prefix(name.as_str())?.strip_prefix('='))?
+            .hash(&mut h),
         HashKey::SourceIp => source_ip?.hash(&mut h),
     }
     Some(h.finish())
@@ -475,8 +475,9 @@ mod tests {
 
     #[test]
     fn consistent_hash_keys() {
-        let h =
-            vec![("x-user".to_string(), "jason".to_string()), ("cookie".to_string(), "a=1; session=abc".to_string())];
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-user", hyper::header::HeaderValue::from_static("jason"));
+        h.insert(hyper::header::COOKIE, hyper::header::HeaderValue::from_static("a=1; session=abc"));
         let a = hash_of(&HashKey::Header("x-user".into()), &h, None);
         assert!(a.is_some() && a == hash_of(&HashKey::Header("x-user".into()), &h, None));
         assert!(hash_of(&HashKey::Cookie("session".into()), &h, None).is_some());

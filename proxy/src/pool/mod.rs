@@ -1,18 +1,16 @@
 //! Upstream connections, owned by one worker so a request never hops threads: HTTP/1.1
-//! keep-alive connections carry one request at a time and go back to an idle list when
-//! the response body ends; an HTTP/2 connection carries many streams at once.
+//! keep-alive connections ([`h1`], our own client) carry one request at a time and go
+//! back to an idle list when the response body ends; an HTTP/2 connection (hyper's)
+//! carries many streams at once.
 //! DestinationRule's `connectTimeout`, `maxRequestsPerConnection` and `idleTimeout` are
 //! enforced here; the concurrency limits live on the cluster (`upstream`).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,17 +18,18 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
+
+mod framing;
+pub mod h1;
 use crate::config::ConnectionPool;
 use crate::upstream::Cluster;
 
 /// Istio's defaults where the DestinationRule is silent.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// A reused connection the server closed under us: the request was never written, so it
-/// goes again on a fresh connection, at most this many times.
+/// A reused connection the server closed under us, before any answer: the request goes
+/// again on a fresh connection (when that is safe), at most this many times.
 const STALE_RETRIES: usize = 2;
-/// How long a reused connection may take to become ready for its next request.
-const READY_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -42,6 +41,8 @@ pub enum PoolError {
     Handshake(String, hyper::Error),
     #[error("upstream {0}: {1}")]
     Send(String, hyper::Error),
+    #[error("upstream {0}: {1}")]
+    Http1(String, h1::H1Error),
 }
 
 /// The connection settings of one cluster.
@@ -82,7 +83,7 @@ pub struct PoolKey {
 }
 
 struct IdleH1 {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: h1::Conn,
     since: Instant,
     uses: u32,
 }
@@ -129,14 +130,20 @@ pub struct Target<'a> {
     pub settings: PoolSettings,
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<TokioIo<TcpStream>, PoolError> {
+async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, PoolError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Err(_) => return Err(PoolError::ConnectTimeout(address.to_string())),
         Ok(Err(e)) => return Err(PoolError::Connect(address.to_string(), e)),
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    Ok(stream)
+}
+
+/// Whether a request that may have reached the server can be sent again (RFC 9110 §9.2.2).
+fn idempotent(method: &hyper::Method) -> bool {
+    use hyper::Method;
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 impl Pool {
@@ -148,47 +155,40 @@ impl Pool {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn dial(&self, t: &Target<'_>) -> Result<TokioIo<TcpStream>, PoolError> {
+    async fn dial(&self, t: &Target<'_>) -> Result<TcpStream, PoolError> {
         self.opened.inc();
         connect(t.address, t.settings.connect_timeout).await
     }
 
     /// Sends over HTTP/1.1, reusing an idle keep-alive connection when one is fresh. The
     /// request's URI must be in origin form (`/path?query`).
-    pub async fn send_h1(&self, t: &Target<'_>, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
+    pub async fn send_h1(&self, t: &Target<'_>, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
+        let (parts, mut body) = req.into_parts();
         let mut attempt = 0;
         loop {
             let idle = if attempt < STALE_RETRIES { self.checkout_h1(t) } else { None };
             attempt += 1;
-            let (mut sender, uses) = match idle {
-                Some(mut idle) => {
-                    // Put back the moment its response ended, the connection task may not
-                    // have marked it ready yet; it will at once, unless it is closing.
-                    match tokio::time::timeout(READY_WAIT, idle.sender.ready()).await {
-                        Ok(Ok(())) => (idle.sender, idle.uses),
-                        _ => continue,
-                    }
-                }
-                None => (Box::pin(self.connect_h1(t)).await?, 0),
+            let reused = idle.is_some();
+            let (conn, uses) = match idle {
+                Some(idle) => (idle.conn, idle.uses),
+                None => (h1::Conn::new(Box::pin(self.dial(t)).await?), 0),
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let uses = uses + 1;
-                    let max = t.settings.max_requests_per_connection;
-                    let checkin = (max == 0 || uses < max).then(|| Checkin {
-                        sender,
-                        pool: Arc::downgrade(&self.shared),
-                        key: t.key,
-                        owner: Arc::downgrade(t.owner),
-                        idle_timeout: t.settings.idle_timeout,
-                        uses,
-                    });
-                    return Ok(resp.map(|inner| PooledBody { inner, checkin }.boxed_unsync()));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: a connection that closed while idle. Try another.
-                    Some(back) if uses > 0 => req = back,
-                    _ => return Err(PoolError::Send(t.address.to_string(), e.into_error())),
+            let uses = uses + 1;
+            let max = t.settings.max_requests_per_connection;
+            let checkin = (max == 0 || uses < max).then(|| Checkin {
+                pool: Arc::downgrade(&self.shared),
+                key: t.key,
+                owner: Arc::downgrade(t.owner),
+                idle_timeout: t.settings.idle_timeout,
+                uses,
+            });
+            match h1::send(conn, &parts, body, checkin).await {
+                Ok(resp) => return Ok(resp),
+                Err(failure) => match failure.replay {
+                    // A kept-alive connection the server had closed: no answer came, so
+                    // the request goes again if it never left or may safely be repeated.
+                    Some(again) if reused && (!failure.written || idempotent(&parts.method)) => body = again,
+                    _ => return Err(PoolError::Http1(t.address.to_string(), failure.error)),
                 },
             }
         }
@@ -199,22 +199,11 @@ impl Pool {
         let slot = shared.h1.get_mut(&t.key)?;
         let now = Instant::now();
         while let Some(idle) = slot.conns.pop() {
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < slot.idle_timeout {
+            if now.duration_since(idle.since) < slot.idle_timeout && idle.conn.is_open() {
                 return Some(idle);
             }
         }
         None
-    }
-
-    async fn connect_h1(&self, t: &Target<'_>) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
-        let io = self.dial(t).await?;
-        let (sender, conn) = http1::handshake(io).await.map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
     }
 
     /// Sends over HTTP/2, sharing one connection per endpoint until it has carried
@@ -231,7 +220,7 @@ impl Pool {
 
     /// Opens an HTTP/2 connection and makes it the endpoint's shared one.
     async fn connect_h2(&self, t: &Target<'_>) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
-        let io = self.dial(t).await?;
+        let io = TokioIo::new(self.dial(t).await?);
         let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
@@ -280,7 +269,7 @@ impl Pool {
             let alive = slot.owner.strong_count() > 0;
             let before = slot.conns.len();
             let timeout = slot.idle_timeout;
-            slot.conns.retain(|c| alive && !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+            slot.conns.retain(|c| alive && now.duration_since(c.since) < timeout && c.conn.is_open());
             closed += before - slot.conns.len();
             alive
         });
@@ -322,9 +311,8 @@ impl Pool {
     }
 }
 
-/// A connection waiting for its response body to end before it can be reused.
-struct Checkin {
-    sender: http1::SendRequest<ProxyBody>,
+/// Where a connection goes back when its response ends cleanly.
+pub struct Checkin {
     pool: Weak<Mutex<Shared>>,
     key: PoolKey,
     owner: Weak<Cluster>,
@@ -333,10 +321,7 @@ struct Checkin {
 }
 
 impl Checkin {
-    fn put_back(self) {
-        if self.sender.is_closed() {
-            return;
-        }
+    fn put_back(self, conn: h1::Conn) {
         let Some(pool) = self.pool.upgrade() else { return };
         let mut shared = pool.lock().unwrap_or_else(|e| e.into_inner());
         let slot = shared.h1.entry(self.key).or_insert_with(|| Slot {
@@ -344,57 +329,7 @@ impl Checkin {
             idle_timeout: self.idle_timeout,
             conns: Vec::new(),
         });
-        slot.conns.push(IdleH1 { sender: self.sender, since: Instant::now(), uses: self.uses });
-    }
-}
-
-/// A response body from a pooled HTTP/1.1 connection; the connection goes back to the
-/// pool once the body has been read to its end, and is closed if it is dropped before.
-struct PooledBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
-            Some(Err(_)) => self.checkin = None,
-            None => {
-                if let Some(c) = self.checkin.take() {
-                    c.put_back();
-                }
-            }
-            Some(Ok(_)) if self.inner.is_end_stream() => {
-                if let Some(c) = self.checkin.take() {
-                    c.put_back();
-                }
-            }
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // An empty body is never polled; it still ended cleanly.
-        if self.inner.is_end_stream()
-            && let Some(c) = self.checkin.take()
-        {
-            c.put_back();
-        }
+        slot.conns.push(IdleH1 { conn, since: Instant::now(), uses: self.uses });
     }
 }
 
@@ -405,7 +340,7 @@ pub async fn send_upgrade(
     timeout: Duration,
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, PoolError> {
-    let io = connect(address, timeout).await?;
+    let io = TokioIo::new(connect(address, timeout).await?);
     let (mut sender, conn) = http1::handshake(io).await.map_err(|e| PoolError::Handshake(address.to_string(), e))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;

@@ -14,15 +14,14 @@ use crate::config::{
 };
 
 /// What the route table needs to know about a request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RequestInfo<'a> {
     /// Host or :authority, with or without a port.
     pub authority: &'a str,
     pub path: &'a str,
     pub method: &'a str,
     pub scheme: &'a str,
-    /// Header names lower-case.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a hyper::HeaderMap,
     /// The port the request arrived on.
     pub port: Option<u16>,
 }
@@ -184,7 +183,7 @@ pub enum RouteError {
 }
 
 fn header<'a>(req: &'a RequestInfo<'_>, name: &str) -> Option<&'a str> {
-    req.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    req.headers.get(name)?.to_str().ok()
 }
 
 fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {

@@ -92,11 +92,16 @@ fn config() -> TrafficConfig {
     cfg
 }
 
-fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+fn headers(pairs: &[(&str, &str)]) -> hyper::HeaderMap {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (hyper::header::HeaderName::try_from(*k).unwrap(), hyper::header::HeaderValue::try_from(*v).unwrap())
+        })
+        .collect()
 }
 
-fn req<'a>(authority: &'a str, path: &'a str, headers: &'a [(String, String)]) -> RequestInfo<'a> {
+fn req<'a>(authority: &'a str, path: &'a str, headers: &'a hyper::HeaderMap) -> RequestInfo<'a> {
     RequestInfo { authority, path, method: "GET", scheme: "http", headers, port: Some(9080) }
 }
 
@@ -111,19 +116,19 @@ fn header_routing_sends_jason_to_v2_and_everyone_else_to_v1() {
     let r = t.route(&req("reviews:9080", "/reviews/0", &jason), &[]).unwrap();
     assert_eq!(subset_of(r), vec![(Some("v2".into()), 100)]);
     assert_eq!(r.timeout, Some(std::time::Duration::from_millis(500)));
-    let r = t.route(&req("reviews", "/reviews/0", &[]), &[]).unwrap();
+    let r = t.route(&req("reviews", "/reviews/0", &hyper::HeaderMap::new()), &[]).unwrap();
     assert_eq!(subset_of(r), vec![(Some("v1".into()), 100)]);
     // Fully qualified names reach the short-named VirtualService and vice versa.
-    assert!(t.route(&req("reviews.default.svc.cluster.local:9080", "/", &[]), &[]).is_some());
-    assert!(t.route(&req("ratings:9080", "/ratings/1?debug=1", &[]), &[]).is_some());
-    assert!(t.route(&req("details:9080", "/", &[]), &[]).is_none(), "no VirtualService: no route");
+    assert!(t.route(&req("reviews.default.svc.cluster.local:9080", "/", &hyper::HeaderMap::new()), &[]).is_some());
+    assert!(t.route(&req("ratings:9080", "/ratings/1?debug=1", &hyper::HeaderMap::new()), &[]).is_some());
+    assert!(t.route(&req("details:9080", "/", &hyper::HeaderMap::new()), &[]).is_none(), "no VirtualService: no route");
 }
 
 #[test]
 fn source_labels_and_weighted_splits() {
     let t = RouteTable::build(&config());
     let productpage = vec![("app".to_string(), "productpage".to_string())];
-    let r = t.route(&req("reviews", "/canary/x", &[]), &productpage).unwrap();
+    let r = t.route(&req("reviews", "/canary/x", &hyper::HeaderMap::new()), &productpage).unwrap();
     assert_eq!(subset_of(r), vec![(Some("v1".into()), 50), (Some("v3".into()), 50)]);
     assert_eq!(total_weight(&r.route), 100);
     assert_eq!(pick_weighted(&r.route, 0).unwrap().destination.subset.as_deref(), Some("v1"));
@@ -132,7 +137,7 @@ fn source_labels_and_weighted_splits() {
     assert!(pick_weighted(&r.route, 100).is_none());
     // Another workload does not match the sourceLabels block.
     let other = vec![("app".to_string(), "details".to_string())];
-    let r = t.route(&req("reviews", "/canary/x", &[]), &other).unwrap();
+    let r = t.route(&req("reviews", "/canary/x", &hyper::HeaderMap::new()), &other).unwrap();
     assert_eq!(subset_of(r), vec![(Some("v1".into()), 100)]);
 }
 
