@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 
-use crate::body::{ProxyBody, empty, full, reply, stream};
+use crate::body::{ProxyBody, empty, full, reply};
 use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
 use crate::pool::{Pool, PoolError};
 use crate::proxy::{Direction, Proxy};
@@ -124,32 +123,34 @@ fn retriable(on: &RetryOn, outcome: &Result<Response<ProxyBody>, ()>) -> bool {
 /// A request body that can be sent again, when it is small and of known size.
 enum SendBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming(Option<ProxyBody>),
 }
 
 impl SendBody {
     fn take(&mut self) -> Option<ProxyBody> {
         match self {
             SendBody::Buffered(b) => Some(full(b.clone())),
-            SendBody::Streaming(s) => s.take().map(stream),
+            SendBody::Streaming(s) => s.take(),
         }
     }
 }
 
 impl Proxy {
     /// Handles one request on the outbound listener (the local app calling out).
-    pub async fn outbound(&self, worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn outbound(&self, worker: &Worker, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let tables = self.tables.load_full();
         let authority = authority_of(&req);
-        let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-        let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
-        let method = req.method().as_str().to_string();
+        // Shared with the request (no copies): it is moved on before these are done with.
+        let path_and_query = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = path_and_query.as_str();
+        let scheme = if req.uri().scheme() == Some(&hyper::http::uri::Scheme::HTTPS) { "https" } else { "http" };
+        let method = req.method().clone();
         let info = RequestInfo {
             authority: &authority,
-            path: &path,
-            method: &method,
-            scheme: &scheme,
+            path,
+            method: method.as_str(),
+            scheme,
             headers: req.headers(),
             port: None,
         };
@@ -174,18 +175,17 @@ impl Proxy {
             }
             None => {
                 let resp = reply(404, "no route (NR)\n");
-                self.observe(Direction::Outbound, &authority, "", resp.status().as_u16(), started);
+                self.observe(worker, Direction::Outbound, &authority, "", resp.status().as_u16(), started);
                 return resp;
             }
         };
         let route_name = route.name.as_deref().unwrap_or("");
         let traceparent =
             worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
-        // Boxed, so the request's future stays small as it is moved (see `serve`).
-        let resp = Box::pin(self.outbound_route(worker, req, route, &tables, &authority, &path, &scheme, peer)).await;
-        self.observe(Direction::Outbound, &authority, route_name, resp.status().as_u16(), started);
+        let resp = self.outbound_route(worker, req, route, &tables, &authority, path, scheme, peer).await;
+        self.observe(worker, Direction::Outbound, &authority, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
-            let attrs = crate::policy::attributes::outbound(&self.identity, &method, &path, &authority);
+            let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, &authority);
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
         }
         resp
@@ -195,7 +195,7 @@ impl Proxy {
     async fn outbound_route(
         &self,
         worker: &Worker,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
         route: &HttpRoute,
         tables: &crate::proxy::Tables,
         authority: &str,
@@ -282,6 +282,8 @@ impl Proxy {
                     hyper::Method::GET | hyper::Method::HEAD | hyper::Method::DELETE | hyper::Method::OPTIONS
                 ));
         let (parts, incoming) = req.into_parts();
+        // The request's head is copied only for an attempt that may not be the last.
+        let mut parts = Some(parts);
         let keep = retries > 0 || route.mirror.is_some();
         let mut body = if keep && (no_body || size.is_some_and(|s| s <= RETRY_BUFFER_LIMIT)) {
             match incoming.collect().await {
@@ -314,7 +316,9 @@ impl Proxy {
                 };
                 let Some(target) = cluster.pick(hash) else { return Err(reply(503, "no healthy upstream\n")) };
                 let Some(b) = body.take() else { break };
-                let call = send_upstream(&worker.pool, &target, parts.clone(), b, http2, authority);
+                let final_use = attempt + 1 == attempts && route.mirror.is_none();
+                let Some(head) = (if final_use { parts.take() } else { parts.clone() }) else { break };
+                let call = send_upstream(&worker.pool, &target, head, b, http2, authority);
                 let result = match route.retries.per_try_timeout {
                     Some(t) => tokio::time::timeout(t, call).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())),
                     None => call.await.map_err(|_| ()),
@@ -351,8 +355,9 @@ impl Proxy {
         apply_ops(resp.headers_mut(), &chosen.headers.response);
         if let Some(m) = &route.mirror
             && rand::chance(route.mirror_percentage)
+            && let Some(parts) = &parts
         {
-            self.mirror(worker, m.clone(), tables, &parts, body_for_mirror(&body));
+            self.mirror(worker, m.clone(), tables, parts, body_for_mirror(&body));
         }
         resp
     }

@@ -5,6 +5,8 @@
 //! Layout, in the order a request meets it:
 //! - [`cli`], [`worker`]: the command line; worker threads, each with its own listeners,
 //!   upstream [`pool`], mixr channel and report batcher.
+//! - [`http1`]: HTTP/1.1 on the wire (the listener's fast path, body framing); hyper
+//!   serves h2c, upgrades and what the fast path leaves to it.
 //! - [`proxy`]: the shared state (config generation, clusters, policy, stats) and the
 //!   inbound path; [`forward`]: the outbound pipeline (route, redirect, fault, pool limits,
 //!   retries, mirror); [`upgrade`]: WebSocket and other upgrades.
@@ -20,7 +22,9 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod fasthash;
 pub mod forward;
+pub mod http1;
 pub mod identity;
 pub mod policy;
 pub mod pool;

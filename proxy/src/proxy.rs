@@ -156,16 +156,15 @@ impl Proxy {
         &tables.clusters
     }
 
-    pub fn observe(&self, dir: Direction, authority: &str, route: &str, code: u16, started: Instant) {
+    pub fn observe(&self, worker: &Worker, dir: Direction, authority: &str, route: &str, code: u16, started: Instant) {
         let service = crate::route::normalize_host(authority);
         let code = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let labels = [dir.reporter(), self.identity.workload.as_str(), service.as_ref(), code.as_str(), route];
-        self.stats.requests.with_label_values(&labels).inc();
-        self.stats.duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.stats.record_request(&worker.metrics, labels, started.elapsed().as_secs_f64() * 1000.0);
     }
 
     /// Handles one request on the inbound listener: checked with mixr, then to the local app.
-    pub async fn inbound(&self, worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn inbound(&self, worker: &Worker, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let authority = crate::forward::authority_of(&req);
         let Some(app) = &self.app else { return reply(503, "no --app-addr configured\n") };
@@ -220,7 +219,7 @@ impl Proxy {
                             resp.headers_mut().insert(k, v);
                         }
                     }
-                    self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+                    self.observe(worker, Direction::Inbound, &authority, "", resp.status().as_u16(), started);
                     self.report(worker, entry, &resp, started);
                     return resp;
                 }
@@ -235,13 +234,11 @@ impl Proxy {
         let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
         if crate::upgrade::wants_upgrade(&parts.headers) {
             let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
-            self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+            self.observe(worker, Direction::Inbound, &authority, "", resp.status().as_u16(), started);
             return resp;
         }
         let http2 = crate::forward::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
-        let result =
-            crate::forward::send_upstream(&worker.pool, &target, parts, crate::body::stream(body), http2, &authority)
-                .await;
+        let result = crate::forward::send_upstream(&worker.pool, &target, parts, body, http2, &authority).await;
         drop(target);
         let mut resp = match result {
             Ok(r) => r,
@@ -251,7 +248,7 @@ impl Proxy {
             }
         };
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
-        self.observe(Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+        self.observe(worker, Direction::Inbound, &authority, "", resp.status().as_u16(), started);
         self.report(worker, report, &resp, started);
         resp
     }
@@ -300,29 +297,45 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let _ = sock.set_nodelay(true);
-        let proxy = proxy.clone();
-        let worker = worker.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let proxy = proxy.clone();
-                let worker = worker.clone();
-                async move {
-                    // Boxed: the request's future is several kilobytes, and hyper would
-                    // otherwise copy it as it moves it into place.
-                    let resp = Box::pin(crate::trace::traced(proxy.tracer.as_ref(), dir, req, |req| async {
-                        match dir {
-                            Direction::Outbound => proxy.outbound(&worker, req, peer).await,
-                            Direction::Inbound => proxy.inbound(&worker, req, peer).await,
-                        }
-                    }))
-                    .await;
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(sock), svc).await {
-                tracing::debug!(error = %e, "connection ended");
+        let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer };
+        tokio::spawn(async move { crate::http1::server::serve(sock, &handler).await });
+    }
+}
+
+/// One accepted connection's requests, whichever path serves them.
+#[derive(Clone)]
+struct Listener {
+    proxy: Arc<Proxy>,
+    worker: Arc<Worker>,
+    dir: Direction,
+    peer: SocketAddr,
+}
+
+impl crate::http1::server::Handle for Listener {
+    async fn handle(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
+        let Listener { proxy, worker, dir, peer } = self;
+        crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
+            match dir {
+                Direction::Outbound => proxy.outbound(worker, req, *peer).await,
+                Direction::Inbound => proxy.inbound(worker, req, *peer).await,
+            }
+        })
+        .await
+    }
+
+    /// hyper serves h2c, upgrades and whatever else the fast path leaves to it.
+    async fn fallback(&self, io: crate::http1::server::Rewind) {
+        let listener = self.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let listener = listener.clone();
+            async move {
+                // Boxed: the request's future is several kilobytes, and hyper moves it.
+                Ok::<_, Infallible>(Box::pin(listener.handle(req.map(crate::body::stream))).await)
             }
         });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+            tracing::debug!(error = %e, "connection ended");
+        }
     }
 }

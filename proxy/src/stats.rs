@@ -1,7 +1,9 @@
 //! The sidecar's Prometheus stats (port 15090): Istio-style request metrics and upstream
 //! pool, retry, mirror and ejection counts.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use std::sync::Mutex;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -94,6 +96,32 @@ impl Stats {
             check_cache,
             overflows,
             ejections,
+        }
+    }
+}
+
+/// A worker's recently used request label sets and their metrics, so a request finds its
+/// counter and histogram without hashing its labels into both families. Bounded: label
+/// values come from callers (the authority), so past the bound lookups go to the families.
+#[derive(Default)]
+pub struct MetricCache(Mutex<Vec<([String; 5], IntCounter, Histogram)>>);
+
+const CACHED_LABEL_SETS: usize = 64;
+
+impl Stats {
+    /// Counts one request and its duration under `labels` (see `new` for their order).
+    pub fn record_request(&self, cache: &MetricCache, labels: [&str; 5], millis: f64) {
+        let mut sets = cache.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, count, duration)) = sets.iter().find(|(k, _, _)| k.iter().zip(labels).all(|(a, b)| a == b)) {
+            count.inc();
+            duration.observe(millis);
+            return;
+        }
+        let (count, duration) = (self.requests.with_label_values(&labels), self.duration.with_label_values(&labels));
+        count.inc();
+        duration.observe(millis);
+        if sets.len() < CACHED_LABEL_SETS {
+            sets.push((labels.map(str::to_string), count, duration));
         }
     }
 }

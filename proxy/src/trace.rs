@@ -7,7 +7,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use mixr_otlp::SpanPipeline;
@@ -151,11 +150,11 @@ impl RequestSpan {
 pub async fn traced<F, Fut>(
     tracer: Option<&Tracer>,
     dir: Direction,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     handle: F,
 ) -> Response<ProxyBody>
 where
-    F: FnOnce(Request<Incoming>) -> Fut,
+    F: FnOnce(Request<ProxyBody>) -> Fut,
     Fut: std::future::Future<Output = Response<ProxyBody>>,
 {
     let Some(tracer) = tracer else { return handle(req).await };

@@ -2,7 +2,6 @@
 //! upstream agrees (101), the two connections are spliced and bytes flow both ways until
 //! either side closes.
 
-use hyper::body::Incoming;
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 
@@ -23,7 +22,7 @@ pub fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
 
 /// Sends an upgrade request to the picked endpoint on a connection of its own (within the
 /// cluster's `connectTimeout`) and splices the connections on 101.
-pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
     let (address, connect_timeout) = (target.endpoint().authority(), target.target().settings.connect_timeout);
     let downstream = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();

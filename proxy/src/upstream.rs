@@ -2,7 +2,6 @@
 //! limits (overflow fails at once with 503) and outlier detection (ejection after
 //! consecutive errors).
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -283,7 +282,7 @@ impl Cluster {
 
 /// A destination's identity: host (any case), subset, port.
 fn destination_hash(d: &Destination) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = crate::fasthash::FastHasher::default();
     for b in d.host.bytes() {
         h.write_u8(b.to_ascii_lowercase());
     }
@@ -303,7 +302,7 @@ type SameHash = Vec<(Destination, Arc<Cluster>)>;
 /// request, so without building a key.
 #[derive(Debug, Default)]
 pub struct Clusters {
-    map: Mutex<HashMap<u64, SameHash>>,
+    map: Mutex<crate::fasthash::FastMap<u64, SameHash>>,
 }
 
 impl Clusters {

@@ -22,6 +22,7 @@ pub struct Worker {
     pub pool: Pool,
     pub mixr: Option<MixerClient<Channel>>,
     pub reporter: Option<Reporter>,
+    pub metrics: crate::stats::MetricCache,
 }
 
 impl Worker {
@@ -34,7 +35,7 @@ impl Worker {
         let reports = proxy.policy.as_ref().is_some_and(|p| p.reports());
         let reporter =
             mixr.clone().filter(|_| reports).map(|c| Reporter::start(c, proxy.stats.reports_dropped.clone()));
-        Worker { pool, mixr, reporter }
+        Worker { pool, mixr, reporter, metrics: Default::default() }
     }
 }
 

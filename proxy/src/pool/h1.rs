@@ -24,8 +24,11 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::Checkin;
-use super::framing::{Decoded, Decoder, Framing, FramingError, MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk};
 use crate::body::{BoxError, ProxyBody, empty, full};
+use crate::http1::framing::{
+    Decoded, Decoder, Framing, FramingError, MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk,
+};
+use crate::http1::{connection_has, connection_listed, is_hop_by_hop};
 
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -74,36 +77,6 @@ pub struct Failure {
     pub replay: Option<ProxyBody>,
     /// Whether any of the request reached the socket.
     pub written: bool,
-}
-
-/// Fields that belong to one connection (RFC 9110 §7.6.1), plus those it names.
-fn is_hop_by_hop(name: &HeaderName, listed: &[HeaderName]) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-        || listed.contains(name)
-}
-
-/// The field names a `Connection` header lists (rarely any).
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect()
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// Writes the request head in origin form and says how the body follows. The body's own
@@ -176,16 +149,13 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, H1Error> {
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // Where each field lies in the head, so values can share its bytes once frozen.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(usize, usize, usize, usize)> = parsed
-        .headers
-        .iter()
-        .map(|field| {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            (name, name + field.name.len(), value, value + field.value.len())
-        })
-        .collect();
-    let count = spans.len();
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = (field.name.as_ptr() as usize - base) as u32;
+        let value = (field.value.as_ptr() as usize - base) as u32;
+        *span = (name, name + field.name.len() as u32, value, value + field.value.len() as u32);
+    }
     let head = buf.split_to(len).freeze();
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -194,18 +164,20 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, H1Error> {
         return Ok(Parsed::Interim);
     }
     let mut headers = HeaderMap::with_capacity(count);
-    for (ns, ne, vs, ve) in spans {
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Invalid("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| H1Error::Invalid("header value"))?;
         headers.append(name, value);
     }
     let framing = framing_of(&headers, status, method)?;
+    let has_connection = headers.contains_key(header::CONNECTION);
     let persistent = match version {
-        Version::HTTP_11 => !connection_has(&headers, "close"),
-        _ => connection_has(&headers, "keep-alive") && !connection_has(&headers, "close"),
+        Version::HTTP_11 => !(has_connection && connection_has(&headers, "close")),
+        _ => has_connection && connection_has(&headers, "keep-alive") && !connection_has(&headers, "close"),
     };
     let keep_alive = persistent && framing != Framing::UntilClose;
-    let listed = if headers.contains_key(header::CONNECTION) { connection_listed(&headers) } else { vec![] };
+    let listed = if has_connection { connection_listed(&headers) } else { vec![] };
     let hop: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(k, &listed)).cloned().collect();
     for name in hop {
         headers.remove(name);

@@ -5,7 +5,6 @@
 //! DestinationRule's `connectTimeout`, `maxRequestsPerConnection` and `idleTimeout` are
 //! enforced here; the concurrency limits live on the cluster (`upstream`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -19,9 +18,9 @@ use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
 
-mod framing;
 pub mod h1;
 use crate::config::ConnectionPool;
+use crate::fasthash::FastMap;
 use crate::upstream::Cluster;
 
 /// Istio's defaults where the DestinationRule is silent.
@@ -102,8 +101,8 @@ struct Slot<T> {
 
 #[derive(Default)]
 struct Shared {
-    h1: HashMap<PoolKey, Slot<Vec<IdleH1>>>,
-    h2: HashMap<PoolKey, Slot<Option<H2Conn>>>,
+    h1: FastMap<PoolKey, Slot<Vec<IdleH1>>>,
+    h2: FastMap<PoolKey, Slot<Option<H2Conn>>>,
 }
 
 /// One worker's upstream connections.

@@ -1,0 +1,377 @@
+//! The listener's HTTP/1.1 fast path: one loop per connection reads a request head into
+//! a buffer the connection keeps, hands the request to the proxy and writes the response
+//! head (with a small body) in one write. Requests arrive whole: without a body, or with
+//! a content-length body of at most [`MAX_INLINE_BODY`] bytes, read before the request
+//! is handled.
+//!
+//! The first request that is anything else hands the connection, with every byte read
+//! so far, to [`Handle::fallback`] (hyper) for the rest of its life: the h2c preface,
+//! upgrades and CONNECT, `Expect`, HTTP/1.0, chunked or larger bodies. Those keep
+//! hyper's streaming and protocol handling; the fast path only takes the common case.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::framing::{MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk};
+use super::{connection_has, connection_listed, is_hop_by_hop};
+use crate::body::{ProxyBody, empty, full};
+
+/// Request bodies up to this size are read whole before the request is handled; larger
+/// ones stream through hyper.
+pub const MAX_INLINE_BODY: u64 = 64 * 1024;
+/// Response bytes gathered before a write.
+const WRITE_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What serves the requests of one listener.
+pub trait Handle: Send + Sync + 'static {
+    fn handle(&self, req: Request<ProxyBody>) -> impl Future<Output = Response<ProxyBody>> + Send;
+
+    /// Serves the rest of a connection the fast path does not take.
+    fn fallback(&self, io: Rewind) -> impl Future<Output = ()> + Send;
+}
+
+/// A connection with bytes already read from it, replayed before the socket's own.
+pub struct Rewind {
+    read: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// What the bytes read so far hold.
+enum Next {
+    /// Read more.
+    Partial,
+    /// Complete; the `Parsed` given to `inspect` holds where its parts lie.
+    Request {
+        head_len: usize,
+        body_len: usize,
+    },
+    /// Not for the fast path.
+    Handoff,
+    Bad(StatusCode),
+}
+
+/// A request head as positions in the buffer, so the request can share its bytes. One
+/// per connection, filled again by each request.
+struct Parsed {
+    method: (usize, usize),
+    target: (usize, usize),
+    fields: [(u32, u32, u32, u32); MAX_HEADERS],
+    count: usize,
+}
+
+fn inspect(buf: &[u8], parsed: &mut Parsed) -> Next {
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_LINE => {
+            return Next::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        Ok(httparse::Status::Partial) => return Next::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Next::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(_) => return Next::Bad(StatusCode::BAD_REQUEST),
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else { return Next::Bad(StatusCode::BAD_REQUEST) };
+    if req.version != Some(1) || method == "CONNECT" {
+        return Next::Handoff;
+    }
+    let mut body_len: Option<u64> = None;
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+                return Next::Bad(StatusCode::BAD_REQUEST);
+            };
+            if body_len.is_some_and(|b| b != n) {
+                return Next::Bad(StatusCode::BAD_REQUEST);
+            }
+            body_len = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            return Next::Handoff;
+        }
+    }
+    let body_len = body_len.unwrap_or(0);
+    if body_len > MAX_INLINE_BODY {
+        return Next::Handoff;
+    }
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    for (slot, f) in parsed.fields.iter_mut().zip(req.headers.iter()) {
+        let (ns, ne) = span(f.name.as_bytes());
+        let (vs, ve) = span(f.value);
+        *slot = (ns as u32, ne as u32, vs as u32, ve as u32);
+    }
+    parsed.count = req.headers.len();
+    parsed.method = span(method.as_bytes());
+    parsed.target = span(target.as_bytes());
+    Next::Request { head_len, body_len: body_len as usize }
+}
+
+/// Builds the request from a head taken out of the buffer.
+fn build(head: Bytes, body: ProxyBody, parsed: &Parsed) -> Option<Request<ProxyBody>> {
+    let method = Method::from_bytes(&head[parsed.method.0..parsed.method.1]).ok()?;
+    let uri = Uri::from_maybe_shared(head.slice(parsed.target.0..parsed.target.1)).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.count);
+    for &(ns, ne, vs, ve) in &parsed.fields[..parsed.count] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+        let name = HeaderName::from_bytes(&head[ns..ne]).ok()?;
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()?);
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut first = true;
+    let mut parsed = Parsed { method: (0, 0), target: (0, 0), fields: [(0, 0, 0, 0); MAX_HEADERS], count: 0 };
+    loop {
+        let next = loop {
+            if first && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+                if buf.len() >= H2_PREFACE.len() {
+                    break Next::Handoff;
+                }
+            } else if !buf.is_empty() {
+                match inspect(&buf, &mut parsed) {
+                    Next::Partial => {}
+                    Next::Request { head_len, body_len, .. } if buf.len() < head_len + body_len => {}
+                    next => break next,
+                }
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        first = false;
+        let (head_len, body_len) = match next {
+            Next::Request { head_len, body_len } => (head_len, body_len),
+            Next::Handoff => return handler.fallback(Rewind { read: buf.freeze(), io }).await,
+            Next::Bad(status) => return refuse(&mut io, status).await,
+            Next::Partial => return,
+        };
+        let head = buf.split_to(head_len).freeze();
+        let body = if body_len == 0 { empty() } else { full(buf.split_to(body_len).freeze()) };
+        let Some(req) = build(head, body, &parsed) else { return refuse(&mut io, StatusCode::BAD_REQUEST).await };
+        let keep_alive = !connection_has(req.headers(), "close");
+        let head_only = req.method() == Method::HEAD;
+        let trailers_ok = req.headers().get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let resp = handler.handle(req).await;
+        match write_response(&mut io, &mut out, resp, head_only, trailers_ok, keep_alive).await {
+            Ok(true) if keep_alive => {}
+            _ => return,
+        }
+    }
+}
+
+async fn refuse(io: &mut TcpStream, status: StatusCode) {
+    let text = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let _ = io.write_all(text.as_bytes()).await;
+    let _ = io.shutdown().await;
+}
+
+/// Writes a response; `Ok(false)` when the connection cannot carry another (the body
+/// failed or did not match its length).
+async fn write_response(
+    io: &mut TcpStream,
+    out: &mut BytesMut,
+    resp: Response<ProxyBody>,
+    head_only: bool,
+    trailers_ok: bool,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let bodiless = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let listed =
+        if parts.headers.contains_key(header::CONNECTION) { connection_listed(&parts.headers) } else { vec![] };
+    for (name, value) in &parts.headers {
+        // A bodiless answer keeps the length it describes (HEAD, 304); others get ours.
+        if is_hop_by_hop(name, &listed) || (name == header::CONTENT_LENGTH && !bodiless) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        with_date(|d| out.extend_from_slice(d.as_bytes()));
+        out.extend_from_slice(b"\r\n");
+    }
+    let length = if bodiless { None } else { body.size_hint().exact() };
+    let chunked = !bodiless && length.is_none();
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        io.write_all(out).await?;
+        return Ok(true);
+    }
+    let mut sent = 0u64;
+    loop {
+        // The head waits for the body only while the body has something at once.
+        let frame = match poll_once(&mut body) {
+            Some(frame) => frame,
+            None => {
+                io.write_all(out).await?;
+                out.clear();
+                body.frame().await
+            }
+        };
+        match frame {
+            None => {
+                if chunked {
+                    encode_last_chunk(out, None);
+                }
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; closing the connection");
+                io.write_all(out).await?;
+                return Ok(false);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    sent += data.len() as u64;
+                    if chunked {
+                        encode_chunk(out, &data);
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                }
+                Err(frame) => {
+                    if chunked {
+                        let trailers = frame.into_trailers().ok().filter(|_| trailers_ok);
+                        encode_last_chunk(out, trailers.as_ref());
+                    }
+                    break;
+                }
+            },
+        }
+        if out.len() >= WRITE_CHUNK {
+            io.write_all(out).await?;
+            out.clear();
+        }
+    }
+    io.write_all(out).await?;
+    out.clear();
+    Ok(length.is_none_or(|n| n == sent))
+}
+
+/// The body's next frame if it is ready now.
+fn poll_once(body: &mut ProxyBody) -> Option<Option<Result<hyper::body::Frame<Bytes>, crate::body::BoxError>>> {
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    match Pin::new(body).poll_frame(&mut cx) {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => None,
+    }
+}
+
+/// The `Date` value, formatted once a second per thread.
+fn with_date(f: impl FnOnce(&str)) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        f(&d.1);
+    });
+}
+
+#[cfg(test)]
+mod tests;
