@@ -24,8 +24,8 @@ use hyper::http::uri::PathAndQuery;
 const RETRY_BUFFER_LIMIT: u64 = 1 << 20;
 
 /// Headers as text pairs, for matching and attributes; values that are not text are left out.
-pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
-    headers.iter().filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))).collect()
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(&str, &str)> {
+    headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect()
 }
 
 pub fn authority_of<B>(req: &Request<B>) -> String {

@@ -199,7 +199,7 @@ impl Proxy {
                         None => crate::route::service_name(&authority),
                     };
                     let quotas = policy.quotas_for(service, &self.identity.namespace, &attrs);
-                    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                    let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
                     let dedup = header("x-request-id").unwrap_or_default();
                     // Boxed, as are other large, conditional steps: futures are sized for
                     // their largest state, and every request's future is moved.
@@ -207,7 +207,7 @@ impl Proxy {
                 }
                 None => None,
             };
-            let traceparent = headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.clone());
+            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
             let entry = worker.reporter.as_ref().map(|_| (crate::policy::reports::owned(attrs), traceparent));
             match verdict {
                 Some(crate::policy::Verdict::Deny { http_status, body, headers: extra }) => {

@@ -20,12 +20,13 @@ pub fn inbound<'a>(
     method: &'a str,
     path: &'a str,
     authority: &'a str,
-    headers: &'a [(String, String)],
+    headers: &[(&'a str, &'a str)],
     grpc: bool,
 ) -> Vec<(&'static str, Value<'a>)> {
     let s = |v: &'a str| Value::String(Cow::Borrowed(v));
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let mut attrs = vec![
+    let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let mut attrs = Vec::with_capacity(24);
+    attrs.extend([
         ("source.ip", Value::Bytes(Cow::Owned(ip_to_bytes(peer.ip())))),
         ("source.port", Value::Int64(peer.port() as i64)),
         ("destination.workload.name", s(&identity.workload)),
@@ -49,10 +50,10 @@ pub fn inbound<'a>(
         (
             "request.headers",
             Value::StringMap(MapVal::from(StringMap::new(
-                headers.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))).collect(),
+                headers.iter().map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v))).collect(),
             ))),
         ),
-    ];
+    ]);
     if let Some(ua) = header("user-agent") {
         attrs.push(("request.useragent", s(ua)));
     }
