@@ -71,6 +71,8 @@ pub struct Proxy {
     pub tracer: Option<crate::trace::Tracer>,
     /// This workload's identity, sent to peers in `x-istio-attributes`.
     pub identity_header: hyper::header::HeaderValue,
+    /// `destination.labels` of inbound requests, built once.
+    pub destination_labels: mixr_rules::value::StringMap<'static>,
     pub config_paths: Vec<PathBuf>,
     pub namespace: String,
 }
@@ -110,6 +112,7 @@ impl Proxy {
         let identity_header =
             hyper::header::HeaderValue::try_from(crate::policy::attributes::identity_header(&identity))
                 .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
+        let destination_labels = crate::policy::attributes::destination_labels(&identity);
         let proxy = Proxy {
             policy,
             tables: ArcSwap::from_pointee(Tables::default()),
@@ -118,6 +121,7 @@ impl Proxy {
             app,
             tracer: None,
             identity_header,
+            destination_labels,
             config_paths,
             namespace,
         };
@@ -180,6 +184,7 @@ impl Proxy {
             let grpc = crate::forward::is_grpc_headers(&parts.headers);
             let mut attrs = crate::policy::attributes::inbound(
                 &self.identity,
+                &self.destination_labels,
                 peer,
                 parts.method.as_str(),
                 path,
@@ -203,7 +208,10 @@ impl Proxy {
                     let dedup = header("x-request-id").unwrap_or_default();
                     // Boxed, as are other large, conditional steps: futures are sized for
                     // their largest state, and every request's future is moved.
-                    Some(Box::pin(policy.check(mixr, &attrs, &quotas, dedup, header("traceparent"))).await)
+                    match policy.cached(&attrs, &quotas) {
+                        Some(hit) => Some(hit),
+                        None => Some(Box::pin(policy.ask(mixr, &attrs, &quotas, dedup, header("traceparent"))).await),
+                    }
                 }
                 None => None,
             };

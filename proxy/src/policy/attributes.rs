@@ -14,8 +14,11 @@ pub fn now() -> Value<'static> {
 }
 
 /// Attributes of an inbound request to this workload.
+/// `labels` is this workload's labels as a map, built once (`destination_labels`).
+#[allow(clippy::too_many_arguments)]
 pub fn inbound<'a>(
     identity: &'a Identity,
+    labels: &'a StringMap<'a>,
     peer: SocketAddr,
     method: &'a str,
     path: &'a str,
@@ -32,12 +35,7 @@ pub fn inbound<'a>(
         ("destination.workload.name", s(&identity.workload)),
         ("destination.workload.namespace", s(&identity.namespace)),
         ("destination.namespace", s(&identity.namespace)),
-        (
-            "destination.labels",
-            Value::StringMap(MapVal::from(StringMap::new(
-                identity.labels.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))).collect(),
-            ))),
-        ),
+        ("destination.labels", Value::StringMap(MapVal::Borrowed(labels))),
         ("destination.service.host", s(authority.split(':').next().unwrap_or(authority))),
         ("request.method", s(method)),
         ("request.path", s(path)),
@@ -75,6 +73,11 @@ pub fn inbound<'a>(
         attrs.push(("request.query_params", Value::StringMap(MapVal::from(StringMap::new(params)))));
     }
     attrs
+}
+
+/// This workload's labels as the `destination.labels` map.
+pub fn destination_labels(identity: &Identity) -> StringMap<'static> {
+    StringMap::new(identity.labels.iter().map(|(k, v)| (Cow::Owned(k.clone()), Cow::Owned(v.clone()))).collect())
 }
 
 /// The header that carries the caller's identity to the callee's sidecar, as Istio's did:

@@ -74,7 +74,8 @@ pub struct Policy {
     pub cache: cache::CheckCache,
     quota_specs: Vec<QuotaSpec>,
     bindings: Vec<QuotaSpecBinding>,
-    cache_lookups: prometheus::IntCounterVec,
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
 }
 
 /// A denial as Istio's sidecar answered it: the mapped HTTP status, body `CODE:message`.
@@ -116,7 +117,8 @@ impl Policy {
             cache: cache::CheckCache::new(10_000),
             quota_specs,
             bindings,
-            cache_lookups,
+            cache_hits: cache_lookups.with_label_values(&["hit"]),
+            cache_misses: cache_lookups.with_label_values(&["miss"]),
         })
     }
 
@@ -166,9 +168,20 @@ impl Policy {
         out
     }
 
-    /// Asks mixr (or the cache) whether the request may pass. Quotas are never cached:
-    /// every request asks the server, so no proxy grants more than the server allowed.
-    pub async fn check(
+    /// A cached answer, when there is one. Quotas are never cached: a request that asks
+    /// for one always goes to mixr, so no proxy grants more than the server allowed. Apart
+    /// from `ask`, so a hit never builds the (large) future of a call.
+    pub fn cached(&self, attrs: &[(&str, Value<'_>)], quotas: &[(String, i64)]) -> Option<Verdict> {
+        if !quotas.is_empty() {
+            return None;
+        }
+        let hit = self.cache.lookup(attrs, Instant::now());
+        if hit.is_some() { &self.cache_hits } else { &self.cache_misses }.inc();
+        hit
+    }
+
+    /// Asks mixr, retrying within the check timeout, and caches the answer.
+    pub async fn ask(
         &self,
         mixr: &MixerClient<Channel>,
         attrs: &[(&str, Value<'_>)],
@@ -176,13 +189,6 @@ impl Policy {
         dedup: &str,
         traceparent: Option<&str>,
     ) -> Verdict {
-        if quotas.is_empty() {
-            if let Some(hit) = self.cache.lookup(attrs, Instant::now()) {
-                self.cache_lookups.with_label_values(&["hit"]).inc();
-                return hit;
-            }
-            self.cache_lookups.with_label_values(&["miss"]).inc();
-        }
         let req = CheckRequest {
             attributes: Some(Encoder::encode_message(attrs.iter().map(|(n, v)| (*n, v)))),
             global_word_count: Encoder::global_word_count(),
