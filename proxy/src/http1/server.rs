@@ -55,6 +55,10 @@ impl AsyncRead for Rewind {
             let n = self.read.len().min(buf.remaining());
             buf.put_slice(&self.read[..n]);
             self.read.advance(n);
+            if self.read.is_empty() {
+                // Let the read buffer go: hyper has buffers of its own for this connection.
+                self.read = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -185,7 +189,8 @@ fn build(head: Bytes, body: ProxyBody, parsed: &Parsed) -> Option<Request<ProxyB
 /// Serves one accepted connection until it closes.
 pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    // Allocated by the first response written here, not for connections handed on.
+    let mut out = BytesMut::new();
     let mut first = true;
     let mut parsed = Parsed { method: (0, 0), target: (0, 0), fields: [(0, 0, 0, 0); MAX_HEADERS], count: 0 };
     loop {
@@ -212,7 +217,10 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
         first = false;
         let (head_len, body_len) = match next {
             Next::Request { head_len, body_len } => (head_len, body_len),
-            Next::Handoff => return handler.fallback(Rewind { read: buf.freeze(), io }).await,
+            Next::Handoff => {
+                drop(out);
+                return handler.fallback(Rewind { read: buf.freeze(), io }).await;
+            }
             Next::Bad(status) => return refuse(&mut io, status).await,
             Next::Partial => return,
         };
