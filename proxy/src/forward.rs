@@ -44,33 +44,31 @@ pub fn is_grpc_headers(headers: &hyper::HeaderMap) -> bool {
 }
 
 /// Sends a request to the endpoint `target` over the worker's pool: HTTP/1.1 in origin
-/// form with a Host header, or HTTP/2 with the caller's authority.
+/// form with a Host header, or HTTP/2 with the caller's authority. The head is borrowed,
+/// so a request that may be retried is not copied for HTTP/1.1.
 pub async fn send_upstream(
     pool: &Pool,
     target: &InFlight,
-    mut parts: Parts,
+    parts: &Parts,
     body: ProxyBody,
     http2: bool,
     authority: &str,
 ) -> Result<Response<ProxyBody>, PoolError> {
+    if !http2 {
+        return pool.send_h1_head(&target.target(), parts, Some(authority).filter(|a| !a.is_empty()), body).await;
+    }
+    let mut parts = parts.clone();
     let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut uri = hyper::http::uri::Parts::default();
-    if http2 {
-        let authority = if authority.is_empty() { target.endpoint().authority() } else { authority };
-        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        uri.authority = authority.parse().ok();
-    } else if !parts.headers.contains_key(hyper::header::HOST)
-        && let Ok(host) = HeaderValue::try_from(authority)
-    {
-        parts.headers.insert(hyper::header::HOST, host);
-    }
+    let authority = if authority.is_empty() { target.endpoint().authority() } else { authority };
+    uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    uri.authority = authority.parse().ok();
     uri.path_and_query = Some(pq);
     if let Ok(u) = Uri::from_parts(uri) {
         parts.uri = u;
     }
-    parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
-    let req = Request::from_parts(parts, body);
-    if http2 { pool.send_h2(&target.target(), req).await } else { pool.send_h1(&target.target(), req).await }
+    parts.version = hyper::Version::HTTP_2;
+    pool.send_h2(&target.target(), Request::from_parts(parts, body)).await
 }
 
 fn apply_ops(headers: &mut hyper::HeaderMap, ops: &HeaderOps) {
@@ -282,10 +280,10 @@ impl Proxy {
                     hyper::Method::GET | hyper::Method::HEAD | hyper::Method::DELETE | hyper::Method::OPTIONS
                 ));
         let (parts, incoming) = req.into_parts();
-        // The request's head is copied only for an attempt that may not be the last.
-        let mut parts = Some(parts);
         let keep = retries > 0 || route.mirror.is_some();
-        let mut body = if keep && (no_body || size.is_some_and(|s| s <= RETRY_BUFFER_LIMIT)) {
+        let mut body = if keep && no_body {
+            SendBody::Buffered(Bytes::new())
+        } else if keep && size.is_some_and(|s| s <= RETRY_BUFFER_LIMIT) {
             match incoming.collect().await {
                 Ok(b) => SendBody::Buffered(b.to_bytes()),
                 Err(_) => return reply(400, "request body could not be read\n"),
@@ -316,9 +314,7 @@ impl Proxy {
                 };
                 let Some(target) = cluster.pick(hash) else { return Err(reply(503, "no healthy upstream\n")) };
                 let Some(b) = body.take() else { break };
-                let final_use = attempt + 1 == attempts && route.mirror.is_none();
-                let Some(head) = (if final_use { parts.take() } else { parts.clone() }) else { break };
-                let call = send_upstream(&worker.pool, &target, head, b, http2, authority);
+                let call = send_upstream(&worker.pool, &target, &parts, b, http2, authority);
                 let result = match route.retries.per_try_timeout {
                     Some(t) => tokio::time::timeout(t, call).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())),
                     None => call.await.map_err(|_| ()),
@@ -355,9 +351,8 @@ impl Proxy {
         apply_ops(resp.headers_mut(), &chosen.headers.response);
         if let Some(m) = &route.mirror
             && rand::chance(route.mirror_percentage)
-            && let Some(parts) = &parts
         {
-            self.mirror(worker, m.clone(), tables, parts, body_for_mirror(&body));
+            self.mirror(worker, m.clone(), tables, &parts, body_for_mirror(&body));
         }
         resp
     }
@@ -392,7 +387,7 @@ impl Proxy {
         let pool = worker.pool.clone();
         let mirrored = self.stats.mirrored.clone();
         tokio::spawn(async move {
-            let send = send_upstream(&pool, &target, parts, full(body), false, &shadow);
+            let send = send_upstream(&pool, &target, &parts, full(body), false, &shadow);
             if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(10), send).await {
                 let _ = resp.into_body().collect().await;
                 mirrored.inc();

@@ -246,7 +246,7 @@ impl Proxy {
             return resp;
         }
         let http2 = crate::forward::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
-        let result = crate::forward::send_upstream(&worker.pool, &target, parts, body, http2, &authority).await;
+        let result = crate::forward::send_upstream(&worker.pool, &target, &parts, body, http2, &authority).await;
         drop(target);
         let mut resp = match result {
             Ok(r) => r,

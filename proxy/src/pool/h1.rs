@@ -81,7 +81,7 @@ pub struct Failure {
 
 /// Writes the request head in origin form and says how the body follows. The body's own
 /// framing is chosen here: its exact size when known, else chunked.
-fn encode_head(parts: &Parts, body: &ProxyBody, out: &mut BytesMut) -> Framing {
+fn encode_head(parts: &Parts, host: Option<&str>, body: &ProxyBody, out: &mut BytesMut) -> Framing {
     let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     out.reserve(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -99,6 +99,14 @@ fn encode_head(parts: &Parts, body: &ProxyBody, out: &mut BytesMut) -> Framing {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // Only a value that cannot break the head out of its line.
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        && !parts.headers.contains_key(header::HOST)
+    {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     let framing = if body.is_end_stream() {
@@ -329,16 +337,18 @@ impl Exchange {
     }
 }
 
-/// Sends `parts` with `body` on `conn` and returns the response once its head is read;
-/// `checkin` takes the connection back when the response ends cleanly.
+/// Sends `parts` with `body` on `conn` (with `host` when the head has no Host) and returns
+/// the response once its head is read; `checkin` takes the connection back when the
+/// response ends cleanly.
 pub async fn send(
     conn: Conn,
     parts: &Parts,
+    host: Option<&str>,
     body: ProxyBody,
     checkin: Option<Checkin>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let mut out = BytesMut::new();
-    let framing = encode_head(parts, &body, &mut out);
+    let framing = encode_head(parts, host, &body, &mut out);
     let chunked = framing == Framing::Chunked;
     // A small body already in hand goes out with the head in one write.
     let body = match framing {

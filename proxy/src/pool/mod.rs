@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper::http::request::Parts;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntCounter;
@@ -159,10 +160,21 @@ impl Pool {
         connect(t.address, t.settings.connect_timeout).await
     }
 
-    /// Sends over HTTP/1.1, reusing an idle keep-alive connection when one is fresh. The
-    /// request's URI must be in origin form (`/path?query`).
+    /// Sends over HTTP/1.1, reusing an idle keep-alive connection when one is fresh.
     pub async fn send_h1(&self, t: &Target<'_>, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
-        let (parts, mut body) = req.into_parts();
+        let (parts, body) = req.into_parts();
+        self.send_h1_head(t, &parts, None, body).await
+    }
+
+    /// Sends `head` (in origin form: only the URI's path and query are used) and `body`
+    /// over HTTP/1.1; `host` is the Host to send when the head has none.
+    pub async fn send_h1_head(
+        &self,
+        t: &Target<'_>,
+        parts: &Parts,
+        host: Option<&str>,
+        mut body: ProxyBody,
+    ) -> Result<Response<ProxyBody>, PoolError> {
         let mut attempt = 0;
         loop {
             let idle = if attempt < STALE_RETRIES { self.checkout_h1(t) } else { None };
@@ -181,7 +193,7 @@ impl Pool {
                 idle_timeout: t.settings.idle_timeout,
                 uses,
             });
-            match h1::send(conn, &parts, body, checkin).await {
+            match h1::send(conn, parts, host, body, checkin).await {
                 Ok(resp) => return Ok(resp),
                 Err(failure) => match failure.replay {
                     // A kept-alive connection the server had closed: no answer came, so

@@ -243,3 +243,21 @@ async fn a_kept_alive_connection_the_origin_closed_is_replaced_for_a_safe_reques
     assert_eq!(*accepted.lock().unwrap(), 3);
     assert_eq!(log.lock().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn a_head_without_host_gets_the_callers_authority() {
+    const OK: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let (addr, log, _) = origin(vec![Some(OK), Some(OK), Some(OK)]).await;
+    let (pool, c) = (pool(), cluster(addr));
+    let picked = c.pick(None).unwrap();
+    // As an h2c caller's request arrives: the authority is in the URI, not in a header.
+    let (bare, _) = Request::builder().uri("http://reviews:9080/r").body(empty()).unwrap().into_parts();
+    pool.send_h1_head(&picked.target(), &bare, Some("reviews:9080"), empty()).await.unwrap();
+    let (hosted, _) = get("GET").into_parts();
+    pool.send_h1_head(&picked.target(), &hosted, Some("reviews:9080"), empty()).await.unwrap();
+    pool.send_h1_head(&picked.target(), &bare, Some("bad\r\nx-injected: 1"), empty()).await.unwrap();
+    let log = log.lock().unwrap();
+    assert_eq!(log[0], "GET /r HTTP/1.1\r\nhost: reviews:9080\r\n\r\n");
+    assert_eq!(log[1], "GET /x?y=1 HTTP/1.1\r\nhost: origin\r\n\r\n", "the caller's own Host stays");
+    assert_eq!(log[2], "GET /r HTTP/1.1\r\n\r\n", "a value that would break the head is not sent");
+}
