@@ -9,6 +9,7 @@
 //! upgrades and CONNECT, `Expect`, HTTP/1.0, chunked or larger bodies. Those keep
 //! hyper's streaming and protocol handling; the fast path only takes the common case.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -290,9 +291,7 @@ async fn write_response(
     let length = if bodiless { None } else { body.size_hint().exact() };
     let chunked = !bodiless && length.is_none();
     if let Some(n) = length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "content-length: {n}\r\n");
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
