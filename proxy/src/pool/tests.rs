@@ -105,7 +105,7 @@ async fn a_connection_the_server_closed_is_not_reused() {
     let pool = pool();
     for _ in 0..3 {
         assert_eq!(get(&pool, &c, false).await.unwrap(), "hello");
-        // Let the connection task see the close.
+        // Let the reactor see the close before the next checkout.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
