@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::procstat::server_command;
+use crate::procstat::{cpu_micros, server_command};
 
 struct Proc(Child);
 
@@ -103,8 +103,24 @@ fn wrk(url: &str, host: &str, seconds: u64, connections: u32) -> Result<WrkResul
     Ok(r)
 }
 
-/// Peak resident memory of `pid` while `f` runs.
-fn with_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
+/// What the process under test used during one load run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    peak_rss_kib: u64,
+    /// CPU time (user and system) over the run, in microseconds.
+    cpu_us: u64,
+}
+
+impl Usage {
+    /// CPU time per request: what a saturated single worker's throughput is the inverse
+    /// of, and steadier from run to run than requests/s.
+    fn cpu_us_per_request(&self, rps: f64, seconds: u64) -> f64 {
+        self.cpu_us as f64 / (rps * seconds as f64).max(1.0)
+    }
+}
+
+/// Peak resident memory and CPU time of `pid` while `f` runs.
+fn with_usage<T>(pid: u32, f: impl FnOnce() -> T) -> (T, Usage) {
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let (s, p) = (stop.clone(), peak.clone());
@@ -120,13 +136,15 @@ fn with_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
             std::thread::sleep(Duration::from_millis(100));
         }
     });
+    let cpu_before = cpu_micros(pid).unwrap_or(0);
     let out = f();
+    let cpu_us = cpu_micros(pid).unwrap_or(0).saturating_sub(cpu_before);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
-    (out, peak.load(Ordering::Relaxed))
+    (out, Usage { peak_rss_kib: peak.load(Ordering::Relaxed), cpu_us })
 }
 
-type Rows = (Vec<(String, WrkResult, u64)>, Vec<(String, H2Result, u64)>);
+type Rows = (Vec<(String, WrkResult, Usage)>, Vec<(String, H2Result, Usage)>);
 
 /// Runs every target `rounds` times, interleaved so a noisy spell on the machine hits all
 /// of them alike, and prints each target's median round.
@@ -144,7 +162,12 @@ pub fn run(seconds: u64, connections: u32, rounds: usize, bin_dir: &Path, dir: &
         values[values.len() / 2]
     };
     let (first_rows, first_h2) = &all[0];
-    let rows: Vec<(String, WrkResult, u64)> = (0..first_rows.len())
+    // Per target: the median of each figure over the rounds, and the peak memory.
+    let summary = |usages: Vec<(Usage, f64)>| Summary {
+        peak_rss_kib: usages.iter().map(|(u, _)| u.peak_rss_kib).max().unwrap_or(0),
+        cpu_us_per_request: median(&mut usages.iter().map(|(u, rps)| u.cpu_us_per_request(*rps, seconds)).collect()),
+    };
+    let rows: Vec<(String, WrkResult, Summary)> = (0..first_rows.len())
         .map(|i| {
             let pick = |f: &dyn Fn(&WrkResult) -> f64| median(&mut all.iter().map(|(r, _)| f(&r[i].1)).collect());
             let r = WrkResult {
@@ -153,10 +176,10 @@ pub fn run(seconds: u64, connections: u32, rounds: usize, bin_dir: &Path, dir: &
                 p99_us: pick(&|r| r.p99_us),
                 errors: all.iter().map(|(r, _)| r[i].1.errors).sum(),
             };
-            (first_rows[i].0.clone(), r, all.iter().map(|(r, _)| r[i].2).max().unwrap_or(0))
+            (first_rows[i].0.clone(), r, summary(all.iter().map(|(r, _)| (r[i].2, r[i].1.rps)).collect()))
         })
         .collect();
-    let h2_rows: Vec<(String, H2Result, u64)> = (0..first_h2.len())
+    let h2_rows: Vec<(String, H2Result, Summary)> = (0..first_h2.len())
         .map(|i| {
             let pick = |f: &dyn Fn(&H2Result) -> f64| median(&mut all.iter().map(|(_, r)| f(&r[i].1)).collect());
             let r = H2Result {
@@ -164,7 +187,7 @@ pub fn run(seconds: u64, connections: u32, rounds: usize, bin_dir: &Path, dir: &
                 mean_us: pick(&|r| r.mean_us),
                 errors: all.iter().map(|(_, r)| r[i].1.errors).sum(),
             };
-            (first_h2[i].0.clone(), r, all.iter().map(|(_, r)| r[i].2).max().unwrap_or(0))
+            (first_h2[i].0.clone(), r, summary(all.iter().map(|(_, r)| (r[i].2, r[i].1.rps)).collect()))
         })
         .collect();
     print_rows(&rows);
@@ -173,15 +196,20 @@ pub fn run(seconds: u64, connections: u32, rounds: usize, bin_dir: &Path, dir: &
     println!(
         "\nh2c: h2load -t1 -c{connections} -m{H2_STREAMS}, {seconds} s per target (h2load reports mean latency, not percentiles)"
     );
-    let nginx_h2 = h2_rows[1].1.rps;
-    println!("{:<40} {:>10} {:>12} {:>9} {:>8} {:>7}", "target", "req/s", "mean us", "x nginx", "RSS MB", "errors");
-    for (name, r, rss) in &h2_rows {
+    let nginx_h2 = &h2_rows[1];
+    println!(
+        "{:<40} {:>10} {:>12} {:>9} {:>10} {:>9} {:>8} {:>7}",
+        "target", "req/s", "mean us", "x nginx", "CPU us/req", "x nginx", "RSS MB", "errors"
+    );
+    for (name, r, usage) in &h2_rows {
         println!(
-            "{name:<40} {:>10.0} {:>12.0} {:>9.2} {:>8.1} {:>7}",
+            "{name:<40} {:>10.0} {:>12.0} {:>9.2} {:>10} {:>9} {:>8.1} {:>7}",
             r.rps,
             r.mean_us,
-            r.rps / nginx_h2.max(1.0),
-            *rss as f64 / 1024.0,
+            r.rps / nginx_h2.1.rps.max(1.0),
+            usage.cpu_text(),
+            usage.ratio_text(&nginx_h2.2),
+            usage.peak_rss_kib as f64 / 1024.0,
             r.errors
         );
     }
@@ -205,8 +233,12 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
     let _origin = Proc(origin);
     let origin_port = origin_addr.rsplit(':').next().unwrap_or("0").to_string();
 
-    let mut rows: Vec<(String, WrkResult, u64)> = Vec::new();
-    rows.push(("direct".into(), wrk(&format!("http://{origin_addr}/"), "origin", seconds, connections)?, 0));
+    let mut rows: Vec<(String, WrkResult, Usage)> = Vec::new();
+    rows.push((
+        "direct".into(),
+        wrk(&format!("http://{origin_addr}/"), "origin", seconds, connections)?,
+        Usage::default(),
+    ));
 
     // nginx, one worker, keep-alive upstream.
     let nginx_port = free_port();
@@ -238,13 +270,18 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
         .unwrap_or(nginx.0.id());
-    let (r, rss) = with_rss(worker, || wrk(&format!("http://127.0.0.1:{nginx_port}/"), "origin", seconds, connections));
-    rows.push(("nginx (1 worker)".into(), r?, rss));
-    let mut h2_rows: Vec<(String, H2Result, u64)> = Vec::new();
-    h2_rows.push(("direct".into(), h2load(&format!("http://{origin_addr}/"), "origin", seconds, connections)?, 0));
-    let (r, rss) =
-        with_rss(worker, || h2load(&format!("http://127.0.0.1:{nginx_h2_port}/"), "origin", seconds, connections));
-    h2_rows.push(("nginx (1 worker, h2c to HTTP/1.1)".into(), r?, rss));
+    let (r, usage) =
+        with_usage(worker, || wrk(&format!("http://127.0.0.1:{nginx_port}/"), "origin", seconds, connections));
+    rows.push(("nginx (1 worker)".into(), r?, usage));
+    let mut h2_rows: Vec<(String, H2Result, Usage)> = Vec::new();
+    h2_rows.push((
+        "direct".into(),
+        h2load(&format!("http://{origin_addr}/"), "origin", seconds, connections)?,
+        Usage::default(),
+    ));
+    let (r, usage) =
+        with_usage(worker, || h2load(&format!("http://127.0.0.1:{nginx_h2_port}/"), "origin", seconds, connections));
+    h2_rows.push(("nginx (1 worker, h2c to HTTP/1.1)".into(), r?, usage));
     drop(nginx);
 
     // mixr-proxy: outbound routing, inbound without and with policy, and with telemetry.
@@ -298,12 +335,12 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
 
     let (proxy, outbound, inbound) = start_proxy(&[])?;
     let pid = proxy.0.id();
-    let (r, rss) = with_rss(pid, || wrk(&format!("http://{outbound}/"), "origin", seconds, connections));
-    rows.push(("mixr-proxy routing".into(), r?, rss));
-    let (r, rss) = with_rss(pid, || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
-    rows.push(("mixr-proxy inbound".into(), r?, rss));
-    let (r, rss) = with_rss(pid, || h2load(&format!("http://{outbound}/"), "origin", seconds, connections));
-    h2_rows.push(("mixr-proxy routing (h2c both sides)".into(), r?, rss));
+    let (r, usage) = with_usage(pid, || wrk(&format!("http://{outbound}/"), "origin", seconds, connections));
+    rows.push(("mixr-proxy routing".into(), r?, usage));
+    let (r, usage) = with_usage(pid, || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("mixr-proxy inbound".into(), r?, usage));
+    let (r, usage) = with_usage(pid, || h2load(&format!("http://{outbound}/"), "origin", seconds, connections));
+    h2_rows.push(("mixr-proxy routing (h2c both sides)".into(), r?, usage));
     drop(proxy);
 
     let empty = dir.join("empty.yaml");
@@ -312,8 +349,8 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
     // Policy alone, as Istio ran it with telemetry off (disable_report_calls).
     let policy_only = |grpc: String| vec!["--mixr".to_string(), grpc, "--disable-report-calls".into()];
     let (proxy, _, inbound) = start_proxy(&policy_only(grpc))?;
-    let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
-    rows.push(("+ policy, cache hits".into(), r?, rss));
+    let (r, usage) = with_usage(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("+ policy, cache hits".into(), r?, usage));
     drop(proxy);
     drop(_mixr);
 
@@ -322,38 +359,72 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
     std::fs::write(&nocache, "apiVersion: config.istio.io/v1alpha2\nkind: handler\nmetadata: {name: allow}\nspec:\n  compiledAdapter: listchecker\n  params: {overrides: [ok], cachingInterval: 0s}\n---\napiVersion: config.istio.io/v1alpha2\nkind: instance\nmetadata: {name: v}\nspec: {compiledTemplate: listentry, params: {value: '\"ok\"'}}\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {name: allow}\nspec:\n  actions: [{handler: allow, instances: [v]}]\n").map_err(|e| e.to_string())?;
     let (_mixr, grpc) = start_mixr(&[nocache])?;
     let (proxy, _, inbound) = start_proxy(&policy_only(grpc))?;
-    let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
-    rows.push(("+ policy, every request a miss".into(), r?, rss));
+    let (r, usage) = with_usage(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("+ policy, every request a miss".into(), r?, usage));
     drop(proxy);
     drop(_mixr);
 
     let telemetry = bin_dir.join("../../rules/examples/telemetry.yaml");
     let (_mixr, grpc) = start_mixr(&[empty, telemetry])?;
     let (proxy, _, inbound) = start_proxy(&["--mixr".into(), grpc])?;
-    let (r, rss) = with_rss(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
-    rows.push(("+ policy + telemetry".into(), r?, rss));
+    let (r, usage) = with_usage(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
+    rows.push(("+ policy + telemetry".into(), r?, usage));
     drop(proxy);
     Ok((rows, h2_rows))
 }
 
-fn print_rows(rows: &[(String, WrkResult, u64)]) {
+/// A target's figures over all rounds.
+struct Summary {
+    peak_rss_kib: u64,
+    /// The median round's; 0 where no process of ours served (the direct rows).
+    cpu_us_per_request: f64,
+}
+
+impl Summary {
+    fn cpu_text(&self) -> String {
+        if self.cpu_us_per_request > 0.0 { format!("{:.2}", self.cpu_us_per_request) } else { "-".into() }
+    }
+
+    /// CPU per request against `baseline`'s: below 1, cheaper per request.
+    fn ratio_text(&self, baseline: &Summary) -> String {
+        if self.cpu_us_per_request > 0.0 && baseline.cpu_us_per_request > 0.0 {
+            format!("{:.2}", self.cpu_us_per_request / baseline.cpu_us_per_request)
+        } else {
+            "-".into()
+        }
+    }
+}
+
+fn print_rows(rows: &[(String, WrkResult, Summary)]) {
     let direct_p50 = rows[0].1.p50_us;
     let direct_p99 = rows[0].1.p99_us;
-    let nginx_rps = rows[1].1.rps;
+    let nginx = &rows[1];
     println!(
-        "\n{:<32} {:>10} {:>10} {:>10} {:>12} {:>12} {:>9} {:>8} {:>7}",
-        "target", "req/s", "p50 us", "p99 us", "+p50 us", "+p99 us", "x nginx", "RSS MB", "errors"
+        "\n{:<32} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7}",
+        "target",
+        "req/s",
+        "x nginx",
+        "p50 us",
+        "p99 us",
+        "+p50 us",
+        "+p99 us",
+        "CPU us/req",
+        "x nginx",
+        "RSS MB",
+        "errors"
     );
-    for (name, r, rss) in rows {
+    for (name, r, usage) in rows {
         println!(
-            "{name:<32} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>9.2} {:>8.1} {:>7}",
+            "{name:<32} {:>10.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10} {:>9} {:>8.1} {:>7}",
             r.rps,
+            r.rps / nginx.1.rps.max(1.0),
             r.p50_us,
             r.p99_us,
             r.p50_us - direct_p50,
             r.p99_us - direct_p99,
-            r.rps / nginx_rps.max(1.0),
-            *rss as f64 / 1024.0,
+            usage.cpu_text(),
+            usage.ratio_text(&nginx.2),
+            usage.peak_rss_kib as f64 / 1024.0,
             r.errors
         );
     }

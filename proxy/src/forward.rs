@@ -11,6 +11,7 @@ use hyper::{Request, Response, Uri};
 
 use crate::body::{ProxyBody, empty, full, reply};
 use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
+use crate::http1::{field_values, has_field};
 use crate::pool::{Pool, PoolError};
 use crate::proxy::{Direction, Proxy};
 use crate::rand;
@@ -20,6 +21,8 @@ use crate::worker::Worker;
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// Requests with bodies up to this size are kept so they can be retried.
 const RETRY_BUFFER_LIMIT: u64 = 1 << 20;
 
@@ -28,17 +31,34 @@ pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(&str, &str)> {
     headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect()
 }
 
-pub fn authority_of<B>(req: &Request<B>) -> String {
-    req.uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .unwrap_or_default()
+/// The authority a request names: its URI's, else its Host header's. It shares the
+/// request's bytes, so it outlives the request without a copy.
+#[derive(Debug, Clone, Default)]
+pub struct RequestAuthority {
+    uri: Option<hyper::http::uri::Authority>,
+    host: Option<HeaderValue>,
+}
+
+impl RequestAuthority {
+    pub fn as_str(&self) -> &str {
+        match (&self.uri, &self.host) {
+            (Some(a), _) => a.as_str(),
+            (None, Some(h)) => h.to_str().unwrap_or(""),
+            (None, None) => "",
+        }
+    }
+}
+
+pub fn authority_of<B>(req: &Request<B>) -> RequestAuthority {
+    match req.uri().authority() {
+        Some(a) => RequestAuthority { uri: Some(a.clone()), host: None },
+        None => RequestAuthority { uri: None, host: req.headers().get(hyper::header::HOST).cloned() },
+    }
 }
 
 pub fn is_grpc_headers(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get(hyper::header::CONTENT_TYPE)
+    field_values(headers, &hyper::header::CONTENT_TYPE)
+        .next()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
@@ -107,13 +127,16 @@ fn retriable(on: &RetryOn, outcome: &Result<Response<ProxyBody>, ()>) -> bool {
         }
         Ok(resp) => {
             let s = resp.status().as_u16();
-            let grpc =
-                resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+            // Read only when a gRPC code could matter: every response passes through here.
+            let grpc = || {
+                let v = field_values(resp.headers(), &GRPC_STATUS).next()?.to_str().ok()?.parse::<i32>().ok()?;
+                Some(on.grpc_codes.contains(&v))
+            };
             (on.five_xx && s >= 500)
                 || (on.gateway_error && (502..=504).contains(&s))
                 || (on.retriable_4xx && s == 409)
                 || on.status_codes.contains(&s)
-                || grpc.is_some_and(|g| on.grpc_codes.contains(&g))
+                || (!on.grpc_codes.is_empty() && grpc() == Some(true))
         }
     }
 }
@@ -139,13 +162,14 @@ impl Proxy {
         let started = Instant::now();
         let tables = self.tables.load_full();
         let authority = authority_of(&req);
+        let authority = authority.as_str();
         // Shared with the request (no copies): it is moved on before these are done with.
         let path_and_query = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let path = path_and_query.as_str();
         let scheme = if req.uri().scheme() == Some(&hyper::http::uri::Scheme::HTTPS) { "https" } else { "http" };
         let method = req.method().clone();
         let info = RequestInfo {
-            authority: &authority,
+            authority,
             path,
             method: method.as_str(),
             scheme,
@@ -156,11 +180,11 @@ impl Proxy {
         let route = match tables.routes.route(&info, &self.identity.labels) {
             Some(r) => r,
             // A known service without a VirtualService gets all its traffic.
-            None if tables.routes.service(&authority).is_some() => {
+            None if tables.routes.service(authority).is_some() => {
                 default_route = Box::new(HttpRoute {
                     route: vec![WeightedDestination {
                         destination: Destination {
-                            host: crate::route::normalize_host(&authority).into_owned(),
+                            host: crate::route::normalize_host(authority).into_owned(),
                             subset: None,
                             port: None,
                         },
@@ -173,17 +197,17 @@ impl Proxy {
             }
             None => {
                 let resp = reply(404, "no route (NR)\n");
-                self.observe(worker, Direction::Outbound, &authority, "", resp.status().as_u16(), started);
+                self.observe(worker, Direction::Outbound, authority, "", resp.status().as_u16(), started);
                 return resp;
             }
         };
         let route_name = route.name.as_deref().unwrap_or("");
         let traceparent =
             worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
-        let resp = self.outbound_route(worker, req, route, &tables, &authority, path, scheme, peer).await;
-        self.observe(worker, Direction::Outbound, &authority, route_name, resp.status().as_u16(), started);
+        let resp = self.outbound_route(worker, req, route, &tables, authority, path, scheme, peer).await;
+        self.observe(worker, Direction::Outbound, authority, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
-            let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, &authority);
+            let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, authority);
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
         }
         resp
@@ -270,10 +294,12 @@ impl Proxy {
         let grpc = is_grpc_headers(req.headers());
         let http2 = grpc || req.version() == hyper::Version::HTTP_2;
         let retries = if route.retries.retry_on == RetryOn::default() { 0 } else { route.retries.attempts };
-        let size = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let size = field_values(req.headers(), &hyper::header::CONTENT_LENGTH)
+            .next()
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let no_body = size == Some(0)
             || (size.is_none()
-                && req.headers().get(hyper::header::TRANSFER_ENCODING).is_none()
+                && !has_field(req.headers(), &hyper::header::TRANSFER_ENCODING)
                 && !grpc
                 && matches!(
                     *req.method(),

@@ -171,6 +171,7 @@ impl Proxy {
     pub async fn inbound(&self, worker: &Worker, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let authority = crate::forward::authority_of(&req);
+        let authority = authority.as_str();
         let Some(app) = &self.app else { return reply(503, "no --app-addr configured\n") };
         let (mut parts, body) = req.into_parts();
         // The caller's identity is for us, not for the app.
@@ -188,7 +189,7 @@ impl Proxy {
                 peer,
                 parts.method.as_str(),
                 path,
-                &authority,
+                authority,
                 &headers,
                 grpc,
             );
@@ -201,7 +202,7 @@ impl Proxy {
                     // services select pods; else the name the caller used.
                     let service = match self.identity.labels.iter().find(|(k, _)| k == "app") {
                         Some((_, app)) => app.as_str(),
-                        None => crate::route::service_name(&authority),
+                        None => crate::route::service_name(authority),
                     };
                     let quotas = policy.quotas_for(service, &self.identity.namespace, &attrs);
                     let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
@@ -227,7 +228,7 @@ impl Proxy {
                             resp.headers_mut().insert(k, v);
                         }
                     }
-                    self.observe(worker, Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+                    self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
                     self.report(worker, entry, &resp, started);
                     return resp;
                 }
@@ -242,11 +243,11 @@ impl Proxy {
         let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
         if crate::upgrade::wants_upgrade(&parts.headers) {
             let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
-            self.observe(worker, Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+            self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
             return resp;
         }
         let http2 = crate::forward::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
-        let result = crate::forward::send_upstream(&worker.pool, &target, &parts, body, http2, &authority).await;
+        let result = crate::forward::send_upstream(&worker.pool, &target, &parts, body, http2, authority).await;
         drop(target);
         let mut resp = match result {
             Ok(r) => r,
@@ -256,7 +257,7 @@ impl Proxy {
             }
         };
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
-        self.observe(worker, Direction::Inbound, &authority, "", resp.status().as_u16(), started);
+        self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
         self.report(worker, report, &resp, started);
         resp
     }

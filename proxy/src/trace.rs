@@ -167,7 +167,7 @@ where
     let authority = crate::forward::authority_of(&req);
     let path = req.uri().path().to_string();
     let resp = handle(req).await;
-    tracer.finish(span, dir, method.as_str(), &authority, &path, resp.status().as_u16());
+    tracer.finish(span, dir, method.as_str(), authority.as_str(), &path, resp.status().as_u16());
     resp
 }
 

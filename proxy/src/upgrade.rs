@@ -13,11 +13,7 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 pub fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
-    headers.contains_key(hyper::header::UPGRADE)
-        && headers
-            .get(hyper::header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    crate::http1::has_field(headers, &hyper::header::UPGRADE) && crate::http1::connection_has(headers, "upgrade")
 }
 
 /// Sends an upgrade request to the picked endpoint on a connection of its own (within the

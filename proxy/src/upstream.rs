@@ -283,8 +283,11 @@ impl Cluster {
 /// A destination's identity: host (any case), subset, port.
 fn destination_hash(d: &Destination) -> u64 {
     let mut h = crate::fasthash::FastHasher::default();
-    for b in d.host.bytes() {
-        h.write_u8(b.to_ascii_lowercase());
+    // Hosts are nearly always lower-case already: hashed a word at a time then.
+    if d.host.bytes().any(|b| b.is_ascii_uppercase()) {
+        h.write(d.host.to_ascii_lowercase().as_bytes());
+    } else {
+        h.write(d.host.as_bytes());
     }
     d.subset.hash(&mut h);
     d.port.hash(&mut h);

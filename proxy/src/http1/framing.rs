@@ -203,12 +203,36 @@ fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
     Ok(line[..digits].iter().fold(0u64, |n, b| (n << 4) | u64::from((*b as char).to_digit(16).unwrap_or(0))))
 }
 
+/// Appends `n` written in `radix` (10 or 16, lower-case). Lengths go into every head and
+/// chunk: the formatting machinery costs several times as much.
+pub fn put_number(out: &mut BytesMut, mut n: u64, radix: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Appends a `content-length` field.
+pub fn put_content_length(out: &mut BytesMut, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    put_number(out, n, 10);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends one data chunk in chunked encoding.
 pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    put_number(out, data.len() as u64, 16);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -228,6 +252,19 @@ pub fn encode_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_hex() {
+        for (n, radix, text) in
+            [(0, 10, "0"), (7, 10, "7"), (1234567890, 10, "1234567890"), (u64::MAX, 10, "18446744073709551615")]
+                .into_iter()
+                .chain([(0, 16, "0"), (255, 16, "ff"), (0x10000, 16, "10000"), (u64::MAX, 16, "ffffffffffffffff")])
+        {
+            let mut out = BytesMut::new();
+            put_number(&mut out, n, radix);
+            assert_eq!(&out[..], text.as_bytes());
+        }
+    }
 
     /// Feeds `wire` in pieces of `step` bytes and collects data, trailers and the end.
     fn decode_all(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), FramingError> {

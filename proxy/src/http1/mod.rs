@@ -5,7 +5,7 @@
 //! request bodies) is handed, bytes and all, to hyper.
 
 use hyper::HeaderMap;
-use hyper::header::{self, HeaderName};
+use hyper::header::{self, HeaderName, HeaderValue};
 
 pub mod framing;
 pub mod server;
@@ -21,21 +21,28 @@ pub fn is_hop_by_hop(name: &HeaderName, listed: &[HeaderName]) -> bool {
         || listed.contains(name)
 }
 
+/// Whether `headers` hold `name`. Heads carry a handful of fields, and the fast paths ask
+/// this several times per request: comparing names in a scan costs a fraction of hashing
+/// one for a lookup.
+pub fn has_field(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.keys().any(|k| k == name)
+}
+
+/// Every value of `name`, in order, found by a scan (see [`has_field`]).
+pub fn field_values<'a>(headers: &'a HeaderMap, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
+    headers.iter().filter(move |(k, _)| *k == name).map(|(_, v)| v)
+}
+
+/// The comma-separated tokens of every `Connection` value.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    field_values(headers, &header::CONNECTION).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
 /// The field names a `Connection` header lists (rarely any).
 pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect()
+    connection_tokens(headers).filter_map(|t| HeaderName::try_from(t).ok()).collect()
 }
 
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }

@@ -9,7 +9,6 @@
 //! upgrades and CONNECT, `Expect`, HTTP/1.0, chunked or larger bodies. Those keep
 //! hyper's streaming and protocol handling; the fast path only takes the common case.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -24,8 +23,8 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::framing::{MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk};
-use super::{connection_has, connection_listed, is_hop_by_hop};
+use super::framing::{MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk, put_content_length};
+use super::{connection_has, connection_listed, field_values, has_field, is_hop_by_hop};
 use crate::body::{ProxyBody, empty, full};
 
 /// Request bodies up to this size are read whole before the request is handled; larger
@@ -230,7 +229,8 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
         let Some(req) = build(head, body, &parsed) else { return refuse(&mut io, StatusCode::BAD_REQUEST).await };
         let keep_alive = !connection_has(req.headers(), "close");
         let head_only = req.method() == Method::HEAD;
-        let trailers_ok = req.headers().get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let trailers_ok =
+            field_values(req.headers(), &header::TE).any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let resp = handler.handle(req).await;
         match write_response(&mut io, &mut out, resp, head_only, trailers_ok, keep_alive).await {
             Ok(true) if keep_alive => {}
@@ -271,8 +271,7 @@ async fn write_response(
     out.extend_from_slice(b" ");
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let listed =
-        if parts.headers.contains_key(header::CONNECTION) { connection_listed(&parts.headers) } else { vec![] };
+    let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
         // A bodiless answer keeps the length it describes (HEAD, 304); others get ours.
         if is_hop_by_hop(name, &listed) || (name == header::CONTENT_LENGTH && !bodiless) {
@@ -283,7 +282,7 @@ async fn write_response(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_field(&parts.headers, &header::DATE) {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d.as_bytes()));
         out.extend_from_slice(b"\r\n");
@@ -291,7 +290,7 @@ async fn write_response(
     let length = if bodiless { None } else { body.size_hint().exact() };
     let chunked = !bodiless && length.is_none();
     if let Some(n) = length {
-        let _ = write!(out, "content-length: {n}\r\n");
+        put_content_length(out, n);
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }

@@ -8,7 +8,6 @@
 //! The request body is sent while the response is read, so an upstream that answers
 //! early (413, say) or streams its answer as it reads is served as it would be directly.
 
-use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -26,9 +25,9 @@ use tokio::net::TcpStream;
 use super::Checkin;
 use crate::body::{BoxError, ProxyBody, empty, full};
 use crate::http1::framing::{
-    Decoded, Decoder, Framing, FramingError, MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk,
+    Decoded, Decoder, Framing, FramingError, MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk, put_content_length,
 };
-use crate::http1::{connection_has, connection_listed, is_hop_by_hop};
+use crate::http1::{connection_has, connection_listed, field_values, has_field, is_hop_by_hop};
 
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -54,12 +53,26 @@ pub enum H1Error {
 /// One upstream connection and the bytes read from it but not yet used.
 pub struct Conn {
     io: TcpStream,
+    /// Read, not yet consumed.
     buf: BytesMut,
+    /// Encoded, not yet written; kept between requests so a head costs no allocation.
+    out: BytesMut,
 }
+
+/// A write buffer larger than this (a request body went through it) is not kept idle.
+const KEPT_WRITE_BUFFER: usize = 4 * 1024;
 
 impl Conn {
     pub fn new(io: TcpStream) -> Conn {
-        Conn { io, buf: BytesMut::with_capacity(READ_CHUNK) }
+        Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), out: BytesMut::new() }
+    }
+
+    /// Readies the connection to go back to the pool.
+    fn idle(mut self) -> Conn {
+        if self.out.capacity() > KEPT_WRITE_BUFFER {
+            self.out = BytesMut::new();
+        }
+        self
     }
 
     /// Whether an idle connection can carry another request: the peer has neither closed
@@ -88,8 +101,7 @@ fn encode_head(parts: &Parts, host: Option<&str>, body: &ProxyBody, out: &mut By
     out.extend_from_slice(b" ");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let listed =
-        if parts.headers.contains_key(header::CONNECTION) { connection_listed(&parts.headers) } else { vec![] };
+    let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
         // The caller's `Expect: 100-continue` was answered by our listener already.
         let keep_te = name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers");
@@ -103,7 +115,7 @@ fn encode_head(parts: &Parts, host: Option<&str>, body: &ProxyBody, out: &mut By
     }
     // Only a value that cannot break the head out of its line.
     if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        && !parts.headers.contains_key(header::HOST)
+        && !has_field(&parts.headers, &header::HOST)
     {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(host.as_bytes());
@@ -114,12 +126,12 @@ fn encode_head(parts: &Parts, host: Option<&str>, body: &ProxyBody, out: &mut By
             parts.method,
             Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE | Method::CONNECT
         );
-        if !bodiless || parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if !bodiless || has_field(&parts.headers, &header::CONTENT_LENGTH) {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         Framing::Empty
     } else if let Some(n) = body.size_hint().exact() {
-        let _ = write!(out, "content-length: {n}\r\n");
+        put_content_length(out, n);
         Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -179,13 +191,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, H1Error> {
         headers.append(name, value);
     }
     let framing = framing_of(&headers, status, method)?;
-    let has_connection = headers.contains_key(header::CONNECTION);
     let persistent = match version {
-        Version::HTTP_11 => !(has_connection && connection_has(&headers, "close")),
-        _ => has_connection && connection_has(&headers, "keep-alive") && !connection_has(&headers, "close"),
+        Version::HTTP_11 => !connection_has(&headers, "close"),
+        _ => connection_has(&headers, "keep-alive") && !connection_has(&headers, "close"),
     };
     let keep_alive = persistent && framing != Framing::UntilClose;
-    let listed = if has_connection { connection_listed(&headers) } else { vec![] };
+    let listed = connection_listed(&headers);
     let hop: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(k, &listed)).cloned().collect();
     for name in hop {
         headers.remove(name);
@@ -202,14 +213,13 @@ fn framing_of(headers: &HeaderMap, status: StatusCode, method: &Method) -> Resul
     if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
+    if has_field(headers, &header::TRANSFER_ENCODING) {
+        let last = field_values(headers, &header::TRANSFER_ENCODING)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .rfind(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .last();
         return Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             Framing::Chunked
         } else {
@@ -217,7 +227,7 @@ fn framing_of(headers: &HeaderMap, status: StatusCode, method: &Method) -> Resul
         });
     }
     let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
+    for v in field_values(headers, &header::CONTENT_LENGTH) {
         for part in v.to_str().map_err(|_| H1Error::Invalid("content-length"))?.split(',') {
             let part = part.trim();
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
@@ -241,8 +251,6 @@ enum SendError {
 /// One request and its response on one connection.
 struct Exchange {
     conn: Conn,
-    /// Encoded bytes not yet written.
-    out: BytesMut,
     /// The rest of the request body.
     body: Option<ProxyBody>,
     chunked: bool,
@@ -258,12 +266,12 @@ impl Exchange {
     /// Writes what it can of the request; ready once all of it is out.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         loop {
-            while !self.out.is_empty() {
-                let n = ready!(Pin::new(&mut self.conn.io).poll_write(cx, &self.out)).map_err(SendError::Io)?;
+            while !self.conn.out.is_empty() {
+                let n = ready!(Pin::new(&mut self.conn.io).poll_write(cx, &self.conn.out)).map_err(SendError::Io)?;
                 if n == 0 {
                     return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())));
                 }
-                self.out.advance(n);
+                self.conn.out.advance(n);
                 self.written = true;
             }
             let Some(body) = self.body.as_mut() else { return Poll::Ready(Ok(())) };
@@ -276,8 +284,8 @@ impl Exchange {
                 None => self.end_body(None),
                 Some(Err(e)) => return Poll::Ready(Err(SendError::Body(e))),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if self.chunked => encode_chunk(&mut self.out, &data),
-                    Ok(data) => self.out.extend_from_slice(&data),
+                    Ok(data) if self.chunked => encode_chunk(&mut self.conn.out, &data),
+                    Ok(data) => self.conn.out.extend_from_slice(&data),
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             self.end_body(Some(&trailers));
@@ -291,7 +299,7 @@ impl Exchange {
     fn end_body(&mut self, trailers: Option<&HeaderMap>) {
         self.body = None;
         if self.chunked {
-            encode_last_chunk(&mut self.out, trailers);
+            encode_last_chunk(&mut self.conn.out, trailers);
         }
     }
 
@@ -341,14 +349,14 @@ impl Exchange {
 /// the response once its head is read; `checkin` takes the connection back when the
 /// response ends cleanly.
 pub async fn send(
-    conn: Conn,
+    mut conn: Conn,
     parts: &Parts,
     host: Option<&str>,
     body: ProxyBody,
     checkin: Option<Checkin>,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let mut out = BytesMut::new();
-    let framing = encode_head(parts, host, &body, &mut out);
+    conn.out.clear();
+    let framing = encode_head(parts, host, &body, &mut conn.out);
     let chunked = framing == Framing::Chunked;
     // A small body already in hand goes out with the head in one write.
     let body = match framing {
@@ -357,7 +365,6 @@ pub async fn send(
     };
     let mut ex = Exchange {
         conn,
-        out,
         body,
         chunked,
         sent: false,
@@ -390,7 +397,7 @@ pub async fn send(
             && ex.conn.buf.is_empty()
             && let Some(c) = checkin
         {
-            c.put_back(ex.conn);
+            c.put_back(ex.conn.idle());
         }
         return Ok(response.map(|()| if data.is_empty() { empty() } else { full(data) }));
     }
@@ -415,7 +422,7 @@ impl UpstreamBody {
             && clean
             && let Some(c) = self.checkin.take()
         {
-            c.put_back(ex.conn);
+            c.put_back(ex.conn.idle());
         }
     }
 

@@ -201,6 +201,12 @@ fn string_matches_and_hosts() {
     assert_eq!(normalize_host("Reviews:9080"), "reviews");
     assert_eq!(normalize_host("[::1]:8080"), "::1");
     assert_eq!(normalize_host("reviews"), "reviews");
+    // Only a numeric port after the last colon is taken off.
+    assert_eq!(normalize_host("reviews:"), "reviews:");
+    assert_eq!(normalize_host("reviews:80x"), "reviews:80x");
+    assert_eq!(normalize_host("a:b:80"), "a:b");
+    assert_eq!(normalize_host("9080"), "9080");
+    assert_eq!(normalize_host(":9080"), "");
 }
 
 #[test]

@@ -261,3 +261,15 @@ async fn a_head_without_host_gets_the_callers_authority() {
     assert_eq!(log[1], "GET /x?y=1 HTTP/1.1\r\nhost: origin\r\n\r\n", "the caller's own Host stays");
     assert_eq!(log[2], "GET /r HTTP/1.1\r\n\r\n", "a value that would break the head is not sent");
 }
+
+#[tokio::test]
+async fn an_idle_connection_keeps_a_small_write_buffer_only() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let mut conn = super::Conn::new(io);
+    conn.out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let mut conn = conn.idle();
+    assert!(conn.out.capacity() > 0, "a head-sized buffer is kept for the next request");
+    conn.out.extend_from_slice(&[b'x'; 2 * super::KEPT_WRITE_BUFFER]);
+    assert_eq!(conn.idle().out.capacity(), 0, "a body-sized buffer is not held by an idle connection");
+}
