@@ -168,14 +168,7 @@ impl Proxy {
         let path = path_and_query.as_str();
         let scheme = if req.uri().scheme() == Some(&hyper::http::uri::Scheme::HTTPS) { "https" } else { "http" };
         let method = req.method().clone();
-        let info = RequestInfo {
-            authority,
-            path,
-            method: method.as_str(),
-            scheme,
-            headers: req.headers(),
-            port: None,
-        };
+        let info = RequestInfo { authority, path, method: method.as_str(), scheme, headers: req.headers(), port: None };
         let default_route;
         let route = match tables.routes.route(&info, &self.identity.labels) {
             Some(r) => r,

@@ -1,25 +1,25 @@
 //! Upstream connections, owned by one worker so a request never hops threads: HTTP/1.1
 //! keep-alive connections ([`h1`], our own client) carry one request at a time and go
-//! back to an idle list when the response body ends; an HTTP/2 connection (hyper's)
-//! carries many streams at once.
+//! back to an idle list when the response body ends; an HTTP/2 connection ([`h2`],
+//! hyper's) carries many streams at once, and is opened once however many streams want it.
 //! DestinationRule's `connectTimeout`, `maxRequestsPerConnection` and `idleTimeout` are
 //! enforced here; the concurrency limits live on the cluster (`upstream`).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::ProxyBody;
 
 pub mod h1;
+pub mod h2;
 use crate::config::ConnectionPool;
 use crate::fasthash::FastMap;
 use crate::upstream::Cluster;
@@ -37,6 +37,9 @@ pub enum PoolError {
     ConnectTimeout(String),
     #[error("connect to {0}: {1}")]
     Connect(String, std::io::Error),
+    /// Another request's connection attempt, which this one waited for, failed.
+    #[error("connect to {0}: {1}")]
+    SharedConnect(String, String),
     #[error("handshake with {0}: {1}")]
     Handshake(String, hyper::Error),
     #[error("upstream {0}: {1}")]
@@ -88,12 +91,6 @@ struct IdleH1 {
     uses: u32,
 }
 
-struct H2Conn {
-    sender: http2::SendRequest<ProxyBody>,
-    last_used: Instant,
-    uses: u32,
-}
-
 struct Slot<T> {
     owner: Weak<Cluster>,
     idle_timeout: Duration,
@@ -103,7 +100,7 @@ struct Slot<T> {
 #[derive(Default)]
 struct Shared {
     h1: FastMap<PoolKey, Slot<Vec<IdleH1>>>,
-    h2: FastMap<PoolKey, Slot<Option<H2Conn>>>,
+    h2: FastMap<PoolKey, Slot<h2::Shared>>,
 }
 
 /// One worker's upstream connections.
@@ -217,60 +214,6 @@ impl Pool {
         None
     }
 
-    /// Sends over HTTP/2, sharing one connection per endpoint until it has carried
-    /// `maxRequestsPerConnection` streams. The URI must be absolute.
-    pub async fn send_h2(&self, t: &Target<'_>, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
-        let mut sender = match self.checkout_h2(t) {
-            Some(s) => s,
-            None => Box::pin(self.connect_h2(t)).await?,
-        };
-        sender.ready().await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
-        let resp = sender.send_request(req).await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
-        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
-    }
-
-    /// Opens an HTTP/2 connection and makes it the endpoint's shared one.
-    async fn connect_h2(&self, t: &Target<'_>) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
-        let io = TokioIo::new(self.dial(t).await?);
-        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2 connection ended");
-            }
-        });
-        let mut shared = self.lock();
-        let slot = shared.h2.entry(t.key).or_insert_with(|| Slot {
-            owner: Arc::downgrade(t.owner),
-            idle_timeout: t.settings.idle_timeout,
-            conns: None,
-        });
-        let max = t.settings.max_requests_per_connection;
-        slot.conns = (max != 1).then(|| H2Conn { sender: sender.clone(), last_used: Instant::now(), uses: 1 });
-        Ok(sender)
-    }
-
-    fn checkout_h2(&self, t: &Target<'_>) -> Option<http2::SendRequest<ProxyBody>> {
-        let mut shared = self.lock();
-        let slot = shared.h2.get_mut(&t.key)?;
-        let conn = slot.conns.as_mut()?;
-        let max = t.settings.max_requests_per_connection;
-        if conn.sender.is_closed() || Instant::now().duration_since(conn.last_used) >= slot.idle_timeout {
-            slot.conns = None;
-            return None;
-        }
-        conn.uses += 1;
-        conn.last_used = Instant::now();
-        let sender = conn.sender.clone();
-        // The last stream this connection may carry: new requests get a new connection,
-        // and this one closes once its streams finish.
-        if max != 0 && conn.uses >= max {
-            slot.conns = None;
-        }
-        Some(sender)
-    }
-
     /// Drops idle connections past their idle timeout and those of clusters that are
     /// gone. Returns how many connections were closed.
     pub fn sweep(&self, now: Instant) -> usize {
@@ -286,12 +229,8 @@ impl Pool {
         });
         shared.h2.retain(|_, slot| {
             let alive = slot.owner.strong_count() > 0;
-            if slot
-                .conns
-                .as_ref()
-                .is_some_and(|c| !alive || c.sender.is_closed() || now.duration_since(c.last_used) >= slot.idle_timeout)
-            {
-                slot.conns = None;
+            if slot.conns.expired(alive, now, slot.idle_timeout) {
+                slot.conns.conn = None;
                 closed += 1;
             }
             alive
@@ -303,7 +242,7 @@ impl Pool {
     pub fn idle(&self) -> usize {
         let shared = self.lock();
         shared.h1.values().map(|s| s.conns.len()).sum::<usize>()
-            + shared.h2.values().filter(|s| s.conns.is_some()).count()
+            + shared.h2.values().filter(|s| s.conns.conn.is_some()).count()
     }
 
     /// Sweeps every second until the pool's last handle is gone.

@@ -5,6 +5,8 @@ use super::*;
 use crate::body::empty;
 use crate::config::TrafficPolicy;
 use crate::route::Upstream;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioExecutor;
 
 /// A local origin that counts the TCP connections it accepted. With `keep_alive` off it
 /// closes each connection after one response.
@@ -151,4 +153,65 @@ async fn connect_timeout_bounds_a_connect_that_hangs() {
     let err = get(&pool(), &c, false).await.unwrap_err();
     assert!(matches!(err, PoolError::ConnectTimeout(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// `n` HTTP/2 requests at once, their answers in order.
+async fn burst(pool: &Pool, c: &Arc<Cluster>, n: usize) -> Vec<Result<String, PoolError>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (pool, c) = (pool.clone(), c.clone());
+            tokio::spawn(async move { get(&pool, &c, true).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_burst_of_http2_streams_to_a_cold_endpoint_opens_one_connection() {
+    let (addr, accepted) = origin(true).await;
+    let c = cluster(addr, ConnectionPool::default());
+    let pool = pool();
+    for answer in burst(&pool, &c, 50).await {
+        assert_eq!(answer.unwrap(), "hello");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the streams waited for the connection being opened");
+    assert_eq!(pool.opened.get(), 1);
+}
+
+#[tokio::test]
+async fn streams_waiting_for_a_connection_share_its_failure() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let c = cluster(closed, ConnectionPool::default());
+    let pool = pool();
+    let answers = burst(&pool, &c, 20).await;
+    assert!(answers.iter().all(Result::is_err), "nothing listens there");
+    assert_eq!(pool.opened.get(), 1, "one attempt for all of them");
+    assert!(answers.iter().any(|a| matches!(a, Err(PoolError::SharedConnect(..)))));
+    // The failure is not remembered: the next request tries again.
+    assert!(get(&pool, &c, true).await.is_err());
+    assert_eq!(pool.opened.get(), 2);
+}
+
+#[tokio::test]
+async fn a_stream_waiting_for_an_abandoned_connection_attempt_opens_its_own() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let (addr, _) = origin(true).await;
+    let c = cluster(addr, ConnectionPool::default());
+    let pool = pool();
+    let mut cx = Context::from_waker(Waker::noop());
+    // Polled once: it starts opening the connection (its connect cannot finish before
+    // the runtime turns), then it is dropped, as when a caller goes away.
+    let mut opening = Box::pin(get(&pool, &c, true));
+    assert!(opening.as_mut().poll(&mut cx).is_pending());
+    let mut waiting = Box::pin(get(&pool, &c, true));
+    assert!(waiting.as_mut().poll(&mut cx).is_pending(), "waits for the attempt under way");
+    drop(opening);
+    assert_eq!(waiting.await.unwrap(), "hello");
+    assert_eq!(pool.opened.get(), 2, "the abandoned attempt and its own");
+    assert_eq!(pool.idle(), 1);
 }
