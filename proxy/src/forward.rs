@@ -33,26 +33,29 @@ pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(&str, &str)> {
 
 /// The authority a request names: its URI's, else its Host header's. It shares the
 /// request's bytes, so it outlives the request without a copy.
-#[derive(Debug, Clone, Default)]
-pub struct RequestAuthority {
-    uri: Option<hyper::http::uri::Authority>,
-    host: Option<HeaderValue>,
+#[derive(Debug, Clone)]
+pub enum RequestAuthority {
+    Uri(hyper::http::uri::Authority),
+    Host(HeaderValue),
+    Missing,
 }
 
 impl RequestAuthority {
+    /// Empty when missing, or when the Host header is not text.
     pub fn as_str(&self) -> &str {
-        match (&self.uri, &self.host) {
-            (Some(a), _) => a.as_str(),
-            (None, Some(h)) => h.to_str().unwrap_or(""),
-            (None, None) => "",
+        match self {
+            RequestAuthority::Uri(a) => a.as_str(),
+            RequestAuthority::Host(h) => h.to_str().unwrap_or(""),
+            RequestAuthority::Missing => "",
         }
     }
 }
 
 pub fn authority_of<B>(req: &Request<B>) -> RequestAuthority {
-    match req.uri().authority() {
-        Some(a) => RequestAuthority { uri: Some(a.clone()), host: None },
-        None => RequestAuthority { uri: None, host: req.headers().get(hyper::header::HOST).cloned() },
+    match (req.uri().authority(), req.headers().get(hyper::header::HOST)) {
+        (Some(a), _) => RequestAuthority::Uri(a.clone()),
+        (None, Some(h)) => RequestAuthority::Host(h.clone()),
+        (None, None) => RequestAuthority::Missing,
     }
 }
 
