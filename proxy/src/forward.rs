@@ -15,7 +15,7 @@ use crate::http1::{field_values, has_field};
 use crate::pool::{Pool, PoolError};
 use crate::proxy::{Direction, Proxy};
 use crate::rand;
-use crate::route::{RequestInfo, pick_weighted, total_weight};
+use crate::route::{RequestInfo, RouteId, pick_weighted_index, total_weight};
 use crate::upstream::{InFlight, Outcome, backoff, hash_of};
 use crate::worker::Worker;
 use hyper::http::request::Parts;
@@ -173,8 +173,8 @@ impl Proxy {
         let method = req.method().clone();
         let info = RequestInfo { authority, path, method: method.as_str(), scheme, headers: req.headers(), port: None };
         let default_route;
-        let route = match tables.routes.route(&info, &self.identity.labels) {
-            Some(r) => r,
+        let (route_id, route) = match tables.routes.find(&info, &self.identity.labels) {
+            Some((id, r)) => (Some(id), r),
             // A known service without a VirtualService gets all its traffic.
             None if tables.routes.service(authority).is_some() => {
                 default_route = Box::new(HttpRoute {
@@ -189,7 +189,7 @@ impl Proxy {
                     }],
                     ..Default::default()
                 });
-                &*default_route
+                (None, &*default_route)
             }
             None => {
                 let resp = reply(404, "no route (NR)\n");
@@ -200,7 +200,7 @@ impl Proxy {
         let route_name = route.name.as_deref().unwrap_or("");
         let traceparent =
             worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
-        let resp = self.outbound_route(worker, req, route, &tables, authority, path, scheme, peer).await;
+        let resp = self.outbound_route(worker, req, (route_id, route), &tables, authority, path, scheme, peer).await;
         self.observe(worker, Direction::Outbound, authority, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
             let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, authority);
@@ -214,7 +214,7 @@ impl Proxy {
         &self,
         worker: &Worker,
         mut req: Request<ProxyBody>,
-        route: &HttpRoute,
+        (route_id, route): (Option<RouteId>, &HttpRoute),
         tables: &crate::proxy::Tables,
         authority: &str,
         path: &str,
@@ -245,12 +245,23 @@ impl Proxy {
                 };
             }
         }
-        let Some(chosen) = pick_weighted(&route.route, rand::below(total_weight(&route.route))) else {
+        let Some(chosen_index) = pick_weighted_index(&route.route, rand::below(total_weight(&route.route))) else {
             return reply(503, "no healthy upstream (all weights are 0)\n");
         };
-        let cluster = match self.clusters_for(tables).get(&tables.routes, &chosen.destination) {
-            Ok(c) => c,
-            Err(e) => return reply(503, format!("{e}\n")),
+        let chosen = &route.route[chosen_index];
+        // A route of the table has its clusters from config load; only the implicit route
+        // to a service without a VirtualService looks its cluster up.
+        let looked_up;
+        let cluster = match route_id.and_then(|id| tables.route_clusters.get(id, chosen_index)) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return reply(503, format!("{e}\n")),
+            None => match self.clusters_for(tables).get(&tables.routes, &chosen.destination) {
+                Ok(c) => {
+                    looked_up = c;
+                    &looked_up
+                }
+                Err(e) => return reply(503, format!("{e}\n")),
+            },
         };
         if cluster.endpoint_count() == 0 {
             return reply(503, "no healthy upstream\n");

@@ -22,7 +22,7 @@ use crate::config::{TrafficConfig, load_paths};
 use crate::identity::Identity;
 use crate::route::RouteTable;
 use crate::stats::Stats;
-use crate::upstream::{Cluster, Clusters};
+use crate::upstream::{Cluster, Clusters, RouteClusters};
 use crate::worker::Worker;
 use mixr_rules::config::fingerprint;
 
@@ -54,6 +54,8 @@ impl Direction {
 pub struct Tables {
     pub routes: RouteTable,
     pub clusters: Clusters,
+    /// Each route's destinations' clusters, resolved at load.
+    pub route_clusters: RouteClusters,
     pub config: TrafficConfig,
     pub generation: u64,
     fingerprint: u64,
@@ -151,7 +153,9 @@ impl Proxy {
         }
         let generation = self.tables.load().generation + 1;
         let routes = RouteTable::build(&config);
-        self.tables.store(Arc::new(Tables { routes, clusters: Clusters::default(), config, generation, fingerprint }));
+        let clusters = Clusters::default();
+        let route_clusters = clusters.resolve(&routes);
+        self.tables.store(Arc::new(Tables { routes, clusters, route_clusters, config, generation, fingerprint }));
         tracing::info!(generation, "traffic config loaded");
         Ok(generation)
     }

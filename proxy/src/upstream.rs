@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{Destination, HashKey, LoadBalancer, OutlierDetection, TrafficPolicy};
 use crate::pool::{PoolKey, PoolSettings, Target};
 use crate::rand;
-use crate::route::{RouteError, RouteTable, Upstream};
+use crate::route::{RouteError, RouteId, RouteTable, Upstream};
 
 #[derive(Debug)]
 pub struct EndpointState {
@@ -327,8 +327,36 @@ impl Clusters {
         Ok(c)
     }
 
+    /// Every route's destinations resolved to their clusters, for a table at config load.
+    /// A destination that names no known service or subset keeps its error: requests
+    /// routed to it get a 503 saying so, as Envoy answers a missing cluster.
+    pub fn resolve(&self, table: &RouteTable) -> RouteClusters {
+        let mut by_route: Vec<Vec<Vec<Resolved>>> = Vec::new();
+        for (id, route) in table.routes() {
+            if by_route.len() <= id.virtual_service {
+                by_route.resize_with(id.virtual_service + 1, Vec::new);
+            }
+            let resolved = route.route.iter().map(|d| self.get(table, &d.destination)).collect();
+            by_route[id.virtual_service].push(resolved);
+        }
+        RouteClusters(by_route)
+    }
+
     pub fn all(&self) -> Vec<Arc<Cluster>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).values().flatten().map(|(_, c)| c.clone()).collect()
+    }
+}
+
+/// A route destination's cluster, or why it has none.
+pub type Resolved = Result<Arc<Cluster>, RouteError>;
+
+/// The clusters of each route's destinations: by VirtualService, route, then destination.
+#[derive(Debug, Default)]
+pub struct RouteClusters(Vec<Vec<Vec<Resolved>>>);
+
+impl RouteClusters {
+    pub fn get(&self, id: RouteId, destination: usize) -> Option<&Resolved> {
+        self.0.get(id.virtual_service)?.get(id.route)?.get(destination)
     }
 }
 

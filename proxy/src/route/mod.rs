@@ -26,6 +26,14 @@ pub struct RequestInfo<'a> {
     pub port: Option<u16>,
 }
 
+/// Where a route sits in its table, so what was prepared for it at config load is found
+/// by index rather than by a lookup per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteId {
+    pub virtual_service: usize,
+    pub route: usize,
+}
+
 /// The local workload's labels (for `sourceLabels`).
 pub type Labels = [(String, String)];
 
@@ -116,12 +124,26 @@ impl RouteTable {
 
     /// The route a request takes, or `None` (404, Envoy's "NR").
     pub fn route(&self, req: &RequestInfo<'_>, source_labels: &Labels) -> Option<&HttpRoute> {
+        self.find(req, source_labels).map(|(_, r)| r)
+    }
+
+    /// The route a request takes, with where it sits in the table.
+    pub fn find(&self, req: &RequestInfo<'_>, source_labels: &Labels) -> Option<(RouteId, &HttpRoute)> {
         let host = normalize_host(req.authority);
         let vs = self.by_host.get(host.as_ref()).or_else(|| self.by_host.get(host.split('.').next().unwrap_or("")))?;
         self.virtual_services[*vs]
             .http
             .iter()
-            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req, source_labels)))
+            .enumerate()
+            .find(|(_, r)| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req, source_labels)))
+            .map(|(i, r)| (RouteId { virtual_service: *vs, route: i }, r))
+    }
+
+    /// Every route, in table order.
+    pub fn routes(&self) -> impl Iterator<Item = (RouteId, &HttpRoute)> {
+        self.virtual_services.iter().enumerate().flat_map(|(v, vs)| {
+            vs.http.iter().enumerate().map(move |(i, r)| (RouteId { virtual_service: v, route: i }, r))
+        })
     }
 
     /// Whether the authority names a service (with or without a VirtualService).
@@ -236,10 +258,15 @@ fn uri_ignoring_case(m: &crate::config::StringMatch, path: &str) -> bool {
 /// Picks a destination by weight; `roll` is uniform in `0..total weight` (the caller's
 /// randomness, so tests can choose it). Zero-weight destinations never win.
 pub fn pick_weighted(route: &[WeightedDestination], roll: u32) -> Option<&WeightedDestination> {
+    pick_weighted_index(route, roll).map(|i| &route[i])
+}
+
+/// As [`pick_weighted`], the destination's index.
+pub fn pick_weighted_index(route: &[WeightedDestination], roll: u32) -> Option<usize> {
     let mut left = roll;
-    for d in route {
+    for (i, d) in route.iter().enumerate() {
         if left < d.weight {
-            return Some(d);
+            return Some(i);
         }
         left -= d.weight;
     }

@@ -244,3 +244,27 @@ fn bad_traffic_config_names_file_document_and_key() {
     );
     assert!(err("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: a\n  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n").contains("unknown load balancer"));
 }
+
+#[test]
+fn route_destinations_resolve_at_load_to_one_cluster_per_destination() {
+    use crate::upstream::Clusters;
+    use std::sync::Arc;
+    let t = RouteTable::build(&config());
+    let clusters = Clusters::default();
+    let resolved = clusters.resolve(&t);
+    let none = hyper::HeaderMap::new();
+    let productpage = [("app".to_string(), "productpage".to_string())];
+    let (canary, _) = t.find(&req("reviews", "/canary/x", &none), &productpage).unwrap();
+    let (fallthrough, route) = t.find(&req("reviews", "/", &none), &[]).unwrap();
+    assert_eq!(fallthrough, RouteId { virtual_service: 0, route: 2 });
+    let cluster = |id, i| resolved.get(id, i).unwrap().as_ref().unwrap();
+    assert_eq!(cluster(fallthrough, 0).name, "reviews|v1|");
+    assert!(Arc::ptr_eq(cluster(canary, 0), cluster(fallthrough, 0)), "v1 is one cluster, whichever route names it");
+    assert!(!Arc::ptr_eq(cluster(canary, 0), cluster(canary, 1)), "v1 and v3 are two");
+    let looked_up = clusters.get(&t, &route.route[0].destination).unwrap();
+    assert!(Arc::ptr_eq(cluster(fallthrough, 0), &looked_up), "a lookup finds the same cluster");
+    assert!(resolved.get(fallthrough, 1).is_none());
+    // No ServiceEntry for ratings: the route keeps the error, for its requests' 503.
+    let (ratings, _) = t.find(&req("ratings", "/ratings/1?debug=1", &none), &[]).unwrap();
+    assert!(matches!(resolved.get(ratings, 0), Some(Err(RouteError::UnknownHost(h))) if h == "ratings"));
+}
