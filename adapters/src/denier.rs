@@ -90,7 +90,7 @@ fn parse_details(p: Param<'_>) -> Result<Option<DirectHttpResponse>, ConfigError
 
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
     let d = Arc::new(parse(doc)?);
-    Ok(Handler { check: Some(d.clone()), quota: Some(d), report: None })
+    Ok(Handler { check: Some(d.clone()), quota: Some(d), report: None, generator: None })
 }
 
 impl CheckHandler for Denier {
@@ -158,7 +158,7 @@ mod tests {
         let e = denier("  validDuration: soon\n").unwrap_err();
         assert_eq!(e.key, "spec.validDuration");
         let e = denier("  colour: red\n").unwrap_err();
-        assert_eq!((e.key.as_str(), e.message.as_str()), ("spec.colour", "unknown field"));
+        assert_eq!((e.key.as_str(), e.message.as_str()), ("spec.colour", "unknown key"));
     }
 
     #[tokio::test]

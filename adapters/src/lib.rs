@@ -1,13 +1,14 @@
 //! mixr's adapters: the code that answers checks, allocates quota and records reports.
 //!
 //! - [`variety`]: one trait per adapter variety ([`CheckHandler`], [`QuotaHandler`],
-//!   [`ReportHandler`]) and the values that cross them.
+//!   [`ReportHandler`], and [`AttributeGenerator`] for Mixer's attribute-producing
+//!   adapters) and the values that cross them.
 //! - [`registry`]: the one place that knows every adapter: which templates each serves,
 //!   how its params are validated and how it is built from a handler document. Handlers
 //!   whose adapter and params did not change are carried over across config reloads, so
 //!   their state (a fetched list, counters) survives.
-//! - One module per adapter: [`denier`], [`listchecker`], [`memquota`], [`redisquota`],
-//!   [`prom`] (`prometheus`), [`sqllog`], [`stdio`], [`noop`]; [`quota`]
+//! - One module per adapter: [`denier`], [`kubernetesenv`], [`listchecker`], [`memquota`],
+//!   [`redisquota`], [`prom`] (`prometheus`), [`sqllog`], [`stdio`], [`noop`]; [`quota`]
 //!   holds what the quota adapters share (params, keys, rolling-window arithmetic).
 //! - [`clock`]: time as adapters see it, replaceable in tests.
 //!
@@ -16,6 +17,7 @@
 
 pub mod clock;
 pub mod denier;
+pub mod kubernetesenv;
 pub mod listchecker;
 pub mod memquota;
 pub mod noop;
@@ -31,5 +33,6 @@ pub mod variety;
 
 pub use registry::{AdapterMetrics, BuildContext, Handler, HandlerSet, Registry};
 pub use variety::{
-    CheckHandler, CheckResult, Denial, QuotaArgs, QuotaHandler, QuotaLimit, QuotaResult, ReportHandler, Status,
+    AttributeGenerator, CheckHandler, CheckResult, Denial, QuotaArgs, QuotaHandler, QuotaLimit, QuotaResult,
+    ReportHandler, Status,
 };

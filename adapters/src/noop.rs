@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use crate::registry::{AdapterInfo, BuildContext, Handler};
 use crate::variety::{
-    BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, ReportHandler, Status,
+    AttributeGenerator, BoxFuture, CheckHandler, CheckResult, QuotaArgs, QuotaHandler, QuotaResult, ReportHandler,
+    Status,
 };
 
 pub fn info() -> AdapterInfo {
@@ -23,7 +24,7 @@ fn validate(doc: &HandlerDoc) -> Result<(), ConfigError> {
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
     validate(doc)?;
     let n = Arc::new(Noop);
-    Ok(Handler { check: Some(n.clone()), quota: Some(n.clone()), report: Some(n) })
+    Ok(Handler { check: Some(n.clone()), quota: Some(n.clone()), report: Some(n.clone()), generator: Some(n) })
 }
 
 struct Noop;
@@ -54,4 +55,10 @@ impl QuotaHandler for Noop {
 
 impl ReportHandler for Noop {
     fn report(&self, _: &str, _: &[InstanceValues]) {}
+}
+
+impl AttributeGenerator for Noop {
+    fn generate(&self, _: &InstanceValues) -> Option<mixr_rules::expr::GeneratedValues> {
+        None
+    }
 }

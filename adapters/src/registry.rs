@@ -8,10 +8,10 @@ use mixr_rules::snapshot::{AdapterCatalog, Snapshot};
 use mixr_rules::templates::Template;
 
 use crate::clock::{Clock, SystemClock};
-use crate::variety::{CheckHandler, QuotaHandler, ReportHandler};
+use crate::variety::{AttributeGenerator, CheckHandler, QuotaHandler, ReportHandler};
 use prometheus::{IntCounterVec, Opts};
 
-use crate::{denier, listchecker, memquota, noop, prom, redisquota, sqllog, stdio, tracespan};
+use crate::{denier, kubernetesenv, listchecker, memquota, noop, prom, redisquota, sqllog, stdio, tracespan};
 
 /// A built handler: the varieties its adapter implements.
 #[derive(Clone, Default)]
@@ -19,6 +19,7 @@ pub struct Handler {
     pub check: Option<Arc<dyn CheckHandler>>,
     pub quota: Option<Arc<dyn QuotaHandler>>,
     pub report: Option<Arc<dyn ReportHandler>>,
+    pub generator: Option<Arc<dyn AttributeGenerator>>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -27,6 +28,7 @@ impl std::fmt::Debug for Handler {
             .field("check", &self.check.is_some())
             .field("quota", &self.quota.is_some())
             .field("report", &self.report.is_some())
+            .field("generator", &self.generator.is_some())
             .finish()
     }
 }
@@ -123,6 +125,7 @@ impl Registry {
         Registry {
             adapters: vec![
                 denier::info(),
+                kubernetesenv::info(),
                 listchecker::info(),
                 memquota::info(),
                 noop::info(),

@@ -1,9 +1,10 @@
-//! `stdio`: `logentry` instances as JSON lines on stdout, stderr or appended to a file, like
-//! Mixer's stdio adapter with `outputAsJson: true`.
+//! `stdio`: `logentry` instances as lines on stdout, stderr or appended to a file, like
+//! Mixer's stdio adapter.
 //!
 //! Params (defaults): `logStream` (STDOUT; STDERR, or FILE which needs `outputPath`),
 //! `outputPath` (a file to append to; implies FILE; relative paths are relative to the
-//! config file's directory), `outputAsJson` (true; JSON is the only output), and
+//! config file's directory), `outputAsJson` (true: one JSON object a line; false: Mixer's
+//! console form, `TIME<tab>SEVERITY<tab>INSTANCE<tab>{variables as JSON}`), and
 //! `checkDenials` (false: when true, denied Checks are written with severity DENIED).
 //!
 //! Each entry is one line: `{"time", "severity", "instance", "resourceType" (when set),
@@ -49,6 +50,7 @@ pub enum Output {
 pub struct Params {
     pub output: Output,
     pub check_denials: bool,
+    pub json: bool,
 }
 
 /// Entries held in memory while the output is slow; then they are dropped and counted.
@@ -80,9 +82,7 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
             _ => path.to_path_buf(),
         })
     })?;
-    o.get("outputAsJson", |p| {
-        if p.bool()? { Ok(()) } else { Err(p.error("only JSON output is supported: must be true")) }
-    })?;
+    let json = o.get("outputAsJson", |p| p.bool())?.unwrap_or(true);
     let check_denials = o.get("checkDenials", |p| p.bool())?.unwrap_or(false);
     let output = match (stream, path) {
         (None, None) => Output::Stdout,
@@ -96,12 +96,12 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
         }
     };
     o.finish()?;
-    Ok(Params { output, check_denials })
+    Ok(Params { output, check_denials, json })
 }
 
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
     let log = start(parse(doc)?, &doc.display_name());
-    Ok(Handler { check: None, quota: None, report: Some(Arc::new(log)) })
+    Ok(Handler { check: None, quota: None, report: Some(Arc::new(log)), generator: None })
 }
 
 /// Starts a stdio handler's writer.
@@ -113,7 +113,8 @@ pub fn start(params: Params, handler: &str) -> QueuedLog {
         batch_size: BATCH_SIZE,
         flush_interval: FLUSH_INTERVAL,
     };
-    let sink = LineSink { output: params.output, file: None };
+    let render = if params.json { render_line } else { render_console_line };
+    let sink = LineSink { output: params.output, file: None, render };
     QueuedLog::new(LogQueue::start(cfg, Box::new(sink)), params.check_denials)
 }
 
@@ -145,11 +146,17 @@ pub fn render_line(e: &LogEntry) -> String {
     out
 }
 
+/// One entry in Mixer's console form (with its newline).
+pub fn render_console_line(e: &LogEntry) -> String {
+    format!("{}\t{}\t{}\t{}\n", e.time_text(), e.severity, e.instance, Json::Object(e.variables.clone()))
+}
+
 /// Writes lines to the output; the file is opened (for appending) on first use and again
 /// after a failure.
 struct LineSink {
     output: Output,
     file: Option<tokio::fs::File>,
+    render: fn(&LogEntry) -> String,
 }
 
 impl LineSink {
@@ -197,7 +204,7 @@ impl LineSink {
 impl Sink for LineSink {
     fn write<'a>(&'a mut self, batch: &'a [LogEntry]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let text: String = batch.iter().map(render_line).collect();
+            let text: String = batch.iter().map(self.render).collect();
             self.write_all(text).await.map_err(|e| match &self.output {
                 Output::File(path) => format!("{}: {e}", path.display()),
                 _ => e.to_string(),
@@ -282,10 +289,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn console_lines_when_not_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let p = params(&format!("{{outputPath: '{}', outputAsJson: false}}", path.display())).unwrap();
+        let log = start(p, "console");
+        log.report("accesslog.instance.istio-system", &[instance("jason")]);
+        log.flush().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let fields: Vec<&str> = text.trim_end().split('\t').collect();
+        assert_eq!(fields[..3], ["2023-11-14T22:13:20.5Z", "ERROR", "accesslog.instance.istio-system"], "{text}");
+        let vars: Json = serde_json::from_str(fields[3]).unwrap();
+        assert_eq!(vars, json!({"user": "jason", "code": 503, "time": "shadow"}));
+    }
+
+    #[tokio::test]
     async fn background_writer_writes_without_flush() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bg.log");
-        let log = start(Params { output: Output::File(path.clone()), check_denials: false }, "bg");
+        let log = start(Params { output: Output::File(path.clone()), check_denials: false, json: true }, "bg");
         log.report("i", &[instance("a")]);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::read_to_string(&path).map(|t| t.lines().count()).unwrap_or(0) < 1 {
@@ -296,7 +318,8 @@ mod tests {
 
     #[test]
     fn params_and_errors() {
-        assert_eq!(params("{}").unwrap(), Params { output: Output::Stdout, check_denials: false });
+        assert_eq!(params("{}").unwrap(), Params { output: Output::Stdout, check_denials: false, json: true });
+        assert!(!params("{outputAsJson: false}").unwrap().json);
         assert_eq!(params("{outputAsJson: true}").unwrap().output, Output::Stdout);
         assert_eq!(params("{logStream: STDERR}").unwrap().output, Output::Stderr);
         assert_eq!(params("{outputPath: logs/a.log}").unwrap().output, Output::File("/etc/mixr/logs/a.log".into()));
@@ -311,8 +334,8 @@ mod tests {
         assert_eq!(err("{logStream: FILE}"), ("spec.params.logStream".into(), "FILE needs outputPath".into()));
         assert_eq!(err("{logStream: STDOUT, outputPath: a}").0, "spec.params.outputPath");
         assert!(err("{logStream: SYSLOG}").1.contains("unknown log stream"));
-        assert_eq!(err("{outputAsJson: false}").0, "spec.params.outputAsJson");
+        assert_eq!(err("{outputAsJson: maybe}").0, "spec.params.outputAsJson");
         assert_eq!(err("{outputPath: ''}").0, "spec.params.outputPath");
-        assert_eq!(err("{rotate: true}"), ("spec.params.rotate".into(), "unknown field".into()));
+        assert_eq!(err("{rotate: true}"), ("spec.params.rotate".into(), "unknown key".into()));
     }
 }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use mixr_proto::istio::policy::v1beta1::DirectHttpResponse;
+use mixr_rules::expr::GeneratedValues;
 use mixr_rules::snapshot::InstanceValues;
 
 /// gRPC status codes adapters answer with.
@@ -142,4 +143,12 @@ pub trait ReportHandler: Send + Sync {
     fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         Vec::new()
     }
+}
+
+/// Attribute generators (Mixer's APA) answer from memory (a cache of cluster state), before
+/// Check and Report dispatch, so the call is synchronous. `None` means the adapter has no
+/// source to answer from (no cluster reachable): nothing is generated, and the instance's
+/// bindings are not applied, so their defaults do not pose as facts.
+pub trait AttributeGenerator: Send + Sync {
+    fn generate(&self, instance: &InstanceValues) -> Option<GeneratedValues>;
 }

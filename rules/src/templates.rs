@@ -7,6 +7,8 @@ pub enum Variety {
     Check,
     Quota,
     Report,
+    /// Mixer's APA: adapters that produce attributes before Check and Report dispatch.
+    AttributeGenerator,
 }
 
 /// The type an instance field's expression must produce; `None` accepts any type.
@@ -30,6 +32,8 @@ pub enum Template {
     Metric,
     LogEntry,
     TraceSpan,
+    /// Pod facts for `kubernetesenv`: inputs name pods by uid or IP, outputs describe them.
+    Kubernetes,
 }
 
 const fn expr(name: &'static str, ty: Option<ValueType>) -> Field {
@@ -61,6 +65,47 @@ const LOGENTRY_FIELDS: &[Field] = &[
     expr("monitored_resource_type", STR),
     map("monitored_resource_dimensions"),
 ];
+const KUBERNETES_FIELDS: &[Field] = &[
+    expr("source_uid", STR),
+    expr("source_ip", IP),
+    expr("destination_uid", STR),
+    expr("destination_ip", IP),
+    expr("destination_port", INT),
+    // Older charts pass the origin too; accepted and not looked up.
+    expr("origin_uid", STR),
+    expr("origin_ip", IP),
+];
+
+/// What the `kubernetes` template's adapter may produce, for `$out.FIELD` in bindings.
+const KUBERNETES_OUTPUTS: &[(&str, ValueType)] = {
+    use ValueType::{IpAddress as I, String as S, StringMap as M};
+    &[
+        ("source_pod_uid", S),
+        ("source_pod_ip", I),
+        ("source_pod_name", S),
+        ("source_labels", M),
+        ("source_namespace", S),
+        ("source_service_account_name", S),
+        ("source_host_ip", I),
+        ("source_workload_uid", S),
+        ("source_workload_name", S),
+        ("source_workload_namespace", S),
+        ("source_owner", S),
+        ("destination_pod_uid", S),
+        ("destination_pod_ip", I),
+        ("destination_pod_name", S),
+        ("destination_container_name", S),
+        ("destination_labels", M),
+        ("destination_namespace", S),
+        ("destination_service_account_name", S),
+        ("destination_host_ip", I),
+        ("destination_owner", S),
+        ("destination_workload_uid", S),
+        ("destination_workload_name", S),
+        ("destination_workload_namespace", S),
+    ]
+};
+
 const TRACESPAN_FIELDS: &[Field] = &[
     expr("trace_id", STR),
     expr("span_id", STR),
@@ -84,13 +129,14 @@ const TRACESPAN_FIELDS: &[Field] = &[
 ];
 
 impl Template {
-    pub const ALL: [Template; 6] = [
+    pub const ALL: [Template; 7] = [
         Template::CheckNothing,
         Template::ListEntry,
         Template::Quota,
         Template::Metric,
         Template::LogEntry,
         Template::TraceSpan,
+        Template::Kubernetes,
     ];
 
     pub fn parse(name: &str) -> Option<Template> {
@@ -105,6 +151,7 @@ impl Template {
             Template::Metric => "metric",
             Template::LogEntry => "logentry",
             Template::TraceSpan => "tracespan",
+            Template::Kubernetes => "kubernetes",
         }
     }
 
@@ -113,6 +160,7 @@ impl Template {
             Template::CheckNothing | Template::ListEntry => Variety::Check,
             Template::Quota => Variety::Quota,
             Template::Metric | Template::LogEntry | Template::TraceSpan => Variety::Report,
+            Template::Kubernetes => Variety::AttributeGenerator,
         }
     }
 
@@ -125,6 +173,15 @@ impl Template {
             Template::Metric => METRIC_FIELDS,
             Template::LogEntry => LOGENTRY_FIELDS,
             Template::TraceSpan => TRACESPAN_FIELDS,
+            Template::Kubernetes => KUBERNETES_FIELDS,
+        }
+    }
+
+    /// Output fields of an attribute-generating template (empty for the others).
+    pub fn outputs(self) -> &'static [(&'static str, ValueType)] {
+        match self {
+            Template::Kubernetes => KUBERNETES_OUTPUTS,
+            _ => &[],
         }
     }
 }

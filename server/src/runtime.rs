@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use mixr_adapters::{BuildContext, HandlerSet, Registry};
-use mixr_rules::config::{ConfigError, fingerprint, load_paths};
+use mixr_rules::config::{ConfigError, add_lines, fingerprint, load_paths};
 use mixr_rules::snapshot::{Snapshot, build};
 
 use crate::metrics::Metrics;
@@ -44,13 +44,12 @@ pub fn compile_config(
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let (set, mut errors) = load_paths(paths, default_namespace);
     match build(&set, registry) {
-        Ok(snapshot) if errors.is_empty() => Ok(snapshot),
-        Ok(_) => Err(errors),
-        Err(more) => {
-            errors.extend(more);
-            Err(errors)
-        }
+        Ok(snapshot) if errors.is_empty() => return Ok(snapshot),
+        Ok(_) => {}
+        Err(more) => errors.extend(more),
     }
+    add_lines(&mut errors);
+    Err(errors)
 }
 
 #[derive(Debug, PartialEq)]
@@ -118,7 +117,12 @@ impl ConfigStore {
             return ReloadOutcome::Unchanged;
         }
         let compiled = compile_config(&self.paths, &self.default_namespace, &self.registry).and_then(|snapshot| {
-            let handlers = self.registry.build_handlers(&snapshot, Some(&previous.handlers), &self.ctx)?;
+            let handlers = self.registry.build_handlers(&snapshot, Some(&previous.handlers), &self.ctx).map_err(
+                |mut errors| {
+                    add_lines(&mut errors);
+                    errors
+                },
+            )?;
             Ok((snapshot, handlers))
         });
         match compiled {

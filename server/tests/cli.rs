@@ -30,12 +30,12 @@ fn validate_prints_every_error_and_fails() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let file = path.display().to_string();
     assert!(
-        stdout.contains(&format!("{file}: document 1 (handler h): spec.compiledAdapter: unknown adapter \"nosuch\"")),
+        stdout.contains(&format!("{file}:4: document 1 (handler h): spec.compiledAdapter: unknown adapter \"nosuch\"")),
         "{stdout}"
     );
     assert!(
         stdout.contains(&format!(
-            "{file}: document 2 (rule r): spec.match: \"request.path == \" at position 16: unexpected end of expression"
+            "{file}:9: document 2 (rule r): spec.match: \"request.path == \" at position 16: unexpected end of expression"
         )),
         "{stdout}"
     );

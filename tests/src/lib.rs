@@ -5,6 +5,7 @@
 //! `cargo test --workspace` builds it; `MIXR_BIN` overrides the path.
 
 pub mod backend;
+pub mod kube_api;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -41,6 +42,8 @@ pub struct Mixr {
     pub monitoring: String,
     _dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// What mixr wrote on stdout (the `stdio` adapter's default output).
+    pub stdout: PathBuf,
 }
 
 impl Mixr {
@@ -50,6 +53,7 @@ impl Mixr {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr_file = dir.path().join("addrs");
         let log = dir.path().join("mixr.log");
+        let stdout = dir.path().join("stdout.log");
         let mut cmd = Command::new(binary("mixr"));
         cmd.arg("serve").arg("--grpc-addr=127.0.0.1:0").arg("--monitoring-addr=127.0.0.1:0");
         cmd.arg("--addr-file").arg(&addr_file);
@@ -58,7 +62,8 @@ impl Mixr {
         }
         cmd.args(extra);
         cmd.env("RUST_LOG", "info");
-        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+        cmd.stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"));
         let mut child = cmd.spawn().expect("start mixr");
         let deadline = Instant::now() + Duration::from_secs(20);
         let text = loop {
@@ -77,7 +82,7 @@ impl Mixr {
                 .unwrap_or_else(|| panic!("no {k} in {text}"))
                 .to_string()
         };
-        Mixr { grpc: field("grpc"), monitoring: field("monitoring"), child, _dir: dir, log }
+        Mixr { grpc: field("grpc"), monitoring: field("monitoring"), child, _dir: dir, log, stdout }
     }
 
     pub fn pid(&self) -> u32 {
@@ -108,6 +113,10 @@ impl Mixr {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     /// GET on the monitoring port.

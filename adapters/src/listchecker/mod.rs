@@ -239,7 +239,7 @@ impl CheckHandler for ListChecker {
 fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
     let checker = Arc::new(ListChecker::new(parse(doc)?, ctx.clock.clone()));
     checker.start_polling();
-    Ok(Handler { check: Some(checker), quota: None, report: None })
+    Ok(Handler { check: Some(checker), quota: None, report: None, generator: None })
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
 fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
     let q = Arc::new(MemQuota::new(parse(doc)?, ctx.clock.clone()));
     q.start_sweeping();
-    Ok(Handler { check: None, quota: Some(q), report: None })
+    Ok(Handler { check: None, quota: Some(q), report: None, generator: None })
 }
 
 impl QuotaHandler for MemQuota {

@@ -382,7 +382,7 @@ fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
     if let Some(i) = interval {
         h.start_expiring(i);
     }
-    Ok(Handler { check: None, quota: None, report: Some(h) })
+    Ok(Handler { check: None, quota: None, report: Some(h), generator: None })
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
     let params = parse(doc)?;
     let q = RedisQuota::new(doc.display_name(), params, ctx)
         .map_err(|e| ConfigError::new(&doc.loc, format!("{}.redisServerUrl", doc.params_path), e))?;
-    Ok(Handler { check: None, quota: Some(Arc::new(q)), report: None })
+    Ok(Handler { check: None, quota: Some(Arc::new(q)), report: None, generator: None })
 }
 
 pub struct RedisQuota {

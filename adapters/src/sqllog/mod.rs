@@ -85,7 +85,7 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
 
 fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
     let log = start(parse(doc)?, &doc.display_name());
-    Ok(Handler { check: None, quota: None, report: Some(std::sync::Arc::new(log)) })
+    Ok(Handler { check: None, quota: None, report: Some(std::sync::Arc::new(log)), generator: None })
 }
 
 /// Starts a sqllog handler's writer (inside a tokio runtime). Connecting is left to the

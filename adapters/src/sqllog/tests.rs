@@ -362,7 +362,7 @@ fn param_errors_name_the_key() {
     assert_eq!(err("{flushInterval: 0s}"), ("spec.params.flushInterval".into(), "must be positive".into()));
     assert_eq!(err("{flushInterval: soon}").0, "spec.params.flushInterval");
     assert_eq!(err("{checkDenials: maybe}").0, "spec.params.checkDenials");
-    assert_eq!(err("{tableName: x}"), ("spec.params.tableName".into(), "unknown field".into()));
+    assert_eq!(err("{tableName: x}"), ("spec.params.tableName".into(), "unknown key".into()));
     assert_eq!(err("{url: 'sqlite::memory:'}").0, "spec.params.url");
 }
 

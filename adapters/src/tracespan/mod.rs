@@ -166,7 +166,7 @@ fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
             None
         }
     };
-    Ok(Handler { check: None, quota: None, report: Some(Arc::new(TraceSpans::new(pipeline))) })
+    Ok(Handler { check: None, quota: None, report: Some(Arc::new(TraceSpans::new(pipeline))), generator: None })
 }
 
 #[cfg(test)]

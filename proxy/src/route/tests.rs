@@ -223,7 +223,7 @@ fn bad_traffic_config_names_file_document_and_key() {
     };
     assert_eq!(
         err(&vs("  - route: [{destination: {host: a}}]\n    timeout: soon\n")),
-        "bad.yaml: document 1 (VirtualService v): spec.http[0].timeout: \"soon\" is not a duration like \"5s\""
+        "bad.yaml:8: document 1 (VirtualService v): spec.http[0].timeout: \"soon\" is not a duration like \"5s\""
     );
     assert!(
         err(&vs("  - route: [{destination: {host: a}}]\n    retries: {attempts: 2, retryOn: sometimes}\n"))
@@ -240,7 +240,7 @@ fn bad_traffic_config_names_file_document_and_key() {
     assert!(err(&vs("  - timeout: 1s\n")).contains("spec.http[0]: a route needs route or redirect"));
     assert!(
         err(&vs("  - route: [{destination: {host: a}, wieght: 5}]\n"))
-            .contains("spec.http[0].route[0].wieght: unknown field")
+            .contains("spec.http[0].route[0].wieght: unknown key (did you mean weight?)")
     );
     assert!(err("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: a\n  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n").contains("unknown load balancer"));
 }

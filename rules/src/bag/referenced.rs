@@ -53,6 +53,26 @@ impl<'a> Referenced<'a> {
         self.entries.extend(other.entries);
     }
 
+    /// Keeps the lookups of attributes `keep` accepts.
+    pub fn retain_attributes(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|r| keep(&r.name));
+    }
+
+    /// The same record, owning its names.
+    pub fn into_owned(self) -> Referenced<'static> {
+        Referenced {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|r| Reference {
+                    name: Cow::Owned(r.name.into_owned()),
+                    map_key: r.map_key.map(|k| Cow::Owned(k.into_owned())),
+                    condition: r.condition,
+                })
+                .collect(),
+        }
+    }
+
     /// Sorted, duplicate-free view.
     pub fn entries(&self) -> Vec<Reference<'a>> {
         let mut v = self.entries.clone();

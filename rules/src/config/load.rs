@@ -52,25 +52,21 @@ pub fn read_documents_str(
 
 /// Loads every Mixer config file under `paths`.
 pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
-    let mut set = ConfigSet::default();
+    let mut set = ConfigSet { default_namespace: default_namespace.to_string(), ..ConfigSet::default() };
     let errors = read_documents(paths, default_namespace, |d| set.add_document(&d.loc, &d.kind, &d.namespace, &d.spec));
     (set, errors)
 }
 
 /// Loads Mixer config from text (tests, and configs embedded elsewhere).
 pub fn load_str(file: &str, text: &str, default_namespace: &str) -> (ConfigSet, Vec<ConfigError>) {
-    let mut set = ConfigSet::default();
+    let mut set = ConfigSet { default_namespace: default_namespace.to_string(), ..ConfigSet::default() };
     let errors =
         read_documents_str(file, text, default_namespace, |d| set.add_document(&d.loc, &d.kind, &d.namespace, &d.spec));
     (set, errors)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> ConfigError {
-    ConfigError {
-        loc: Loc { file: path.display().to_string().into(), document: 0, kind: String::new(), name: String::new() },
-        key: "-".into(),
-        message: e.to_string(),
-    }
+    ConfigError::new(&Loc::file(path.display().to_string()), "-", e.to_string())
 }
 
 /// Every config file under `paths`, in name order, with an error for each unreadable path.
@@ -123,13 +119,27 @@ fn read_text(
     f: &mut impl FnMut(Document) -> Result<(), ConfigError>,
     errors: &mut Vec<ConfigError>,
 ) {
+    let first_error = errors.len();
+    read_stream(file, text, default_namespace, f, errors);
+    super::lines::add_lines_from(&mut errors[first_error..], file, text);
+}
+
+fn read_stream(
+    file: &str,
+    text: &str,
+    default_namespace: &str,
+    f: &mut impl FnMut(Document) -> Result<(), ConfigError>,
+    errors: &mut Vec<ConfigError>,
+) {
     let file: Arc<str> = file.into();
     for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let loc = Loc { file: file.clone(), document: i + 1, kind: String::new(), name: String::new() };
+        let loc = Loc { file: file.clone(), document: i + 1, ..Loc::default() };
         let value = match Yaml::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(ConfigError::new(&loc, "-", format!("invalid YAML: {e}")));
+                let mut error = ConfigError::new(&loc, "-", format!("invalid YAML: {e}"));
+                error.line = e.location().map(|l| l.line());
+                errors.push(error);
                 // A syntax error ends the stream: later documents cannot be found reliably.
                 return;
             }
@@ -137,11 +147,66 @@ fn read_text(
         if value.is_null() {
             continue;
         }
-        if let Err(e) = envelope(loc, &value, default_namespace).and_then(&mut *f) {
-            errors.push(e);
+        match list_items(&loc, &value) {
+            Ok(Some(items)) => {
+                for (n, item) in items.iter().enumerate() {
+                    let loc = Loc { item: Some(n), ..loc.clone() };
+                    if let Err(e) = envelope(loc, item, default_namespace).and_then(&mut *f) {
+                        errors.push(e);
+                    }
+                }
+            }
+            Ok(None) => {
+                if let Err(e) = envelope(loc, &value, default_namespace).and_then(&mut *f) {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
         }
     }
 }
+
+/// The items of a Kubernetes list (`kubectl get -o yaml` writes `kind: List`; the API
+/// writes `kind: RuleList` and the like), or `None` for a single resource.
+fn list_items<'y>(loc: &Loc, value: &'y Yaml) -> Result<Option<&'y Vec<Yaml>>, ConfigError> {
+    let is_list =
+        value.get("kind").and_then(Yaml::as_str).is_some_and(|k| k.ends_with("List")) && value.get("items").is_some();
+    if !is_list {
+        return Ok(None);
+    }
+    let root = Param::new(value, loc, "").obj()?;
+    root.require("apiVersion", |p| p.text())?;
+    root.require("kind", |p| p.text())?;
+    // A list's own metadata (resourceVersion, selfLink) describes the listing, not config.
+    let _ = root.raw("metadata");
+    let _ = root.raw("items");
+    root.finish()?;
+    match value.get("items") {
+        Some(Yaml::Sequence(items)) => Ok(Some(items)),
+        Some(Yaml::Null) | None => Ok(Some(EMPTY)),
+        Some(_) => Err(ConfigError::new(loc, "items", "expected a list")),
+    }
+}
+
+static EMPTY: &Vec<Yaml> = &Vec::new();
+
+/// Metadata the API server writes and `kubectl get -o yaml` shows; none of it is config.
+const SERVER_METADATA: &[&str] = &[
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "finalizers",
+    "ownerReferences",
+    "generateName",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "clusterName",
+];
 
 fn envelope(loc: Loc, value: &Yaml, default_namespace: &str) -> Result<Document, ConfigError> {
     let root = Param::new(value, &loc, "").obj()?;
@@ -150,8 +215,7 @@ fn envelope(loc: Loc, value: &Yaml, default_namespace: &str) -> Result<Document,
         let m = p.obj()?;
         let name = m.require("name", |p| p.text())?;
         let namespace = m.get("namespace", |p| p.text())?;
-        // Kubernetes metadata carries more (labels, annotations...); none of it matters here.
-        for k in ["labels", "annotations", "uid", "resourceVersion", "creationTimestamp", "generation"] {
+        for k in SERVER_METADATA {
             let _ = m.raw(k);
         }
         m.finish()?;

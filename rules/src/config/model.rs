@@ -3,13 +3,13 @@
 use yaml_serde::Value as Yaml;
 
 use super::quota_spec::{QuotaSpec, QuotaSpecBinding};
-use super::yaml::{ConfigError, Loc, Obj, Param};
-use crate::templates::Template;
+use super::yaml::{ConfigError, Loc, Obj, Param, normalize_key};
+use crate::templates::{Template, Variety};
 use crate::value::ValueType;
 
 /// Adapters that may appear as a document kind of their own (Istio 1.4's legacy form).
 pub const LEGACY_ADAPTER_KINDS: &[&str] =
-    &["denier", "listchecker", "memquota", "redisquota", "prometheus", "stdio", "noop"];
+    &["denier", "listchecker", "memquota", "redisquota", "prometheus", "stdio", "noop", "kubernetesenv"];
 
 /// Kinds the proxy reads; the server skips them so one directory can serve both.
 const PROXY_KINDS: &[&str] = &["VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar"];
@@ -61,6 +61,9 @@ pub struct InstanceDoc {
     pub template: Template,
     pub params: Yaml,
     pub params_path: String,
+    /// `attributeBindings` of an attribute-generating instance: attribute name to an
+    /// expression over the adapter's outputs (`$out.FIELD`), with its path.
+    pub bindings: Vec<(String, String, String)>,
 }
 
 impl InstanceDoc {
@@ -112,6 +115,8 @@ pub struct ManifestDoc {
 /// Everything parsed from a set of files.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSet {
+    /// Rules of this namespace apply to every request (`--default-namespace`).
+    pub default_namespace: String,
     pub handlers: Vec<HandlerDoc>,
     pub instances: Vec<InstanceDoc>,
     pub rules: Vec<RuleDoc>,
@@ -195,13 +200,10 @@ impl ConfigSet {
             let template = Template::parse(&template_name).ok_or_else(|| {
                 ConfigError::new(loc, o.child_path("compiledTemplate"), format!("unknown template {template_name:?}"))
             })?;
-            if o.raw("attributeBindings").is_some() {
-                return Err(ConfigError::new(
-                    loc,
-                    o.child_path("attributeBindings"),
-                    "attribute-producing templates are not supported",
-                ));
-            }
+            let bindings = match o.raw("attributeBindings") {
+                Some((v, path)) => bindings(loc, template, Param::new(v, loc, &path))?,
+                None => Vec::new(),
+            };
             let (params, params_path) =
                 o.raw("params").map(|(v, p)| (v.clone(), p)).unwrap_or((Yaml::Null, "spec.params".into()));
             o.finish()?;
@@ -213,17 +215,31 @@ impl ConfigSet {
                 template,
                 params,
                 params_path,
+                bindings,
             });
         } else if let Some(template) = Template::parse(kind) {
             spec.obj()?;
+            // The legacy form keeps the bindings among the params.
+            let mut params = spec.value.clone();
+            let mut bound = Vec::new();
+            if let Yaml::Mapping(m) = &mut params {
+                let key =
+                    m.keys().find(|k| k.as_str().is_some_and(|k| normalize_key(k) == "attributebindings")).cloned();
+                if let Some(key) = key {
+                    let path = format!("spec.{}", key.as_str().unwrap_or_default());
+                    let value = m.remove(&key).unwrap_or(Yaml::Null);
+                    bound = bindings(loc, template, Param::new(&value, loc, &path))?;
+                }
+            }
             self.instances.push(InstanceDoc {
                 loc: loc.clone(),
                 name,
                 namespace: namespace.to_string(),
                 kind: kind.to_string(),
                 template,
-                params: spec.value.clone(),
+                params,
                 params_path: "spec".into(),
+                bindings: bound,
             });
         } else if kind == "rule" {
             let rule = parse_rule(loc, namespace, spec.obj()?)?;
@@ -241,6 +257,23 @@ impl ConfigSet {
         }
         Ok(())
     }
+}
+
+/// Reads `attributeBindings`: only attribute-generating templates produce attributes.
+fn bindings(loc: &Loc, template: Template, p: Param<'_>) -> Result<Vec<(String, String, String)>, ConfigError> {
+    if template.variety() != Variety::AttributeGenerator {
+        return Err(p.error(format!(
+            "template {} produces no attributes; attributeBindings apply to attribute-generating templates (kubernetes)",
+            template.name()
+        )));
+    }
+    let mut out = Vec::new();
+    for (attr, v) in p.entries()? {
+        let path = format!("{}.{attr}", p.path());
+        let text = Param::new(v, loc, &path).text()?;
+        out.push((attr, text, path));
+    }
+    Ok(out)
 }
 
 const HANDLER_KINDS: &[&str] = &["handler"];

@@ -11,18 +11,28 @@ use yaml_serde::Value as Yaml;
 use crate::value::{Duration, parse_duration};
 
 /// Where a document came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Loc {
     pub file: Arc<str>,
     /// 1-based position of the document in its file.
     pub document: usize,
+    /// Position in the document's `items` when the document is a Kubernetes `List`: keys
+    /// of errors are then prefixed with `items[N].`.
+    pub item: Option<usize>,
     pub kind: String,
     pub name: String,
 }
 
-impl fmt::Display for Loc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.file, self.document)?;
+impl Loc {
+    /// The first document of `file` (errors that concern a whole file).
+    pub fn file(file: impl Into<Arc<str>>) -> Loc {
+        Loc { file: file.into(), ..Loc::default() }
+    }
+}
+
+impl Loc {
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "document {}", self.document)?;
         if !self.kind.is_empty() || !self.name.is_empty() {
             write!(f, " ({} {})", self.kind, self.name)?;
         }
@@ -30,18 +40,47 @@ impl fmt::Display for Loc {
     }
 }
 
-/// A config error: file, document, key path and what is wrong.
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file)?;
+        self.describe(f)
+    }
+}
+
+/// A config error: file, line of the key (once located, see [`super::lines`]), document,
+/// key path and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{loc}: {key}: {message}")]
 pub struct ConfigError {
-    pub loc: Loc,
+    /// Boxed: errors travel in `Result`s everywhere config is read; keep them small.
+    pub loc: Box<Loc>,
+    /// 1-based line of `key` in the file.
+    pub line: Option<usize>,
     pub key: String,
     pub message: String,
 }
 
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.loc.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        self.loc.describe(f)?;
+        write!(f, ": {}: {}", self.key, self.message)
+    }
+}
+
 impl ConfigError {
+    /// An error at `key`, a path from the document's root (`spec.params.x`); inside a
+    /// `List` the item's position is prefixed.
     pub fn new(loc: &Loc, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { loc: loc.clone(), key: key.into(), message: message.into() }
+        let key = key.into();
+        let key = match loc.item {
+            Some(i) if key != "-" => format!("items[{i}].{key}"),
+            _ => key,
+        };
+        ConfigError { loc: Box::new(loc.clone()), line: None, key, message: message.into() }
     }
 }
 
@@ -196,7 +235,8 @@ impl<'y> Param<'y> {
 /// A YAML map read field by field; [`Obj::finish`] reports the keys nobody asked for.
 pub struct Obj<'y> {
     param: Param<'y>,
-    used: RefCell<Vec<String>>,
+    /// The names asked for, as written by the reader (for suggestions) and normalised.
+    used: RefCell<Vec<(String, String)>>,
 }
 
 impl<'y> Obj<'y> {
@@ -210,7 +250,7 @@ impl<'y> Obj<'y> {
 
     fn lookup(&self, name: &str) -> Option<(&'y str, &'y Yaml)> {
         let want = normalize_key(name);
-        self.used.borrow_mut().push(want.clone());
+        self.used.borrow_mut().push((name.to_string(), want.clone()));
         match self.param.value {
             Yaml::Mapping(m) => m.iter().find_map(|(k, v)| match k {
                 Yaml::String(s) if normalize_key(s) == want => Some((s.as_str(), v)),
@@ -242,8 +282,32 @@ impl<'y> Obj<'y> {
         name: &str,
         f: impl FnOnce(Param<'_>) -> Result<T, ConfigError>,
     ) -> Result<T, ConfigError> {
-        self.get(name, f)?
-            .ok_or_else(|| ConfigError::new(self.param.loc, self.child_path(name), "required field is missing"))
+        if let Some(v) = self.get(name, f)? {
+            return Ok(v);
+        }
+        // A misspelt key is the likelier mistake than a forgotten one: say so.
+        if let Some((key, suggestion)) = self.unknown_keys().into_iter().find(|(_, s)| s.is_some()) {
+            return Err(unknown_key(self.param.loc, &self.child_path(&key), suggestion.as_deref()));
+        }
+        Err(ConfigError::new(self.param.loc, self.child_path(name), "required field is missing"))
+    }
+
+    /// Keys of the map nobody asked for so far, each with the closest name that was asked
+    /// for, if one is close.
+    fn unknown_keys(&self) -> Vec<(String, Option<String>)> {
+        let used = self.used.borrow();
+        let Yaml::Mapping(m) = self.param.value else { return Vec::new() };
+        m.keys()
+            .map(|k| match k {
+                Yaml::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            })
+            .filter(|k| !used.iter().any(|(_, n)| *n == normalize_key(k)))
+            .map(|k| {
+                let suggestion = closest(&k, used.iter().map(|(name, _)| name.as_str()));
+                (k, suggestion)
+            })
+            .collect()
     }
 
     /// The raw value of a field, for storing and reading later (instance params).
@@ -255,24 +319,48 @@ impl<'y> Obj<'y> {
         if self.param.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.param.path) }
     }
 
-    /// Errors for every key that was never read.
+    /// An error for the first key that was never read, with the closest known key.
     pub fn finish(self) -> Result<(), ConfigError> {
-        let Obj { param, used } = self;
-        let used = used.into_inner();
-        let obj = Obj { param, used: RefCell::new(Vec::new()) };
-        if let Yaml::Mapping(m) = param.value {
-            for k in m.keys() {
-                let name = match k {
-                    Yaml::String(s) => s.clone(),
-                    other => format!("{other:?}"),
-                };
-                if !used.contains(&normalize_key(&name)) {
-                    return Err(ConfigError::new(param.loc, obj.child_path(&name), "unknown field"));
-                }
-            }
+        match self.unknown_keys().into_iter().next() {
+            Some((key, suggestion)) => Err(unknown_key(self.param.loc, &self.child_path(&key), suggestion.as_deref())),
+            None => Ok(()),
         }
-        Ok(())
     }
+}
+
+fn unknown_key(loc: &Loc, path: &str, suggestion: Option<&str>) -> ConfigError {
+    let message = match suggestion {
+        Some(s) => format!("unknown key (did you mean {s}?)"),
+        None => "unknown key".to_string(),
+    };
+    ConfigError::new(loc, path, message)
+}
+
+/// The candidate nearest to `key` (edit distance over the normalised spellings), if it is
+/// near enough to be a typo of it.
+pub fn closest<'c>(key: &str, candidates: impl Iterator<Item = &'c str>) -> Option<String> {
+    let key = normalize_key(key);
+    let limit = if key.len() >= 10 { 3 } else { 2 };
+    candidates
+        .map(|c| (edit_distance(&key, &normalize_key(c)), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(cur).min(row[j]) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -280,7 +368,7 @@ mod tests {
     use super::*;
 
     fn loc() -> Loc {
-        Loc { file: "f.yaml".into(), document: 1, kind: "handler".into(), name: "h".into() }
+        Loc { file: "f.yaml".into(), document: 1, kind: "handler".into(), name: "h".into(), item: None }
     }
 
     #[test]
@@ -302,6 +390,36 @@ mod tests {
         assert_eq!(e.to_string(), "f.yaml: document 1 (handler h): spec.params.maxAmount: \"five\" is not an integer");
         let e = o.finish().unwrap_err();
         assert_eq!(e.key, "spec.params.bogus");
-        assert_eq!(e.message, "unknown field");
+        assert_eq!(e.message, "unknown key");
+    }
+
+    #[test]
+    fn misspelt_keys_are_unknown_with_the_closest_known_key() {
+        let y: Yaml = yaml_serde::from_str("compiledAdaptr: denier\nparams: {}\n").unwrap();
+        let l = loc();
+        let o = Param::new(&y, &l, "spec").obj().unwrap();
+        assert_eq!(o.get("compiledAdapter", |p| p.text()).unwrap(), None);
+        let e = o.require("adapter", |p| p.text()).unwrap_err();
+        assert_eq!(e.key, "spec.compiledAdaptr");
+        assert_eq!(e.message, "unknown key (did you mean compiledAdapter?)");
+
+        let y: Yaml = yaml_serde::from_str("max_amout: 1\nzzz: 2\n").unwrap();
+        let o = Param::new(&y, &l, "spec").obj().unwrap();
+        let _ = o.get("maxAmount", |p| p.i64());
+        let e = o.finish().unwrap_err();
+        assert_eq!(e.message, "unknown key (did you mean maxAmount?)");
+        let y: Yaml = yaml_serde::from_str("zzz: 2\n").unwrap();
+        let o = Param::new(&y, &l, "spec").obj().unwrap();
+        let e = o.require("maxAmount", |p| p.i64()).unwrap_err();
+        assert_eq!((e.key.as_str(), e.message.as_str()), ("spec.maxAmount", "required field is missing"));
+    }
+
+    #[test]
+    fn errors_inside_a_list_name_the_item() {
+        let l = Loc { item: Some(3), ..loc() };
+        let e = ConfigError::new(&l, "spec.match", "bad");
+        assert_eq!(e.to_string(), "f.yaml: document 1 (handler h): items[3].spec.match: bad");
+        let e = ConfigError { line: Some(12), ..e };
+        assert_eq!(e.to_string(), "f.yaml:12: document 1 (handler h): items[3].spec.match: bad");
     }
 }

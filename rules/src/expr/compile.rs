@@ -7,6 +7,7 @@ use regex::Regex;
 use super::ExprError;
 use super::functions::{parse_ip, valid_dns_name, valid_email, valid_uri};
 use super::parse::{Ast, BinaryOp, Node, UnaryOp, parse};
+use super::regex_cache::RegexCache;
 use crate::manifest::Manifest;
 use crate::value::{MapVal, OwnedValue, StringMap, Value, ValueType, parse_duration, parse_timestamp};
 
@@ -16,14 +17,23 @@ pub struct CompileOptions<'m> {
     pub manifest: &'m Manifest,
     /// Names of check actions whose outputs may be read as `NAME.output.FIELD`.
     pub actions: &'m [String],
+    /// Output fields of an attribute-generating template, read as `$out.FIELD`.
+    pub generated: &'m [(&'static str, ValueType)],
+}
+
+impl<'m> CompileOptions<'m> {
+    /// Names resolve against `manifest` only.
+    pub fn new(manifest: &'m Manifest) -> CompileOptions<'m> {
+        CompileOptions { manifest, actions: &[], generated: &[] }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EqKind {
     Exact,
-    Numeric,
     Dns,
     Email,
+    Uri,
     Ip,
 }
 
@@ -68,10 +78,20 @@ pub(crate) enum Func {
 pub(crate) enum Op {
     Const(OwnedValue),
     Attr(Arc<str>),
-    MapKey { attr: Arc<str>, key: Arc<str> },
+    MapKey {
+        attr: Arc<str>,
+        key: Arc<str>,
+    },
     Index(Box<Op>, Box<Op>),
-    Output { action: Arc<str>, field: Arc<str> },
+    Output {
+        action: Arc<str>,
+        field: Arc<str>,
+    },
+    /// `$out.FIELD`: an output of the attribute generator being bound.
+    Generated(&'static str),
     Has(Box<Op>),
+    /// `a | b`; `a` is always a lookup (see [`is_lookup`]): another left operand cannot be
+    /// absent, so the default would be dead and is compiled away.
     Default(Box<Op>, Box<Op>),
     And(Box<Op>, Box<Op>),
     Or(Box<Op>, Box<Op>),
@@ -83,6 +103,12 @@ pub(crate) enum Op {
     Neg(Box<Op>),
     Ternary(Box<Op>, Box<Op>, Box<Op>),
     Matches(Arc<Regex>, Box<Op>),
+    /// A pattern known only per request, compiled on first use through a bounded cache.
+    MatchesDynamic {
+        pattern: Box<Op>,
+        subject: Box<Op>,
+        cache: Arc<RegexCache>,
+    },
     Call(Func, Vec<Op>),
 }
 
@@ -238,6 +264,15 @@ impl Compiler<'_> {
             let key = Op::Const(Value::String(field.clone().into()));
             return Ok((Op::Index(Box::new(op), Box::new(key)), ValueType::String));
         };
+        if let Some(field) = full.strip_prefix("$out.") {
+            return match self.opts.generated.iter().find(|(name, _)| *name == field) {
+                Some((name, ty)) => Ok((Op::Generated(name), *ty)),
+                None if self.opts.generated.is_empty() => {
+                    Err(ExprError::new(n.pos, "$out is only defined in the attribute bindings of an instance"))
+                }
+                None => Err(ExprError::new(n.pos, format!("unknown output field {field:?}"))),
+            };
+        }
         let manifest = self.opts.manifest;
         if let Some(ty) = manifest.type_of(&full) {
             return Ok((Op::Attr(full.into()), ty));
@@ -282,8 +317,18 @@ impl Compiler<'_> {
             BinaryOp::Default => {
                 let (x, xt) = self.node(a)?;
                 let (y, yt) = self.node(b)?;
+                // A string literal default takes the type it defaults: `response.duration | "0ms"`.
+                let (y, yt) = match coerce_literal(y, yt, xt) {
+                    Ok(typed) => typed,
+                    Err(text) => {
+                        return Err(ExprError::new(b.pos, format!("default {text:?} is not a valid {xt}")));
+                    }
+                };
                 let ty = unify(xt, yt)
                     .ok_or_else(|| ExprError::new(b.pos, format!("default of type {yt} for a value of type {xt}")))?;
+                if !is_lookup(&x) {
+                    return Ok((x, ty));
+                }
                 Ok((Op::Default(Box::new(x), Box::new(y)), ty))
             }
             BinaryOp::In => {
@@ -312,12 +357,17 @@ impl Compiler<'_> {
             BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
                 let (x, xt) = self.node(a)?;
                 let (y, yt) = self.node(b)?;
-                let (x, xt) = coerce_literal(x, xt, yt);
-                let (y, yt) = coerce_literal(y, yt, xt);
-                let ok = match (xt, yt) {
-                    (ValueType::Int64 | ValueType::Double, ValueType::Int64 | ValueType::Double) => true,
-                    (l, r) => l == r && matches!(l, ValueType::String | ValueType::Timestamp | ValueType::Duration),
-                };
+                let (x, xt) = coerce_literal(x, xt, yt).map_err(|t| invalid_literal(b.pos, &t, yt))?;
+                let (y, yt) = coerce_literal(y, yt, xt).map_err(|t| invalid_literal(a.pos, &t, xt))?;
+                let ok = xt == yt
+                    && matches!(
+                        xt,
+                        ValueType::Int64
+                            | ValueType::Double
+                            | ValueType::String
+                            | ValueType::Timestamp
+                            | ValueType::Duration
+                    );
                 if !ok {
                     return Err(ExprError::new(a.pos, format!("cannot order {xt} and {yt}")));
                 }
@@ -402,7 +452,7 @@ impl Compiler<'_> {
             }
             "matches" => {
                 arity(2)?;
-                self.matches(pos, &args[0], &args[1])
+                self.matches(pos, &args[1], &args[0])
             }
             "startsWith" | "endsWith" | "contains" => {
                 arity(2)?;
@@ -458,7 +508,7 @@ impl Compiler<'_> {
             "has" => {
                 arity(1)?;
                 let (op, _) = self.node(&args[0])?;
-                if !matches!(op, Op::Attr(_) | Op::MapKey { .. } | Op::Index(..)) {
+                if !is_lookup(&op) {
                     return Err(ExprError::new(args[0].pos, "has() needs an attribute or a map entry"));
                 }
                 Ok((Op::Has(Box::new(op)), T::Bool))
@@ -489,14 +539,23 @@ impl Compiler<'_> {
         Ok((Op::Call(Func::Size, vec![op]), ValueType::Int64))
     }
 
-    /// Mixer writes `"regex".matches(str)`; CEL writes `str.matches("regex")`. The string
-    /// literal is the pattern either way; a pattern must be a literal so it compiles once.
-    fn matches(&self, pos: usize, recv: &Node, arg: &Node) -> Result<Typed, ExprError> {
-        let (pattern, subject) = match (&recv.ast, &arg.ast) {
-            (Ast::Str(p), _) => (p, arg),
-            (_, Ast::Str(p)) => (p, recv),
+    /// Mixer writes `"regex".matches(str)`; CEL writes `str.matches("regex")`. A string
+    /// literal is the pattern either way, compiled here once. Without a literal, the first
+    /// of `pattern_first, other` is the pattern: the receiver in Mixer's method form,
+    /// the second argument in CEL's function form `matches(str, regex)`.
+    fn matches(&self, pos: usize, pattern_first: &Node, other: &Node) -> Result<Typed, ExprError> {
+        let (pattern, subject) = match (&pattern_first.ast, &other.ast) {
+            (Ast::Str(p), _) => (p, other),
+            (_, Ast::Str(p)) => (p, pattern_first),
             _ => {
-                return Err(ExprError::new(pos, "matches() needs a string literal pattern"));
+                let pattern = self.expect(pattern_first, ValueType::String)?;
+                let subject = self.expect(other, ValueType::String)?;
+                let op = Op::MatchesDynamic {
+                    pattern: Box::new(pattern),
+                    subject: Box::new(subject),
+                    cache: Arc::new(RegexCache::default()),
+                };
+                return Ok((op, ValueType::Bool));
             }
         };
         // Go's regexp.MatchString finds a match anywhere, as does RE2 in CEL.
@@ -519,40 +578,63 @@ fn literal(f: Func, s: &str) -> Option<OwnedValue> {
     })
 }
 
-/// A string literal compared with a typed value takes that type ("10ms" vs a duration).
-fn coerce_literal(op: Op, ty: ValueType, other: ValueType) -> (Op, ValueType) {
+/// A string literal next to a typed value takes that type ("10ms" against a duration);
+/// `Err` holds a literal that is not a valid value of that type.
+fn coerce_literal(op: Op, ty: ValueType, other: ValueType) -> Result<(Op, ValueType), String> {
     if let Op::Const(Value::String(s)) = &op {
         let f = match other {
-            ValueType::Duration => Some(Func::Duration),
-            ValueType::Timestamp => Some(Func::Timestamp),
-            ValueType::IpAddress => Some(Func::Ip),
-            _ => None,
+            ValueType::Duration => Func::Duration,
+            ValueType::Timestamp => Func::Timestamp,
+            ValueType::IpAddress => Func::Ip,
+            ValueType::DnsName => Func::DnsName,
+            ValueType::EmailAddress => Func::Email,
+            ValueType::Uri => Func::Uri,
+            _ => return Ok((op, ty)),
         };
-        if let Some(f) = f
-            && let Some(v) = literal(f, s)
-        {
-            return (Op::Const(v), other);
-        }
+        return match literal(f, s) {
+            Some(v) => Ok((Op::Const(v), other)),
+            None => Err(s.to_string()),
+        };
     }
-    (op, ty)
+    Ok((op, ty))
 }
 
+fn invalid_literal(pos: usize, text: &str, ty: ValueType) -> ExprError {
+    ExprError::new(pos, format!("{text:?} is not a valid {ty}"))
+}
+
+/// Values of different types do not compare, as Mixer's type checker said (INT64 with
+/// DOUBLE, STRING with DNS_NAME...); a string literal takes the other side's type.
 fn equality(x: Op, xt: ValueType, y: Op, yt: ValueType) -> Result<(Op, Op, EqKind), String> {
     use ValueType as T;
-    let (x, xt) = coerce_literal(x, xt, yt);
-    let (y, yt) = coerce_literal(y, yt, xt);
-    let kind = match (xt, yt) {
-        (T::Int64 | T::Double, T::Int64 | T::Double) if xt != yt => EqKind::Numeric,
-        (T::DnsName, t) | (t, T::DnsName) if t.is_stringy() => EqKind::Dns,
-        (T::EmailAddress, t) | (t, T::EmailAddress) if t.is_stringy() => EqKind::Email,
-        (T::IpAddress, T::IpAddress) => EqKind::Ip,
-        (l, r) if l == r || (l.is_stringy() && r.is_stringy()) => EqKind::Exact,
-        (l, r) if l == T::Duration || r == T::Duration => {
-            return Err(format!("cannot compare {l} with {r} (a duration literal looks like \"10ms\")"));
-        }
-        (l, r) => return Err(format!("cannot compare {l} with {r}")),
-    };
-    Ok((x, y, kind))
+    let (x, xt) = coerce_literal(x, xt, yt).map_err(|t| format!("{t:?} is not a valid {yt}"))?;
+    let (y, yt) = coerce_literal(y, yt, xt).map_err(|t| format!("{t:?} is not a valid {xt}"))?;
+    if xt != yt {
+        let hint =
+            if xt == T::Duration || yt == T::Duration { " (a duration literal looks like \"10ms\")" } else { "" };
+        return Err(format!("cannot compare {xt} with {yt}{hint}"));
+    }
+    Ok((
+        x,
+        y,
+        match xt {
+            T::DnsName => EqKind::Dns,
+            T::EmailAddress => EqKind::Email,
+            T::Uri => EqKind::Uri,
+            T::IpAddress => EqKind::Ip,
+            _ => EqKind::Exact,
+        },
+    ))
+}
+
+/// Whether `op` reads an attribute, a map entry or an output: what `|` falls back from
+/// when it is absent. A default chain counts when its last operand does.
+pub(crate) fn is_lookup(op: &Op) -> bool {
+    match op {
+        Op::Attr(_) | Op::MapKey { .. } | Op::Index(..) | Op::Output { .. } | Op::Generated(_) => true,
+        Op::Default(_, last) => is_lookup(last),
+        _ => false,
+    }
 }
 
 fn unify(a: ValueType, b: ValueType) -> Option<ValueType> {

@@ -4,10 +4,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::compile::{ArithOp, CmpOp, EqKind, Func, Op, Program};
-use super::functions::{dns_eq, email_eq, glob_match, ip_eq, parse_ip};
+use super::compile::{ArithOp, CmpOp, EqKind, Func, Op, Program, is_lookup};
+use super::functions::{dns_eq, email_eq, glob_match, ip_eq, parse_ip, uri_eq, valid_dns_name, valid_email, valid_uri};
 use crate::bag::{Bag, Referenced};
-use crate::value::{Duration, Timestamp, Value, parse_duration, parse_timestamp};
+use crate::value::{Duration, OwnedValue, Timestamp, Value, parse_duration, parse_timestamp};
 
 /// Why an evaluation produced no value. `Absent` is what `a | b` recovers from.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -23,17 +23,50 @@ pub enum EvalError {
 /// Outputs of check actions, for header operations (`ACTION.output.FIELD`).
 pub type Outputs = HashMap<String, HashMap<String, String>>;
 
+/// Outputs of an attribute-generating adapter, for attribute bindings (`$out.FIELD`): only
+/// the fields the adapter set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GeneratedValues {
+    fields: Vec<(&'static str, OwnedValue)>,
+}
+
+impl GeneratedValues {
+    pub fn new() -> GeneratedValues {
+        GeneratedValues::default()
+    }
+
+    pub fn set(&mut self, field: &'static str, value: OwnedValue) {
+        match self.fields.iter_mut().find(|(f, _)| *f == field) {
+            Some(slot) => slot.1 = value,
+            None => self.fields.push((field, value)),
+        }
+    }
+
+    pub fn get(&self, field: &str) -> Option<&OwnedValue> {
+        self.fields.iter().find(|(f, _)| *f == field).map(|(_, v)| v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &OwnedValue)> {
+        self.fields.iter().map(|(f, v)| (*f, v))
+    }
+}
+
 struct Ctx<'s, 'o> {
     bag: &'s Bag<'s>,
     /// Outputs live for one call only, shorter than the bag: values read from them are
     /// copied out.
     outputs: Option<&'o Outputs>,
+    generated: Option<&'o GeneratedValues>,
 }
 
 impl Program {
     /// Evaluates against `bag`, recording every attribute looked at in `refs`.
     pub fn eval<'s>(&'s self, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
-        eval(&self.op, &Ctx { bag, outputs: None }, refs)
+        eval(&self.op, &Ctx { bag, outputs: None, generated: None }, refs)
     }
 
     /// Like [`Program::eval`], with check action outputs in scope.
@@ -43,7 +76,17 @@ impl Program {
         outputs: &Outputs,
         refs: &mut Referenced<'s>,
     ) -> Result<Value<'s>, EvalError> {
-        eval(&self.op, &Ctx { bag, outputs: Some(outputs) }, refs)
+        eval(&self.op, &Ctx { bag, outputs: Some(outputs), generated: None }, refs)
+    }
+
+    /// Like [`Program::eval`], with an attribute generator's outputs in scope (`$out`).
+    pub fn eval_generated<'s>(
+        &'s self,
+        bag: &'s Bag<'s>,
+        generated: &GeneratedValues,
+        refs: &mut Referenced<'s>,
+    ) -> Result<Value<'s>, EvalError> {
+        eval(&self.op, &Ctx { bag, outputs: None, generated: Some(generated) }, refs)
     }
 
     /// Evaluates a boolean program (a rule's match).
@@ -59,6 +102,102 @@ fn type_error(want: &str, got: &Value<'_>) -> EvalError {
     EvalError::Invalid(format!("expected {want}, found {got:?}"))
 }
 
+/// Evaluates a lookup (an attribute, a map entry, an output, or a default chain ending in
+/// one): `Ok(None)` when what it reads is absent, which `|` and `has()` recover from. Any
+/// other failure, including an absent attribute deeper inside (a map's computed key), is
+/// an error.
+fn lookup<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Option<Value<'s>>, EvalError> {
+    match op {
+        Op::Attr(name) => {
+            let v = ctx.bag.get(name);
+            refs.attribute(name, v.is_some());
+            Ok(v.map(Value::reborrow))
+        }
+        Op::MapKey { .. } | Op::Index(..) => match map_entry(op, ctx, refs)? {
+            Entry::Found(v) => Ok(Some(v)),
+            Entry::MissingKey | Entry::AbsentMap(_) => Ok(None),
+        },
+        Op::Output { action, field } => Ok(ctx
+            .outputs
+            .and_then(|o| o.get(action.as_ref()))
+            .and_then(|fields| fields.get(field.as_ref()))
+            .map(|v| Value::String(Cow::Owned(v.clone())))),
+        Op::Generated(field) => Ok(ctx.generated.and_then(|g| g.get(field)).map(|v| v.clone().into_owned())),
+        Op::Default(first, rest) => match lookup(first, ctx, refs)? {
+            Some(v) => Ok(Some(v)),
+            None if is_lookup(rest) => lookup(rest, ctx, refs),
+            None => eval(rest, ctx, refs).map(Some),
+        },
+        other => eval(other, ctx, refs).map(Some),
+    }
+}
+
+/// What a map-entry lookup (`m["k"]`, `m.k`) found.
+enum Entry<'s> {
+    Found(Value<'s>),
+    MissingKey,
+    /// The map itself is absent; the error to give when nothing recovers from it.
+    AbsentMap(EvalError),
+}
+
+fn map_entry<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Entry<'s>, EvalError> {
+    let (map, key): (&'s Op, Cow<'s, str>) = match op {
+        Op::MapKey { attr, key } => {
+            return Ok(match ctx.bag.get(attr) {
+                Some(Value::StringMap(m)) => {
+                    let v = m.get(key);
+                    refs.map_key(attr, Cow::Borrowed(key), v.is_some());
+                    v.map_or(Entry::MissingKey, |v| Entry::Found(Value::String(Cow::Borrowed(v))))
+                }
+                Some(other) => {
+                    refs.attribute(attr, true);
+                    return Err(type_error("STRING_MAP", other));
+                }
+                None => {
+                    refs.attribute(attr, false);
+                    Entry::AbsentMap(EvalError::Absent(attr.clone()))
+                }
+            });
+        }
+        Op::Index(map, key) => {
+            // The key is not a lookup `|` recovers from: its absence is an error.
+            let key = eval(key, ctx, refs)?;
+            (map.as_ref(), Cow::Owned(str_of(&key)?.to_string()))
+        }
+        _ => return Err(EvalError::Invalid("not a map lookup".into())),
+    };
+    // A computed key on an attribute map records the key it used.
+    if let Op::Attr(attr) = map {
+        return Ok(match ctx.bag.get(attr) {
+            Some(Value::StringMap(m)) => {
+                let found = m.get(&key);
+                let entry = found.map_or(Entry::MissingKey, |v| Entry::Found(Value::String(Cow::Borrowed(v))));
+                refs.map_key(attr, key, matches!(entry, Entry::Found(_)));
+                entry
+            }
+            Some(other) => return Err(type_error("STRING_MAP", other)),
+            None => {
+                refs.attribute(attr, false);
+                Entry::AbsentMap(EvalError::Absent(attr.clone()))
+            }
+        });
+    }
+    let map = if is_lookup(map) {
+        match lookup(map, ctx, refs)? {
+            Some(m) => m,
+            None => return Ok(Entry::AbsentMap(EvalError::Invalid("the indexed map is absent".into()))),
+        }
+    } else {
+        eval(map, ctx, refs)?
+    };
+    match map {
+        Value::StringMap(m) => {
+            Ok(m.get(&key).map_or(Entry::MissingKey, |v| Entry::Found(Value::String(Cow::Owned(v.to_string())))))
+        }
+        other => Err(type_error("STRING_MAP", &other)),
+    }
+}
+
 fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<Value<'s>, EvalError> {
     match op {
         Op::Const(v) => Ok(v.reborrow()),
@@ -72,68 +211,22 @@ fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<
                 Err(EvalError::Absent(name.clone()))
             }
         },
-        Op::MapKey { attr, key } => match ctx.bag.get(attr) {
-            Some(Value::StringMap(m)) => match m.get(key) {
-                Some(v) => {
-                    refs.map_key(attr, Cow::Borrowed(key), true);
-                    Ok(Value::String(Cow::Borrowed(v)))
-                }
-                None => {
-                    refs.map_key(attr, Cow::Borrowed(key), false);
-                    Err(EvalError::AbsentKey { map: attr.to_string(), key: key.to_string() })
-                }
-            },
-            Some(other) => {
-                refs.attribute(attr, true);
-                Err(type_error("STRING_MAP", other))
-            }
-            None => {
-                refs.attribute(attr, false);
-                Err(EvalError::Absent(attr.clone()))
-            }
+        // Mixer read a missing key of a present map as "": `request.headers["x"] != "a"`
+        // holds when the header is absent. An absent map stays an error.
+        Op::MapKey { .. } | Op::Index(..) => match map_entry(op, ctx, refs)? {
+            Entry::Found(v) => Ok(v),
+            Entry::MissingKey => Ok(Value::String(Cow::Borrowed(""))),
+            Entry::AbsentMap(e) => Err(e),
         },
-        Op::Index(map, key) => {
-            let key = eval(key, ctx, refs)?;
-            let key = str_of(&key)?.to_string();
-            // A dynamic key on an attribute map records the key it used.
-            if let Op::Attr(attr) = map.as_ref() {
-                return match ctx.bag.get(attr) {
-                    Some(Value::StringMap(m)) => {
-                        let found = m.get(&key);
-                        refs.map_key(attr, Cow::Owned(key.clone()), found.is_some());
-                        found
-                            .map(|v| Value::String(Cow::Borrowed(v)))
-                            .ok_or(EvalError::AbsentKey { map: attr.to_string(), key })
-                    }
-                    Some(other) => Err(type_error("STRING_MAP", other)),
-                    None => {
-                        refs.attribute(attr, false);
-                        Err(EvalError::Absent(attr.clone()))
-                    }
-                };
-            }
-            match eval(map, ctx, refs)? {
-                Value::StringMap(m) => match m.get(&key) {
-                    Some(v) => Ok(Value::String(Cow::Owned(v.to_string()))),
-                    None => Err(EvalError::AbsentKey { map: "map".into(), key }),
-                },
-                other => Err(type_error("STRING_MAP", &other)),
-            }
-        }
-        Op::Output { action, field } => ctx
-            .outputs
-            .and_then(|o| o.get(action.as_ref()))
-            .and_then(|fields| fields.get(field.as_ref()))
-            .map(|v| Value::String(Cow::Owned(v.clone())))
+        Op::Output { action, field } => lookup(op, ctx, refs)?
             .ok_or_else(|| EvalError::AbsentKey { map: format!("{action}.output"), key: field.to_string() }),
-        Op::Has(inner) => match eval(inner, ctx, refs) {
-            Ok(_) => Ok(Value::Bool(true)),
-            Err(EvalError::Absent(_) | EvalError::AbsentKey { .. }) => Ok(Value::Bool(false)),
-            Err(e) => Err(e),
-        },
-        Op::Default(a, b) => match eval(a, ctx, refs) {
-            Err(EvalError::Absent(_) | EvalError::AbsentKey { .. }) => eval(b, ctx, refs),
-            other => other,
+        Op::Generated(field) => {
+            lookup(op, ctx, refs)?.ok_or_else(|| EvalError::AbsentKey { map: "$out".into(), key: field.to_string() })
+        }
+        Op::Has(inner) => Ok(Value::Bool(lookup(inner, ctx, refs)?.is_some())),
+        Op::Default(first, rest) => match lookup(first, ctx, refs)? {
+            Some(v) => Ok(v),
+            None => eval(rest, ctx, refs),
         },
         Op::And(a, b) => {
             if !bool_of(eval(a, ctx, refs)?)? {
@@ -150,11 +243,11 @@ fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<
         Op::Not(a) => Ok(Value::Bool(!bool_of(eval(a, ctx, refs)?)?)),
         Op::Eq(a, b, kind) => {
             let (x, y) = (eval(a, ctx, refs)?, eval(b, ctx, refs)?);
-            Ok(Value::Bool(equal(&x, &y, *kind)))
+            Ok(Value::Bool(equal(&x, &y, *kind)?))
         }
         Op::Ne(a, b, kind) => {
             let (x, y) = (eval(a, ctx, refs)?, eval(b, ctx, refs)?);
-            Ok(Value::Bool(!equal(&x, &y, *kind)))
+            Ok(Value::Bool(!equal(&x, &y, *kind)?))
         }
         Op::Cmp(cmp, a, b) => {
             let (x, y) = (eval(a, ctx, refs)?, eval(b, ctx, refs)?);
@@ -189,6 +282,12 @@ fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<
             let s = eval(subject, ctx, refs)?;
             Ok(Value::Bool(re.is_match(str_of(&s)?)))
         }
+        Op::MatchesDynamic { pattern, subject, cache } => {
+            let p = eval(pattern, ctx, refs)?;
+            let s = eval(subject, ctx, refs)?;
+            let re = cache.get(str_of(&p)?).map_err(EvalError::Invalid)?;
+            Ok(Value::Bool(re.is_match(str_of(&s)?)))
+        }
         Op::Call(f, args) => call(*f, args, ctx, refs),
     }
 }
@@ -215,14 +314,17 @@ fn as_f64(v: &Value<'_>) -> Option<f64> {
     }
 }
 
-fn equal<'v>(x: &Value<'v>, y: &Value<'v>, kind: EqKind) -> bool {
-    match (kind, x, y) {
+fn equal<'v>(x: &Value<'v>, y: &Value<'v>, kind: EqKind) -> Result<bool, EvalError> {
+    let unparsable = |what: &str| EvalError::Invalid(format!("cannot compare {x:?} and {y:?}: not both valid {what}"));
+    Ok(match (kind, x, y) {
         (EqKind::Dns, Value::String(a), Value::String(b)) => dns_eq(a, b),
-        (EqKind::Email, Value::String(a), Value::String(b)) => email_eq(a, b),
+        (EqKind::Email, Value::String(a), Value::String(b)) => {
+            email_eq(a, b).ok_or_else(|| unparsable("email addresses"))?
+        }
+        (EqKind::Uri, Value::String(a), Value::String(b)) => uri_eq(a, b).ok_or_else(|| unparsable("URIs"))?,
         (EqKind::Ip, Value::Bytes(a), Value::Bytes(b)) => ip_eq(a, b),
-        (EqKind::Numeric, a, b) => as_f64(a) == as_f64(b),
         _ => x == y,
-    }
+    })
 }
 
 fn order(x: &Value<'_>, y: &Value<'_>) -> Result<std::cmp::Ordering, EvalError> {
@@ -320,7 +422,18 @@ fn call<'s>(f: Func, args: &'s [Op], ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s
             let v = &vals[0];
             Value::Duration(parse_duration(str_of(v)?).ok_or_else(|| invalid("duration", v))?)
         }
-        Func::DnsName | Func::Email | Func::Uri => vals.swap_remove(0),
+        Func::DnsName | Func::Email | Func::Uri => {
+            let v = vals.swap_remove(0);
+            let (ok, what) = match f {
+                Func::DnsName => (valid_dns_name(str_of(&v)?), "DNS name"),
+                Func::Email => (valid_email(str_of(&v)?), "email address"),
+                _ => (valid_uri(str_of(&v)?), "URI"),
+            };
+            if !ok {
+                return Err(invalid(what, &v));
+            }
+            v
+        }
         Func::ToString => match &vals[0] {
             Value::String(_) => vals.swap_remove(0),
             other => Value::String(Cow::Owned(other.to_text())),

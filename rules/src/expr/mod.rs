@@ -12,10 +12,12 @@ mod compile;
 mod eval;
 mod functions;
 mod parse;
+mod regex_cache;
 #[cfg(test)]
 mod tests;
 
 pub use compile::{CompileOptions, IndexKey, Program, assignable, compile};
+pub use eval::GeneratedValues;
 pub use eval::{EvalError, Outputs};
 pub use parse::parse;
 

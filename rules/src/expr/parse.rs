@@ -1,9 +1,11 @@
 //! Lexer and recursive-descent parser.
 //!
-//! Precedence, lowest first: `? :`, `||`, `&&`, comparisons and `in`, `|` (Mixer's
-//! default operator binds like Go's `|`, tighter than comparisons, so
-//! `a | "" == "x"` means `(a | "") == "x"`), `+ -`, `* / %`, unary `! -`, then
-//! selection, indexing and calls.
+//! Precedence, lowest first: `? :`, `||`, `&&`, comparisons and `in`, then `+ - |`
+//! (Mixer's default operator binds like Go's binary `|`: at the level of `+` and `-`,
+//! left-associative, so `a | "" == "x"` is `(a | "") == "x"` and `a | "x" + "y"` is
+//! `(a | "x") + "y"`), `* / %`, unary `! -`, then selection, indexing and calls.
+//!
+//! `$out.FIELD` names an output of an attribute-generating adapter (attribute bindings).
 
 use super::ExprError;
 
@@ -101,7 +103,8 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             };
             let tok = tok.ok_or_else(|| ExprError::new(start, format!("bad number {text:?}")))?;
             out.push((tok, start));
-        } else if c.is_ascii_alphabetic() || c == b'_' {
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b'$' {
+            i += 1;
             while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                 i += 1;
             }
@@ -251,7 +254,7 @@ impl Parser {
     }
 
     fn binary(&mut self, level: usize) -> Result<Node, ExprError> {
-        if level > 5 {
+        if level > MAX_LEVEL {
             return self.unary();
         }
         let mut left = self.binary(level + 1)?;
@@ -359,11 +362,12 @@ fn precedence(op: BinaryOp) -> usize {
         BinaryOp::Or => 0,
         BinaryOp::And => 1,
         BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::In => 2,
-        BinaryOp::Default => 3,
-        BinaryOp::Add | BinaryOp::Sub => 4,
-        BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => 5,
+        BinaryOp::Default | BinaryOp::Add | BinaryOp::Sub => 3,
+        BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => MAX_LEVEL,
     }
 }
+
+const MAX_LEVEL: usize = 4;
 
 #[cfg(test)]
 mod tests {
@@ -395,6 +399,15 @@ mod tests {
     fn default_operator_binds_tighter_than_comparison() {
         let n = parse(r#"request.headers["x"] | "" == "y" && a.b"#).unwrap();
         assert_eq!(shape(&n), r#"(And (Eq (Default request.headers["x"] "") "y") a.b)"#);
+    }
+
+    #[test]
+    fn default_operator_is_additive_and_left_associative() {
+        assert_eq!(shape(&parse(r#"a | "x" + "y""#).unwrap()), r#"(Add (Default a "x") "y")"#);
+        assert_eq!(shape(&parse(r#""p" + a | "x""#).unwrap()), r#"(Default (Add "p" a) "x")"#);
+        assert_eq!(shape(&parse("a | b | c").unwrap()), "(Default (Default a b) c)");
+        assert_eq!(shape(&parse("a | b * c").unwrap()), "(Default a (Mul b c))");
+        assert_eq!(shape(&parse("$out.x | 1").unwrap()), "(Default $out.x 1)");
     }
 
     #[test]

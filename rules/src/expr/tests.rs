@@ -36,7 +36,7 @@ fn bag() -> Bag<'static> {
 }
 
 fn opts(m: &Manifest) -> CompileOptions<'_> {
-    CompileOptions { manifest: m, actions: &[] }
+    CompileOptions::new(m)
 }
 
 fn run(text: &str) -> Result<Value<'static>, EvalError> {
@@ -67,7 +67,7 @@ fn operators() {
     yes(r#"!(request.size < 100) && request.size <= 100"#);
     yes("request.size + 1 == 101 && request.size * 2 / 4 == 50 && request.size % 7 == 2");
     yes(r#"request.method + "/x" == "GET/x""#);
-    yes("test.double > 2 && test.double == 2.5 && request.size == 100.0");
+    yes("test.double > 2.0 && test.double == 2.5 && request.size == 100");
     yes("-request.size == -100");
     yes(r#"request.size > 50 ? true : false"#);
     assert_eq!(run("request.size / 0").unwrap_err(), EvalError::Invalid("integer overflow or division by zero".into()));
@@ -85,7 +85,10 @@ fn default_operator_takes_first_present_operand() {
     yes(r#"request.headers["missing"] | "" == """#);
     // Without a default, an absent attribute is an error, not false.
     assert_eq!(run(r#"request.host == "x""#), Err(EvalError::Absent("request.host".into())));
-    assert!(matches!(run(r#"request.headers["nope"] == "x""#), Err(EvalError::AbsentKey { .. })));
+    assert_eq!(
+        run(r#"request.referer | request.query_params["a"]"#),
+        Err(EvalError::Absent("request.query_params".into()))
+    );
     // Defaults must have the same type.
     assert!(compile_err(r#"request.size | "x""#).contains("default of type STRING"));
 }
@@ -104,7 +107,6 @@ fn string_functions() {
     yes(r#"size(request.path) == 13 && size(request.headers) == 2 && request.path.size() == 13"#);
     yes(r#"conditional(request.size > 10, "big", "small") == "big""#);
     yes(r#"string(request.size) == "100" && int("42") == 42 && double(request.size) == 100.0"#);
-    assert!(compile_err(r#"request.path.matches(request.method)"#).contains("string literal pattern"));
     assert!(compile_err(r#""(".matches(request.path)"#).contains("invalid regex"));
 }
 
@@ -225,7 +227,7 @@ fn action_outputs_in_header_values() {
     let p = compile(
         r#"lookup.output.value | "none""#,
         Some(ValueType::String),
-        CompileOptions { manifest: &m, actions: &actions },
+        CompileOptions { actions: &actions, ..CompileOptions::new(&m) },
     )
     .unwrap();
     let b = bag();
@@ -234,4 +236,125 @@ fn action_outputs_in_header_values() {
     let mut refs = Referenced::new();
     assert_eq!(p.eval_with_outputs(&b, &outputs, &mut refs), Ok(Value::String("gold".into())));
     assert_eq!(p.eval(&b, &mut refs), Ok(Value::String("none".into())));
+}
+
+/// Mixer's semantics where CEL's differ: one test per rule of the dialect.
+mod mixer_semantics {
+    use super::*;
+
+    #[test]
+    fn default_binds_like_go_binary_or() {
+        assert_eq!(run(r#"request.host | "x" + "y""#), Ok(Value::String("xy".into())));
+        assert_eq!(run(r#"request.method | "x" + "y""#), Ok(Value::String("GETy".into())));
+        yes(r#"request.host | "a" == "a""#);
+        assert_eq!(run("request.size | 1 * 3"), Ok(Value::Int64(100)));
+    }
+
+    #[test]
+    fn default_falls_back_only_from_a_lookup_that_is_itself_absent() {
+        // `ip(a)` is a call: the absence inside it is an error, not a reason to fall back.
+        assert_eq!(run(r#"ip(request.host) | ip("10.0.0.1")"#), Err(EvalError::Absent("request.host".into())));
+        // A computed key whose attribute is absent is an error too.
+        assert_eq!(run(r#"request.headers[request.host] | "d""#), Err(EvalError::Absent("request.host".into())));
+        // An absent map, an absent key and an absent attribute all fall back.
+        assert_eq!(run(r#"request.query_params["a"] | "d""#), Ok(Value::String("d".into())));
+        assert_eq!(run(r#"request.headers["nope"] | "d""#), Ok(Value::String("d".into())));
+        assert_eq!(run(r#"(request.host | request.referer) | "d""#), Ok(Value::String("d".into())));
+        assert_eq!(run(r#"toLower(request.headers["X"] | "AB") | "z""#), Ok(Value::String("ab".into())));
+    }
+
+    #[test]
+    fn a_missing_key_of_a_present_map_reads_as_empty() {
+        yes(r#"request.headers["x-admin"] != "admin""#);
+        yes(r#"request.headers["x-admin"] == """#);
+        yes(r#"destination.labels.missing == """#);
+        // An absent map is still an absent attribute.
+        assert_eq!(run(r#"request.query_params["a"] == "x""#), Err(EvalError::Absent("request.query_params".into())));
+        // `in` and has() still tell a missing key from an empty one.
+        no(r#""x-admin" in request.headers"#);
+        no(r#"has(request.headers["x-admin"])"#);
+    }
+
+    #[test]
+    fn string_defaults_take_the_type_they_default() {
+        assert_eq!(run(r#"connection.duration | "0ms""#), Ok(Value::Duration(Default::default())));
+        assert_eq!(run(r#"response.duration | "0ms""#), Ok(Value::Duration(parse_duration("15ms").unwrap())));
+        assert_eq!(run(r#"destination.ip | "10.0.0.9""#), Ok(Value::Bytes(vec![10, 0, 0, 9].into())));
+        assert_eq!(
+            run(r#"context.time | "2017-01-01T00:00:00Z""#),
+            Ok(Value::Timestamp(Timestamp { seconds: 1_483_228_800, nanos: 0 }))
+        );
+        assert!(compile_err(r#"response.duration | "soon""#).contains(r#"default "soon" is not a valid DURATION"#));
+        assert!(compile_err(r#"destination.ip | "nowhere""#).contains("not a valid IP_ADDRESS"));
+    }
+
+    #[test]
+    fn values_of_different_types_do_not_compare() {
+        assert!(compile_err("request.size == 100.0").contains("cannot compare INT64 with DOUBLE"));
+        assert!(compile_err("test.double > 2").contains("cannot order DOUBLE and INT64"));
+        assert!(compile_err("test.dns == request.host").contains("cannot compare DNS_NAME with STRING"));
+        assert!(compile_err("request.path == test.email").contains("cannot compare STRING with EMAIL_ADDRESS"));
+        assert!(compile_err("test.uri != request.path").contains("cannot compare URI with STRING"));
+        // A literal takes the typed side's type; an invalid one is rejected at load.
+        yes(r#"test.dns == "reviews.default.svc""#);
+        assert!(compile_err(r#"test.dns == "not a name""#).contains("not a valid DNS_NAME"));
+        assert!(compile_err(r#"test.email == "nobody""#).contains("not a valid EMAIL_ADDRESS"));
+    }
+
+    #[test]
+    fn emails_and_uris_compare_parsed() {
+        yes(r#"test.email == "\"bob\"@example.com""#);
+        yes(r#"email("\"istio\"@istio.io") == email("istio@istio.io")"#);
+        yes(r#"test.uri == "HTTP://Example.COM./x""#);
+        no(r#"test.uri == "http://example.com/X""#);
+    }
+
+    #[test]
+    fn typed_conversions_of_invalid_values_fail_at_run_time() {
+        for f in ["dnsName", "email", "uri"] {
+            let r = run(&format!(r#"{f}(request.headers["x-user"] + " x") == {f}(request.headers["x-user"] + " x")"#));
+            assert!(matches!(r, Err(EvalError::Invalid(_))), "{f}: {r:?}");
+        }
+        yes(r#"uri(request.headers["x-user"] + ".istio.io") == uri("Jason.istio.io")"#);
+        yes(r#"uri("www.istio.io") == uri("www.istio.io")"#);
+    }
+
+    #[test]
+    fn matches_with_a_computed_pattern() {
+        // Mixer's method form: the receiver is the pattern.
+        yes(r#"(request.headers["x-user"] | "").matches("Jason")"#);
+        yes(r#"request.method.matches(request.method)"#);
+        let m = manifest();
+        let p = compile(r#"request.headers["re"].matches(request.path)"#, None, opts(&m)).unwrap();
+        let mut refs = Referenced::new();
+        let with = |re: &str| {
+            let headers = StringMap::new(vec![("re".into(), re.to_string().into())]);
+            Bag::from_pairs(vec![
+                ("request.path", Value::String("/api/v1".into())),
+                ("request.headers", Value::StringMap(MapVal::from(headers))),
+            ])
+        };
+        let b = with("^/api/v[0-9]$");
+        assert_eq!(p.eval(&b, &mut refs).map(Value::into_owned), Ok(Value::Bool(true)));
+        let b = with("^/admin");
+        assert_eq!(p.eval(&b, &mut Referenced::new()).map(Value::into_owned), Ok(Value::Bool(false)));
+        let b = with("(");
+        assert!(
+            matches!(p.eval(&b, &mut Referenced::new()), Err(EvalError::Invalid(m)) if m.contains("invalid regex"))
+        );
+        let b = with(&"a".repeat(5000));
+        assert!(matches!(p.eval(&b, &mut Referenced::new()), Err(EvalError::Invalid(m)) if m.contains("longer than")));
+        // CEL's function form: the second argument is the pattern.
+        yes(r#"matches(request.path, request.headers["nope"] | "books")"#);
+        // Literal patterns still compile at load.
+        assert!(compile_err(r#""(".matches(request.path)"#).contains("invalid regex"));
+    }
+
+    #[test]
+    fn deliberate_differences_are_kept() {
+        // Invalid typed literals are load errors (Mixer failed per request).
+        assert!(compile_err(r#"source.ip == ip("10.0.0.300")"#).contains("not a valid ip"));
+        // CEL's arithmetic, `/` included, is accepted.
+        yes("request.size / 4 == 25");
+    }
 }

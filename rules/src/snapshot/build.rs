@@ -2,15 +2,16 @@
 //! expression, reject what cannot work. All errors are collected.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::index::RuleIndex;
+use super::index::ScopedIndex;
 use super::instance::CompiledInstance;
 use super::{CompiledAction, CompiledHeaderOp, CompiledRule, Snapshot};
 use crate::config::model::{ConfigSet, HandlerDoc, HeaderOpDoc, InstanceDoc, ObjectRef};
 use crate::config::yaml::{ConfigError, Loc, Param};
 use crate::expr::{CompileOptions, Program, compile};
 use crate::manifest::Manifest;
-use crate::templates::{FieldKind, Template};
+use crate::templates::{FieldKind, Template, Variety};
 use crate::value::{Value, ValueType};
 
 /// What the rules engine needs to know about adapters (implemented by the adapters crate).
@@ -79,8 +80,7 @@ pub fn build(config: &ConfigSet, catalog: &dyn AdapterCatalog) -> Result<Snapsho
         let matcher = if doc.match_expr.trim().is_empty() {
             Program::constant(Value::Bool(true), ValueType::Bool)
         } else {
-            let opts = CompileOptions { manifest: &manifest, actions: &[] };
-            match compile(&doc.match_expr, Some(ValueType::Bool), opts) {
+            match compile(&doc.match_expr, Some(ValueType::Bool), CompileOptions::new(&manifest)) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(ConfigError::new(&doc.loc, "spec.match", format!("{:?} {e}", doc.match_expr)));
@@ -150,6 +150,7 @@ pub fn build(config: &ConfigSet, catalog: &dyn AdapterCatalog) -> Result<Snapsho
         if ok {
             rules.push(CompiledRule {
                 name: format!("{}.rule.{}", doc.name, doc.namespace),
+                namespace: doc.namespace.clone(),
                 matcher,
                 actions,
                 request_header_operations: request_ops,
@@ -180,15 +181,40 @@ pub fn build(config: &ConfigSet, catalog: &dyn AdapterCatalog) -> Result<Snapsho
     if !errors.is_empty() {
         return Err(errors);
     }
-    let index = RuleIndex::build(rules.iter().map(|r| &r.matcher));
+    // Attribute generation runs first, over its own rules; a rule that also has other
+    // actions takes part in both.
+    let generates = |r: &CompiledRule| {
+        r.actions
+            .iter()
+            .flat_map(|a| &a.instances)
+            .any(|&i| instances[i].template.variety() == Variety::AttributeGenerator)
+    };
+    let dispatches = |r: &CompiledRule| {
+        !generates(r)
+            || r.actions
+                .iter()
+                .flat_map(|a| &a.instances)
+                .any(|&i| instances[i].template.variety() != Variety::AttributeGenerator)
+    };
+    let default_namespace = config.default_namespace.clone();
+    let scoped = |keep: &dyn Fn(&CompiledRule) -> bool| {
+        ScopedIndex::build(
+            rules.iter().enumerate().filter(|(_, r)| keep(r)).map(|(i, r)| (i, r.namespace.as_str(), &r.matcher)),
+            &default_namespace,
+        )
+    };
+    let index = scoped(&dispatches);
+    let generator_index = scoped(&generates);
     Ok(Snapshot {
         manifest,
+        default_namespace,
         handlers: config.handlers.clone(),
         instances,
         rules,
         quota_specs: config.quota_specs.clone(),
         quota_spec_bindings: config.quota_spec_bindings.clone(),
         index,
+        generator_index,
     })
 }
 
@@ -246,9 +272,9 @@ fn build_manifest(config: &ConfigSet, errors: &mut Vec<ConfigError>) -> Manifest
 fn compile_instance(doc: &InstanceDoc, manifest: &Manifest) -> Result<CompiledInstance, ConfigError> {
     let params = Param::new(&doc.params, &doc.loc, &doc.params_path);
     let o = params.obj()?;
-    let opts = CompileOptions { manifest, actions: &[] };
     let compile_at = |text: &str, ty: Option<ValueType>, path: &str| {
-        compile(text, ty, opts).map_err(|e| ConfigError::new(&doc.loc, path, format!("{text:?} {e}")))
+        compile(text, ty, CompileOptions::new(manifest))
+            .map_err(|e| ConfigError::new(&doc.loc, path, format!("{text:?} {e}")))
     };
     let mut fields = Vec::new();
     let mut maps = Vec::new();
@@ -280,7 +306,34 @@ fn compile_instance(doc: &InstanceDoc, manifest: &Manifest) -> Result<CompiledIn
         }
     }
     o.finish()?;
-    Ok(CompiledInstance { name: doc.name.clone(), full_name: doc.full_name(), template: doc.template, fields, maps })
+    let bindings = compile_bindings(doc, manifest)?;
+    Ok(CompiledInstance {
+        name: doc.name.clone(),
+        full_name: doc.full_name(),
+        template: doc.template,
+        fields,
+        maps,
+        bindings,
+    })
+}
+
+/// Each binding fills a declared attribute with a value of its type, from `$out` fields.
+fn compile_bindings(doc: &InstanceDoc, manifest: &Manifest) -> Result<Vec<(Arc<str>, Program)>, ConfigError> {
+    let opts = CompileOptions { generated: doc.template.outputs(), ..CompileOptions::new(manifest) };
+    let mut out = Vec::with_capacity(doc.bindings.len());
+    for (attr, text, path) in &doc.bindings {
+        let Some(ty) = manifest.type_of(attr) else {
+            return Err(ConfigError::new(
+                &doc.loc,
+                path,
+                format!("unknown attribute {attr} (declare it in an attributemanifest)"),
+            ));
+        };
+        let program =
+            compile(text, Some(ty), opts).map_err(|e| ConfigError::new(&doc.loc, path, format!("{text:?} {e}")))?;
+        out.push((Arc::from(attr.as_str()), program));
+    }
+    Ok(out)
 }
 
 fn header_ops(
@@ -290,7 +343,7 @@ fn header_ops(
     actions: &[String],
     errors: &mut Vec<ConfigError>,
 ) -> Option<Vec<CompiledHeaderOp>> {
-    let opts = CompileOptions { manifest, actions };
+    let opts = CompileOptions { actions, ..CompileOptions::new(manifest) };
     let mut out = Vec::new();
     let mut ok = true;
     for op in ops {

@@ -1,5 +1,7 @@
 //! Compiled instances: one program per template field.
 
+use std::sync::Arc;
+
 use crate::bag::{Bag, Referenced};
 use crate::expr::{EvalError, Program};
 use crate::templates::Template;
@@ -14,6 +16,9 @@ pub struct CompiledInstance {
     pub template: Template,
     pub fields: Vec<(&'static str, Program)>,
     pub maps: Vec<(&'static str, Vec<(String, Program)>)>,
+    /// Attribute-generating instances: each attribute and how it is computed from the
+    /// adapter's outputs.
+    pub bindings: Vec<(Arc<str>, Program)>,
 }
 
 /// An instance's evaluated fields, owned so adapters may keep them.

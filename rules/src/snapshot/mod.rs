@@ -6,7 +6,7 @@ mod index;
 mod instance;
 
 pub use build::{AdapterCatalog, build};
-pub use index::RuleIndex;
+pub use index::{RuleIndex, ScopedIndex, identity_namespace};
 pub use instance::{CompiledInstance, InstanceValues};
 
 use crate::bag::{Bag, Referenced};
@@ -33,6 +33,7 @@ pub struct CompiledHeaderOp {
 pub struct CompiledRule {
     /// `name.rule.namespace`.
     pub name: String,
+    pub namespace: String,
     pub matcher: Program,
     pub actions: Vec<CompiledAction>,
     pub request_header_operations: Vec<CompiledHeaderOp>,
@@ -42,12 +43,17 @@ pub struct CompiledRule {
 #[derive(Debug)]
 pub struct Snapshot {
     pub manifest: Manifest,
+    /// Rules of this namespace apply to every request.
+    pub default_namespace: String,
     pub handlers: Vec<HandlerDoc>,
     pub instances: Vec<CompiledInstance>,
     pub rules: Vec<CompiledRule>,
     pub quota_specs: Vec<QuotaSpec>,
     pub quota_spec_bindings: Vec<QuotaSpecBinding>,
-    pub(crate) index: RuleIndex,
+    /// Rules with check, quota or report actions.
+    pub(crate) index: ScopedIndex,
+    /// Rules with attribute-generating actions, which run before the others.
+    pub(crate) generator_index: ScopedIndex,
 }
 
 /// The result of matching rules against one request.
@@ -63,20 +69,36 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             manifest: Manifest::builtin(),
+            default_namespace: crate::config::DEFAULT_NAMESPACE.to_string(),
             handlers: Vec::new(),
             instances: Vec::new(),
             rules: Vec::new(),
             quota_specs: Vec::new(),
             quota_spec_bindings: Vec::new(),
-            index: RuleIndex::default(),
+            index: ScopedIndex::default(),
+            generator_index: ScopedIndex::default(),
         }
     }
 
-    /// Rules whose match is true for `bag`, in config order. Only the rules the index
-    /// cannot exclude are evaluated.
+    /// Rules whose match is true for `bag` and that apply in its namespace, in config
+    /// order. Only the rules the index cannot exclude are evaluated.
     pub fn matching_rules<'s>(&'s self, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Matched {
+        self.matching(&self.index, bag, refs)
+    }
+
+    /// Like [`Snapshot::matching_rules`], for the rules that generate attributes.
+    pub fn matching_generator_rules<'s>(&'s self, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Matched {
+        self.matching(&self.generator_index, bag, refs)
+    }
+
+    /// Whether any rule generates attributes (when none does, requests skip that stage).
+    pub fn has_generators(&self) -> bool {
+        !self.generator_index.is_empty()
+    }
+
+    fn matching<'s>(&'s self, index: &'s ScopedIndex, bag: &'s Bag<'s>, refs: &mut Referenced<'s>) -> Matched {
         let mut out = Matched::default();
-        for i in self.index.candidates(bag, refs) {
+        for i in index.candidates(bag, refs) {
             let rule = &self.rules[i];
             match rule.matcher.eval_bool(bag, refs) {
                 Ok(true) => out.rules.push(i),

@@ -105,8 +105,7 @@ fn compile_filter(text: &str) -> Result<Program, String> {
     ] {
         manifest.declare(name, ty);
     }
-    compile(text, Some(ValueType::Bool), CompileOptions { manifest: &manifest, actions: &[] })
-        .map_err(|e| format!("--filter {text:?}: {e}"))
+    compile(text, Some(ValueType::Bool), CompileOptions::new(&manifest)).map_err(|e| format!("--filter {text:?}: {e}"))
 }
 
 /// Evaluates the filter on an entry; an evaluation error is no match.

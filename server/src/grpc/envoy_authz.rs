@@ -213,7 +213,8 @@ impl AuthzService {
         let empty = AttributeContext::default();
         let ctx = req.attributes.as_ref().unwrap_or(&empty);
         let rt = self.shared.store.current_full();
-        let bag = attributes(ctx);
+        let mut bag = attributes(ctx);
+        dispatch::generate(&rt, &bag, &self.shared.metrics).apply(&mut bag);
         let outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
         if !outcome.status.is_ok() {
             return denied(&outcome.status, &outcome.response_header_ops);

@@ -50,20 +50,26 @@ impl MixerService {
         if req.quotas.is_empty() {
             // No waiting ahead: the cheaper, borrowed view of the config suffices.
             let rt = self.shared.store.current();
-            let bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
-            let outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
+            let mut bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
+            let generated = dispatch::generate(&rt, &bag, &self.shared.metrics);
+            generated.apply(&mut bag);
+            let mut outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
+            generated.fix_referenced(&mut outcome.referenced);
             return Ok(encode_check(&outcome, req.global_word_count));
         }
         let rt = self.shared.store.current_full();
-        let bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
-        let outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
+        let mut bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
+        let generated = dispatch::generate(&rt, &bag, &self.shared.metrics);
+        generated.apply(&mut bag);
+        let mut outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
+        generated.fix_referenced(&mut outcome.referenced);
         let mut resp = encode_check(&outcome, req.global_word_count);
         // Quotas are only charged when the precondition passed.
         if outcome.status.is_ok() {
             let mut names: Vec<_> = req.quotas.iter().collect();
             names.sort_by(|a, b| a.0.cmp(b.0));
             for (name, params) in names {
-                let q = quota::allocate(
+                let mut q = quota::allocate(
                     &rt,
                     &bag,
                     &outcome.matched_rules,
@@ -75,6 +81,7 @@ impl MixerService {
                     &self.shared.unconfigured,
                 )
                 .await;
+                generated.fix_referenced(&mut q.referenced);
                 resp.quotas.insert(
                     name.clone(),
                     QuotaResult {
@@ -96,8 +103,11 @@ impl MixerService {
     fn report_inner(&self, req: &ReportRequest) -> Result<(), CallError> {
         let rt = self.shared.store.current();
         let delta = req.repeated_attributes_semantics != RepeatedAttributesSemantics::IndependentEncoding as i32;
-        let bags =
+        let mut bags =
             decode_report(&req.attributes, &req.default_words, req.global_word_count, delta, &rt.snapshot.manifest)?;
+        for bag in &mut bags {
+            dispatch::generate(&rt, bag, &self.shared.metrics).apply(bag);
+        }
         self.shared.metrics.report_entries.with_label_values(&["mixer"]).inc_by(bags.len() as u64);
         dispatch::report(&rt, &bags, &self.shared.metrics);
         Ok(())
