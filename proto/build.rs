@@ -5,10 +5,37 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["protos/istio/mixer/v1/mixer.proto", "protos/istio/policy/v1beta1/http_response.proto"];
+    let protos = [
+        "protos/istio/mixer/v1/mixer.proto",
+        "protos/istio/policy/v1beta1/http_response.proto",
+        "protos/mixr/server/v1/lazy_report.proto",
+    ];
     let fds = protox::compile(protos, ["protos"])?;
     fs::write(out.join("mixr_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .bytes(".mixr.server.v1.LazyReportRequest.attributes")
+        .compile_fds(fds.clone())?;
+
+    // The server's Mixer service: the same service, taking Report as LazyReportRequest
+    // (same wire format). Every message is the one generated above.
+    let mut lazy = fds;
+    for method in lazy.file.iter_mut().flat_map(|f| &mut f.service).flat_map(|s| &mut s.method) {
+        if method.name() == "Report" {
+            method.input_type = Some(".mixr.server.v1.LazyReportRequest".into());
+        }
+    }
+    let lazy_out = out.join("lazy");
+    fs::create_dir_all(&lazy_out)?;
+    tonic_prost_build::configure()
+        .out_dir(&lazy_out)
+        .build_client(false)
+        .build_server(true)
+        .extern_path(".istio", "crate::istio")
+        .extern_path(".google", "crate::google")
+        .extern_path(".mixr", "crate::mixr")
+        .compile_fds(lazy)?;
     println!("cargo:rerun-if-changed=protos");
 
     let yaml = fs::read_to_string("global_dictionary.yaml")?;

@@ -4,6 +4,8 @@
 //!   from our own `.proto` files under `protos/`, field-for-field compatible with Istio's.
 //! - `istio::policy::v1beta1`: `DirectHttpResponse`, carried in Check status details.
 //! - `google::rpc::Status`.
+//! - `mixr::server::v1::LazyReportRequest` and [`lazy_server`]: the server's view of
+//!   Report, entries decoded one chunk at a time.
 //! - [`dictionary`]: Istio's global word list used for attribute compression, compiled in
 //!   from `global_dictionary.yaml` in its exact order.
 
@@ -28,6 +30,22 @@ pub mod istio {
             include!(concat!(env!("OUT_DIR"), "/istio.policy.v1beta1.rs"));
         }
     }
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod mixr {
+    pub mod server {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/mixr.server.v1.rs"));
+        }
+    }
+}
+
+/// The Mixer service as mixr's server implements it: Report arrives as
+/// [`mixr::server::v1::LazyReportRequest`], its entries still encoded.
+#[allow(clippy::all, missing_docs)]
+pub mod lazy_server {
+    include!(concat!(env!("OUT_DIR"), "/lazy/istio.mixer.v1.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of our protos, for gRPC reflection.

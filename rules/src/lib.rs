@@ -1,4 +1,4 @@
-//! mixr's rules engine: pure code, no I/O beyond reading config files.
+//! mixr's rules engine: pure code, no I/O beyond reading (and watching) config files.
 //!
 //! - [`value`]: attribute types and values (Istio's `ValueType`).
 //! - [`bag`]: a request's attributes decoded from (and encoded to) the wire, and the record

@@ -10,10 +10,13 @@
 //! - [`monitor`]: the HTTP monitoring port (`/healthz`, `/readyz`, `/metrics`,
 //!   `/debug/config`).
 //! - [`metrics`]: mixr's own Prometheus metrics.
+//! - [`serve`], [`listen`]: `mixr serve`'s listeners, with connection limits, handshake and
+//!   idle deadlines and accept backoff; reload and shutdown.
 
 pub mod cli;
 pub mod dispatch;
 pub mod grpc;
+pub mod listen;
 pub mod metrics;
 pub mod monitor;
 pub mod runtime;

@@ -1,7 +1,9 @@
 //! The monitoring port: `/healthz`, `/readyz`, `/metrics`, `/debug/config`.
 
 use std::convert::Infallible;
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -9,11 +11,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::listen::Guarded;
 use crate::metrics::Metrics;
 use crate::runtime::{ConfigStore, Runtime};
 
@@ -21,6 +23,8 @@ use crate::runtime::{ConfigStore, Runtime};
 pub struct Monitor {
     pub store: Arc<ConfigStore>,
     pub metrics: Metrics,
+    /// A request head must arrive within this, on a new connection or a kept-alive one.
+    pub header_timeout: Duration,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -85,17 +89,19 @@ impl Monitor {
         }
     }
 
-    /// Serves until `shutdown` turns true.
-    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    /// Serves the connections `incoming` yields until `shutdown` turns true.
+    pub async fn serve(self, mut incoming: mpsc::Receiver<io::Result<Guarded>>, mut shutdown: watch::Receiver<bool>) {
+        let header_timeout = self.header_timeout;
         let this = Arc::new(self);
         loop {
-            let (sock, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "monitoring accept failed");
+            let conn = tokio::select! {
+                accepted = incoming.recv() => match accepted {
+                    Some(Ok(conn)) => conn,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "monitoring accept failed");
                         continue;
                     }
+                    None => return,
                 },
                 _ = shutdown.changed() => return,
             };
@@ -105,7 +111,12 @@ impl Monitor {
                     let resp = this.route(&req);
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(sock), svc).await {
+                let served = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(TokioIo::new(conn), svc)
+                    .await;
+                if let Err(e) = served {
                     tracing::debug!(error = %e, "monitoring connection ended");
                 }
             });

@@ -67,7 +67,9 @@ pub struct ConfigStore {
     registry: Registry,
     ctx: BuildContext,
     metrics: Metrics,
-    reloading: std::sync::Mutex<()>,
+    /// Fingerprint of the files last loaded, good or bad: a config is compiled (and its
+    /// errors logged) once per change, not once per file event.
+    reloading: std::sync::Mutex<Option<u64>>,
 }
 
 impl ConfigStore {
@@ -86,7 +88,7 @@ impl ConfigStore {
             registry,
             ctx,
             metrics,
-            reloading: std::sync::Mutex::new(()),
+            reloading: std::sync::Mutex::new(None),
         };
         match store.reload(true) {
             ReloadOutcome::Rejected { errors } => Err(errors),
@@ -110,12 +112,13 @@ impl ConfigStore {
 
     /// Re-reads the config. Unless `force`, an unchanged file tree is left alone.
     pub fn reload(&self, force: bool) -> ReloadOutcome {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_attempt = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let fp = fingerprint(&self.paths);
         let previous = self.current.load_full();
-        if !force && fp == previous.fingerprint {
+        if !force && (fp == previous.fingerprint || *last_attempt == Some(fp)) {
             return ReloadOutcome::Unchanged;
         }
+        *last_attempt = Some(fp);
         let compiled = compile_config(&self.paths, &self.default_namespace, &self.registry).and_then(|snapshot| {
             let handlers = self.registry.build_handlers(&snapshot, Some(&previous.handlers), &self.ctx).map_err(
                 |mut errors| {

@@ -8,23 +8,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mixr_adapters::{BuildContext, Registry};
-use notify::{RecursiveMode, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
-use mixr_proto::istio::mixer::v1::mixer_server::MixerServer;
+use mixr_proto::lazy_server::mixer_server::MixerServer;
 
 use crate::grpc::envoy_authz::AuthzService;
 use crate::grpc::envoy_rls::RlsService;
 use crate::grpc::mixer::MixerService;
 use crate::grpc::{InFlight, Shared};
+use crate::listen::{Limits, accept_loop};
 use crate::metrics::Metrics;
 use crate::monitor::Monitor;
 use crate::runtime::ConfigStore;
+
+/// Largest header block of a gRPC call: far above what Check, Report, ext_authz and RLS
+/// callers send, which carry their data in the message.
+const GRPC_MAX_HEADER_BYTES: u32 = 64 << 10;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -41,6 +44,13 @@ pub struct ServeOptions {
     pub rate_limit_headers: bool,
     /// Default OTLP endpoint for span-exporting adapters.
     pub otlp_endpoint: Option<String>,
+    pub grpc_limits: Limits,
+    /// Concurrent calls (HTTP/2 streams) per gRPC connection.
+    pub grpc_max_streams: u32,
+    /// How often an idle gRPC connection is pinged; a peer that does not answer within
+    /// the same time is dropped.
+    pub grpc_keepalive: Duration,
+    pub monitoring_limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +97,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let _watcher = if opts.watch { start_watching(store.clone()) } else { None };
     tokio::spawn(reload_on_sighup(store.clone()));
-    tokio::spawn(Monitor { store: store.clone(), metrics: metrics.clone() }.serve(monitoring, shutdown_rx.clone()));
+    let monitoring = accept_loop(monitoring, opts.monitoring_limits, "monitoring");
+    let header_timeout = opts.monitoring_limits.handshake_timeout;
+    tokio::spawn(
+        Monitor { store: store.clone(), metrics: metrics.clone(), header_timeout }
+            .serve(monitoring, shutdown_rx.clone()),
+    );
 
     let in_flight = InFlight::default();
     let shared = Shared {
@@ -109,16 +124,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .build_v1()
         .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
     let mut grpc_shutdown = shutdown_rx.clone();
-    // The builder's `tcp_nodelay` only reaches sockets it accepts itself; ours come from
-    // our own listener, and with Nagle on, small answers wait for the caller's delayed ACK
-    // (about 40 ms).
-    let incoming = TcpListenerStream::new(grpc).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = ReceiverStream::new(accept_loop(grpc, opts.grpc_limits, "grpc"));
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(opts.grpc_max_streams)
+            .http2_keepalive_interval(Some(opts.grpc_keepalive))
+            .http2_keepalive_timeout(Some(opts.grpc_keepalive))
+            .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
             .add_service(mixer)
             .add_service(authz)
             .add_service(rls)
@@ -189,44 +201,16 @@ async fn reload_on_sighup(store: Arc<ConfigStore>) {
     }
 }
 
-/// Watches the config paths; bursts of events (an editor's save) become one reload.
+/// Reloads when the config files change (see `mixr_rules::config::watch`).
 fn start_watching(store: Arc<ConfigStore>) -> Option<notify::RecommendedWatcher> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
-        }
+    let paths = store.paths().to_vec();
+    match mixr_rules::config::watch::watch(&paths, move || {
+        store.reload(false);
     }) {
-        Ok(w) => w,
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch config files; reload with SIGHUP");
-            return None;
-        }
-    };
-    for path in store.paths() {
-        // Watch a file's directory: editors replace files by renaming over them.
-        let (target, mode) = if path.is_dir() {
-            (path.clone(), RecursiveMode::Recursive)
-        } else {
-            (
-                path.parent()
-                    .map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() })
-                    .unwrap_or_else(|| PathBuf::from(".")),
-                RecursiveMode::NonRecursive,
-            )
-        };
-        if let Err(e) = watcher.watch(&target, mode) {
-            tracing::warn!(path = %target.display(), error = %e, "cannot watch; reload with SIGHUP");
+            None
         }
     }
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            while rx.try_recv().is_ok() {}
-            let store = store.clone();
-            // Reading and compiling config is blocking work.
-            let _ = tokio::task::spawn_blocking(move || store.reload(false)).await;
-        }
-    });
-    Some(watcher)
 }

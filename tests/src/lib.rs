@@ -50,11 +50,23 @@ impl Mixr {
     /// Starts `mixr serve --config <paths> <extra...>` on free ports and waits until it
     /// listens (at most 20 s).
     pub fn start(config: &[&Path], extra: &[&str]) -> Mixr {
+        Mixr::start_wrapped(&[], config, extra)
+    }
+
+    /// Like [`Mixr::start`], run through `wrapper` (`prlimit --nofile=64:64`, say).
+    pub fn start_wrapped(wrapper: &[&str], config: &[&Path], extra: &[&str]) -> Mixr {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr_file = dir.path().join("addrs");
         let log = dir.path().join("mixr.log");
         let stdout = dir.path().join("stdout.log");
-        let mut cmd = Command::new(binary("mixr"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary("mixr"));
+                c
+            }
+            None => Command::new(binary("mixr")),
+        };
         cmd.arg("serve").arg("--grpc-addr=127.0.0.1:0").arg("--monitoring-addr=127.0.0.1:0");
         cmd.arg("--addr-file").arg(&addr_file);
         for c in config {

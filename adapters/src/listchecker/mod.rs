@@ -55,7 +55,7 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
         if ["http://", "https://", "file://"].iter().any(|s| url.starts_with(s)) {
             Ok(url)
         } else {
-            Err(p.error(format!("{url:?} must start with http://, https:// or file://")))
+            Err(p.error(format!("{:?} must start with http://, https:// or file://", params::redact_url(&url))))
         }
     })?;
     let refresh_interval = o.get("refreshInterval", params::duration)?.unwrap_or(Duration::from_secs(60));
@@ -144,12 +144,12 @@ impl ListChecker {
             Ok(entries) => {
                 let (list, bad) = List::build(self.params.entry_type, &entries);
                 for b in bad.iter().take(5) {
-                    tracing::warn!(url = provider.url(), entry = %b.entry, reason = %b.reason, "skipping list entry");
+                    tracing::warn!(url = provider.shown_url(), entry = %b.entry, reason = %b.reason, "skipping list entry");
                 }
                 let n = list.len();
                 self.fetched.store(Some(Arc::new(Fetched { list, at: self.clock.now() })));
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(url = provider.url(), entries = n, "list provider recovered");
+                    tracing::info!(url = provider.shown_url(), entries = n, "list provider recovered");
                 }
                 Ok(n)
             }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::params::redact_url;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{url}: {source}")]
@@ -12,20 +14,29 @@ pub enum FetchError {
     File { path: String, source: std::io::Error },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Provider {
     url: String,
+    /// The URL as shown in logs and errors: without its password.
+    shown: String,
     client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("url", &self.shown).finish()
+    }
 }
 
 impl Provider {
     pub fn new(url: &str, timeout: Duration) -> Provider {
         let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_else(|_| reqwest::Client::new());
-        Provider { url: url.to_string(), client }
+        Provider { url: url.to_string(), shown: redact_url(url).into_owned(), client }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The URL as it may be shown: its password redacted.
+    pub fn shown_url(&self) -> &str {
+        &self.shown
     }
 
     pub async fn fetch(&self) -> Result<Vec<String>, FetchError> {
@@ -34,10 +45,12 @@ impl Provider {
                 .await
                 .map_err(|source| FetchError::File { path: path.to_string(), source })?
         } else {
-            let http = |source| FetchError::Http { url: self.url.clone(), source };
+            // reqwest's errors would print the URL, password and all.
+            let http =
+                |source: reqwest::Error| FetchError::Http { url: self.shown.clone(), source: source.without_url() };
             let resp = self.client.get(&self.url).send().await.map_err(http)?;
             if !resp.status().is_success() {
-                return Err(FetchError::Status { url: self.url.clone(), status: resp.status().as_u16() });
+                return Err(FetchError::Status { url: self.shown.clone(), status: resp.status().as_u16() });
             }
             resp.text().await.map_err(http)?
         };

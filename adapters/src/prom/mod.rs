@@ -3,6 +3,11 @@
 //!
 //! Each handler owns its registry, so a reload that changes a metric's shape replaces the
 //! whole set cleanly and an unchanged handler keeps its series.
+//!
+//! Label values come from requests, so a caller could mint series without end: each metric
+//! holds at most `maxSeriesPerMetric` (10,000) series; values for further series are not
+//! recorded, and are counted in `mixr_prometheus_dropped_series_total` (and logged at most
+//! once a minute). Expired series free their place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -61,7 +66,11 @@ impl MetricConfig {
 pub struct Params {
     pub metrics: Vec<MetricConfig>,
     pub expiry: Option<(Duration, Duration)>,
+    pub max_series: usize,
 }
+
+/// Series a metric may hold unless `maxSeriesPerMetric` says otherwise.
+pub const DEFAULT_MAX_SERIES: usize = 10_000;
 
 fn valid_name(s: &str) -> bool {
     let mut chars = s.chars();
@@ -189,8 +198,14 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
         e.finish()?;
         Ok((expiry, check))
     })?;
+    let max_series = o
+        .get("maxSeriesPerMetric", |p| {
+            let n = p.i64()?;
+            usize::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| p.error("must be at least 1"))
+        })?
+        .unwrap_or(DEFAULT_MAX_SERIES);
     o.finish()?;
-    Ok(Params { metrics, expiry })
+    Ok(Params { metrics, expiry, max_series })
 }
 
 fn check_instances(doc: &HandlerDoc, instances: &[String]) -> Result<(), ConfigError> {
@@ -234,11 +249,21 @@ type SeriesKey = (usize, Vec<String>);
 pub struct PrometheusHandler {
     registry: Registry,
     metrics: Vec<Metric>,
-    /// Last update of each series, when series expire.
-    touched: Option<Mutex<HashMap<SeriesKey, Instant>>>,
+    /// Every series and its last update, with the number of series per metric.
+    series: Mutex<SeriesTable>,
     expiry: Option<Duration>,
+    max_series: usize,
     /// Values that could not be recorded (not numbers, negative counter increments).
     rejected: prometheus::IntCounter,
+    /// Values not recorded because their metric holds `max_series` series already.
+    dropped: prometheus::IntCounter,
+    last_drop_log: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct SeriesTable {
+    touched: HashMap<SeriesKey, Instant>,
+    per_metric: Vec<usize>,
 }
 
 /// A metric value as a number: durations in seconds, numeric strings parsed.
@@ -291,13 +316,55 @@ impl PrometheusHandler {
         )
         .map_err(|e| e.to_string())?;
         registry.register(Box::new(rejected.clone())).map_err(|e| e.to_string())?;
+        let dropped = prometheus::IntCounter::with_opts(
+            Opts::new(
+                "mixr_prometheus_dropped_series_total",
+                "Metric values not recorded because their metric had reached its series limit.",
+            )
+            .const_label("handler", handler_name),
+        )
+        .map_err(|e| e.to_string())?;
+        registry.register(Box::new(dropped.clone())).map_err(|e| e.to_string())?;
+        let per_metric = vec![0; metrics.len()];
         Ok(PrometheusHandler {
             registry,
             metrics,
-            touched: params.expiry.map(|_| Mutex::new(HashMap::new())),
+            series: Mutex::new(SeriesTable { touched: HashMap::new(), per_metric }),
             expiry: params.expiry.map(|e| e.0),
+            max_series: params.max_series,
             rejected,
+            dropped,
+            last_drop_log: Mutex::new(None),
         })
+    }
+
+    /// Notes an update of a series; false when it would be one series too many.
+    fn admit(&self, index: usize, labels: Vec<String>) -> bool {
+        let mut table = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (index, labels);
+        if let Some(at) = table.touched.get_mut(&key) {
+            *at = Instant::now();
+            return true;
+        }
+        if table.per_metric[index] >= self.max_series {
+            return false;
+        }
+        table.per_metric[index] += 1;
+        table.touched.insert(key, Instant::now());
+        true
+    }
+
+    fn note_dropped(&self, metric: &Metric) {
+        self.dropped.inc();
+        let mut last = self.last_drop_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                metric = %metric.config.exported_name(),
+                max = self.max_series,
+                "metric has reached its series limit; values for new label sets are dropped"
+            );
+        }
     }
 
     fn record(&self, index: usize, metric: &Metric, instance: &InstanceValues) {
@@ -313,32 +380,36 @@ impl PrometheusHandler {
             .map(|l| dims.iter().find(|(k, _)| k == l).map(|(_, v)| v.to_text()).unwrap_or_default())
             .collect();
         let labels: Vec<&str> = texts.iter().map(String::as_str).collect();
+        if matches!(&metric.series, Series::Counter(_)) && (value < 0.0 || !value.is_finite()) {
+            self.rejected.inc();
+            return;
+        }
+        if !self.admit(index, texts.clone()) {
+            self.note_dropped(metric);
+            return;
+        }
         match &metric.series {
-            Series::Counter(v) => {
-                if value < 0.0 || !value.is_finite() {
-                    self.rejected.inc();
-                    return;
-                }
-                v.with_label_values(&labels).inc_by(value);
-            }
+            Series::Counter(v) => v.with_label_values(&labels).inc_by(value),
             Series::Gauge(v) => v.with_label_values(&labels).set(value),
             Series::Histogram(v) => v.with_label_values(&labels).observe(value),
-        }
-        if let Some(touched) = &self.touched {
-            touched.lock().unwrap_or_else(|e| e.into_inner()).insert((index, texts), Instant::now());
         }
     }
 
     /// Removes series not updated within the expiry duration.
     pub fn expire(&self, now: Instant) -> usize {
-        let (Some(touched), Some(expiry)) = (&self.touched, self.expiry) else { return 0 };
-        let mut t = touched.lock().unwrap_or_else(|e| e.into_inner());
-        let stale: Vec<SeriesKey> =
-            t.iter().filter(|(_, at)| now.saturating_duration_since(**at) >= expiry).map(|(k, _)| k.clone()).collect();
+        let Some(expiry) = self.expiry else { return 0 };
+        let mut t = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<SeriesKey> = t
+            .touched
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= expiry)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in &stale {
             let labels: Vec<&str> = key.1.iter().map(String::as_str).collect();
             self.metrics[key.0].remove(&labels);
-            t.remove(key);
+            t.touched.remove(key);
+            t.per_metric[key.0] -= 1;
         }
         stale.len()
     }

@@ -134,3 +134,33 @@ fn series_expire_when_idle() {
     assert_eq!(removed, 4, "both series of both counters");
     assert!(!exposition(&h).contains("source=\"old\""));
 }
+
+#[test]
+fn series_per_metric_are_capped_whatever_callers_send() {
+    let h = handler(&format!(
+        "{METRICS}    maxSeriesPerMetric: 100\n    metricsExpirationPolicy: {{metricsExpiryDuration: 10m}}\n"
+    ));
+    let hosts: Vec<String> = (0..10_000).map(|i| format!("host-{i}")).collect();
+    let batch: Vec<InstanceValues> =
+        hosts.iter().map(|host| inst(Value::Int64(1), &[("source", host), ("code", "200")])).collect();
+    h.report("requestcount.instance.istio-system", &batch);
+    let text = exposition(&h);
+    let series = text.lines().filter(|l| l.starts_with("istio_request_count{")).count();
+    assert_eq!(series, 100, "one metric holds at most maxSeriesPerMetric series");
+    assert_eq!(text.lines().filter(|l| l.starts_with("istio_double_request_count{")).count(), 100);
+    assert!(
+        text.contains("mixr_prometheus_dropped_series_total{handler=\"p.istio-system\"} 19800"),
+        "{}",
+        &text[text.len() - 400..]
+    );
+    // Known series still count; expired ones free their place.
+    h.report("requestcount.instance.istio-system", &[inst(Value::Int64(5), &[("source", "host-0"), ("code", "200")])]);
+    assert!(exposition(&h).contains("istio_request_count{code=\"200\",source=\"host-0\"} 6"));
+    assert_eq!(h.expire(Instant::now() + Duration::from_secs(601)), 200);
+    h.report("requestcount.instance.istio-system", &[inst(Value::Int64(1), &[("source", "new"), ("code", "200")])]);
+    assert!(exposition(&h).contains("istio_request_count{code=\"200\",source=\"new\"} 1"));
+    assert_eq!(
+        parse(&handler_doc("prometheus", &format!("{METRICS}    maxSeriesPerMetric: 0\n"))).unwrap_err().message,
+        "must be at least 1"
+    );
+}

@@ -10,12 +10,25 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::Mutex;
 
+use crate::params::redact_url;
+
 /// Where Redis is: `host:port`, `redis://...`, `rediss://...` (TLS), or a Cluster as
 /// `redis+cluster://host1:port1,host2:port2` (`rediss+cluster://` for TLS).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ServerAddress {
     Single(String),
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Single(url) => write!(f, "Single({})", redact_url(url)),
+            ServerAddress::Cluster(nodes) => {
+                f.debug_list().entries(nodes.iter().map(|n| redact_url(n).into_owned())).finish()
+            }
+        }
+    }
 }
 
 impl ServerAddress {
@@ -29,16 +42,16 @@ impl ServerAddress {
                 let nodes: Vec<String> =
                     rest.split(',').filter(|n| !n.is_empty()).map(|n| format!("{scheme}{n}")).collect();
                 if nodes.is_empty() {
-                    return Err(format!("{text:?} names no cluster nodes"));
+                    return Err(format!("{:?} names no cluster nodes", redact_url(text)));
                 }
                 for n in &nodes {
-                    redis::Client::open(n.as_str()).map_err(|e| format!("{n:?}: {e}"))?;
+                    redis::Client::open(n.as_str()).map_err(|e| format!("{:?}: {e}", redact_url(n)))?;
                 }
                 return Ok(ServerAddress::Cluster(nodes));
             }
         }
         let url = if text.contains("://") { text.to_string() } else { format!("redis://{text}") };
-        redis::Client::open(url.as_str()).map_err(|e| format!("{text:?} is not a Redis address: {e}"))?;
+        redis::Client::open(url.as_str()).map_err(|e| format!("{:?} is not a Redis address: {e}", redact_url(text)))?;
         Ok(ServerAddress::Single(url))
     }
 }

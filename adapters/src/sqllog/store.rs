@@ -23,8 +23,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::entry::{LogEntry, system_micros};
 
-/// Where the log store is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the log store is. Shown (Display and Debug) without a password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     Sqlite(PathBuf),
     /// A `postgres://` or `postgresql://` URL.
@@ -63,6 +63,12 @@ impl Target {
 }
 
 /// Printable without the password a PostgreSQL URL may hold.
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -22,15 +22,21 @@ pub enum BagError {
     BadTimestamp { name: String, detail: String },
     #[error("attribute {name}: {detail}")]
     BadValue { name: String, detail: String },
+    #[error("report entry {index}: {detail}")]
+    Malformed { index: usize, detail: String },
 }
 
 /// Resolves word indices against the global dictionary and one message's words.
-struct Words<'a> {
+pub(super) struct Words<'a> {
     global: &'static [&'static str],
     local: &'a [String],
 }
 
 impl<'a> Words<'a> {
+    pub(super) fn new(local: &'a [String]) -> Words<'a> {
+        Words { global: dictionary::words(), local }
+    }
+
     fn get(&self, index: i32) -> Result<&'a str, BagError> {
         let word = if index >= 0 {
             self.global.get(index as usize).copied()
@@ -43,7 +49,7 @@ impl<'a> Words<'a> {
     }
 }
 
-fn check_global_word_count(global_word_count: u32) -> Result<(), BagError> {
+pub(super) fn check_global_word_count(global_word_count: u32) -> Result<(), BagError> {
     let ours = dictionary::words().len();
     if global_word_count as usize > ours {
         return Err(BagError::GlobalWordCount { caller: global_word_count, ours });
@@ -71,26 +77,65 @@ pub fn decode_report<'a>(
     delta_encoding: bool,
     manifest: &Manifest,
 ) -> Result<Vec<Bag<'a>>, BagError> {
+    report_entries(entries, default_words, global_word_count, delta_encoding, manifest)?.collect()
+}
+
+/// A Report's entries decoded one at a time, so a caller can work through a large Report
+/// in bounded pieces: with delta encoding only the running accumulation is kept.
+pub fn report_entries<'a, 'm>(
+    entries: &'a [CompressedAttributes],
+    default_words: &'a [String],
+    global_word_count: u32,
+    delta_encoding: bool,
+    manifest: &'m Manifest,
+) -> Result<ReportEntries<'a, 'm>, BagError> {
     check_global_word_count(global_word_count)?;
-    let mut bags: Vec<Bag<'a>> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let local = if entry.words.is_empty() { default_words } else { &entry.words };
+    Ok(ReportEntries { entries: entries.iter(), default_words, delta_encoding, manifest, previous: None })
+}
+
+#[derive(Debug)]
+pub struct ReportEntries<'a, 'm> {
+    entries: std::slice::Iter<'a, CompressedAttributes>,
+    default_words: &'a [String],
+    delta_encoding: bool,
+    manifest: &'m Manifest,
+    previous: Option<Bag<'a>>,
+}
+
+impl<'a> Iterator for ReportEntries<'a, '_> {
+    type Item = Result<Bag<'a>, BagError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entry = self.entries.next()?;
+        let local = if entry.words.is_empty() { self.default_words } else { &entry.words };
         let words = Words { global: dictionary::words(), local };
-        let bag = decode_with(entry, &words, manifest)?;
-        let bag = match (delta_encoding, bags.last()) {
-            (true, Some(previous)) => {
-                let mut acc = previous.clone();
+        let bag = match decode_with(entry, &words, self.manifest) {
+            Ok(bag) => bag,
+            Err(e) => return Some(Err(e)),
+        };
+        let bag = match (self.delta_encoding, self.previous.take()) {
+            (true, Some(mut acc)) => {
                 acc.merge(bag);
                 acc
             }
             _ => bag,
         };
-        bags.push(bag);
+        if self.delta_encoding {
+            self.previous = Some(bag.clone());
+        }
+        Some(Ok(bag))
     }
-    Ok(bags)
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
 }
 
-fn decode_with<'a>(ca: &'a CompressedAttributes, words: &Words<'a>, manifest: &Manifest) -> Result<Bag<'a>, BagError> {
+pub(super) fn decode_with<'a>(
+    ca: &'a CompressedAttributes,
+    words: &Words<'a>,
+    manifest: &Manifest,
+) -> Result<Bag<'a>, BagError> {
     let count = ca.strings.len()
         + ca.int64s.len()
         + ca.doubles.len()

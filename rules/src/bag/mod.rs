@@ -4,14 +4,16 @@
 //! - [`decode`]: `CompressedAttributes` (and the uncompressed `Attributes`) into a [`Bag`].
 //! - [`encode`]: the reverse, for clients (the CLI, the proxy).
 //! - [`referenced`]: what evaluation read, turned into the reply's `ReferencedAttributes`.
+//! - [`report`]: a Report's entries decoded a chunk at a time.
 
 pub mod decode;
 pub mod encode;
 pub mod referenced;
+pub mod report;
 
 use crate::value::Value;
 
-pub use decode::{BagError, decode_compressed, decode_report, decode_uncompressed};
+pub use decode::{BagError, ReportEntries, decode_compressed, decode_report, decode_uncompressed, report_entries};
 pub use encode::Encoder;
 pub use referenced::{Condition, Referenced};
 

@@ -8,11 +8,13 @@
 //!   among them.
 //! - [`lines`]: finding the line of an error's key, once an error is reported.
 //! - [`quota_spec`]: QuotaSpec and QuotaSpecBinding, read by the proxy.
+//! - [`watch`]: calling back when config files change, for hot reload in both binaries.
 
 pub mod lines;
 pub mod load;
 pub mod model;
 pub mod quota_spec;
+pub mod watch;
 pub mod yaml;
 
 pub use lines::{add_lines, add_lines_from};

@@ -93,8 +93,9 @@ pub(crate) enum Op {
     /// `a | b`; `a` is always a lookup (see [`is_lookup`]): another left operand cannot be
     /// absent, so the default would be dead and is compiled away.
     Default(Box<Op>, Box<Op>),
-    And(Box<Op>, Box<Op>),
-    Or(Box<Op>, Box<Op>),
+    /// `&&` and `||` chains, flat: evaluated left to right, short-circuiting.
+    All(Vec<Op>),
+    Any(Vec<Op>),
     Not(Box<Op>),
     Eq(Box<Op>, Box<Op>, EqKind),
     Ne(Box<Op>, Box<Op>, EqKind),
@@ -158,9 +159,10 @@ impl Program {
 
 fn collect_equalities(op: &Op, out: &mut Vec<(IndexKey, String)>) {
     match op {
-        Op::And(a, b) => {
-            collect_equalities(a, out);
-            collect_equalities(b, out);
+        Op::All(terms) => {
+            for t in terms {
+                collect_equalities(t, out);
+            }
         }
         Op::Eq(a, b, EqKind::Exact) => {
             let (lhs, rhs) = match (a.as_ref(), b.as_ref()) {
@@ -232,6 +234,10 @@ impl Compiler<'_> {
                 Ok((Op::Neg(Box::new(op)), ty))
             }
             Ast::Binary(op, a, b) => self.binary(*op, a, b),
+            Ast::Logical(op, terms) => {
+                let ops = terms.iter().map(|t| self.expect(t, ValueType::Bool)).collect::<Result<Vec<_>, _>>()?;
+                Ok((if *op == BinaryOp::And { Op::All(ops) } else { Op::Any(ops) }, ValueType::Bool))
+            }
             Ast::Ternary(c, a, b) => {
                 let c = self.expect(c, ValueType::Bool)?;
                 let (a_op, a_ty) = self.node(a)?;
@@ -309,10 +315,8 @@ impl Compiler<'_> {
     fn binary(&self, op: BinaryOp, a: &Node, b: &Node) -> Result<Typed, ExprError> {
         match op {
             BinaryOp::And | BinaryOp::Or => {
-                let x = Box::new(self.expect(a, ValueType::Bool)?);
-                let y = Box::new(self.expect(b, ValueType::Bool)?);
-                let op = if op == BinaryOp::And { Op::And(x, y) } else { Op::Or(x, y) };
-                Ok((op, ValueType::Bool))
+                let terms = vec![self.expect(a, ValueType::Bool)?, self.expect(b, ValueType::Bool)?];
+                Ok((if op == BinaryOp::And { Op::All(terms) } else { Op::Any(terms) }, ValueType::Bool))
             }
             BinaryOp::Default => {
                 let (x, xt) = self.node(a)?;

@@ -228,17 +228,21 @@ fn eval<'s>(op: &'s Op, ctx: &Ctx<'s, '_>, refs: &mut Referenced<'s>) -> Result<
             Some(v) => Ok(v),
             None => eval(rest, ctx, refs),
         },
-        Op::And(a, b) => {
-            if !bool_of(eval(a, ctx, refs)?)? {
-                return Ok(Value::Bool(false));
+        Op::All(terms) => {
+            for t in terms {
+                if !bool_of(eval(t, ctx, refs)?)? {
+                    return Ok(Value::Bool(false));
+                }
             }
-            Ok(Value::Bool(bool_of(eval(b, ctx, refs)?)?))
+            Ok(Value::Bool(true))
         }
-        Op::Or(a, b) => {
-            if bool_of(eval(a, ctx, refs)?)? {
-                return Ok(Value::Bool(true));
+        Op::Any(terms) => {
+            for t in terms {
+                if bool_of(eval(t, ctx, refs)?)? {
+                    return Ok(Value::Bool(true));
+                }
             }
-            Ok(Value::Bool(bool_of(eval(b, ctx, refs)?)?))
+            Ok(Value::Bool(false))
         }
         Op::Not(a) => Ok(Value::Bool(!bool_of(eval(a, ctx, refs)?)?)),
         Op::Eq(a, b, kind) => {

@@ -11,7 +11,7 @@
 mod compile;
 mod eval;
 mod functions;
-mod parse;
+pub(crate) mod parse;
 mod regex_cache;
 #[cfg(test)]
 mod tests;

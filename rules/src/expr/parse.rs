@@ -6,8 +6,17 @@
 //! `(a | "x") + "y"`), `* / %`, unary `! -`, then selection, indexing and calls.
 //!
 //! `$out.FIELD` names an output of an attribute-generating adapter (attribute bindings).
+//!
+//! Depth is bounded so that no input can exhaust the stack, here or in the compiler and
+//! evaluator that walk the tree recursively: `&&` and `||` chains become one n-ary node
+//! however long they are, and anything else nested deeper than [`MAX_DEPTH`] (parentheses,
+//! calls, other operator chains) is an error.
 
 use super::ExprError;
+
+/// How deep a syntax tree may be, and how deeply the parser may recurse into parentheses,
+/// arguments and unary operators.
+pub const MAX_DEPTH: usize = 50;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ast {
@@ -18,9 +27,15 @@ pub enum Ast {
     Bool(bool),
     Select(Box<Node>, String),
     Index(Box<Node>, Box<Node>),
-    Call { target: Option<Box<Node>>, name: String, args: Vec<Node> },
+    Call {
+        target: Option<Box<Node>>,
+        name: String,
+        args: Vec<Node>,
+    },
     Unary(UnaryOp, Box<Node>),
     Binary(BinaryOp, Box<Node>, Box<Node>),
+    /// A chain of `&&` (or of `||`), two terms or more.
+    Logical(BinaryOp, Vec<Node>),
     Ternary(Box<Node>, Box<Node>, Box<Node>),
 }
 
@@ -28,6 +43,31 @@ pub enum Ast {
 pub struct Node {
     pub ast: Ast,
     pub pos: usize,
+    /// Height of this subtree (a leaf is 1).
+    depth: usize,
+}
+
+impl Node {
+    fn new(ast: Ast, pos: usize) -> Result<Node, ExprError> {
+        let child = match &ast {
+            Ast::Ident(_) | Ast::Str(_) | Ast::Int(_) | Ast::Double(_) | Ast::Bool(_) => 0,
+            Ast::Select(t, _) | Ast::Unary(_, t) => t.depth,
+            Ast::Index(a, b) | Ast::Binary(_, a, b) => a.depth.max(b.depth),
+            Ast::Call { target, args, .. } => {
+                args.iter().map(|a| a.depth).chain(target.iter().map(|t| t.depth)).max().unwrap_or(0)
+            }
+            Ast::Logical(_, terms) => terms.iter().map(|t| t.depth).max().unwrap_or(0),
+            Ast::Ternary(a, b, c) => a.depth.max(b.depth).max(c.depth),
+        };
+        if child >= MAX_DEPTH {
+            return Err(too_deep(pos));
+        }
+        Ok(Node { ast, pos, depth: child + 1 })
+    }
+}
+
+fn too_deep(pos: usize) -> ExprError {
+    ExprError::new(pos, format!("expression nested deeper than {MAX_DEPTH} levels"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,11 +198,13 @@ fn lex_string(src: &str, start: usize) -> Result<(String, usize), ExprError> {
 struct Parser {
     toks: Vec<(Tok, usize)>,
     at: usize,
+    /// Current recursion into nested sub-expressions.
+    nesting: usize,
 }
 
 /// Parses one expression.
 pub fn parse(src: &str) -> Result<Node, ExprError> {
-    let mut p = Parser { toks: lex(src)?, at: 0 };
+    let mut p = Parser { toks: lex(src)?, at: 0, nesting: 0 };
     let node = p.ternary()?;
     match p.peek() {
         Tok::End => Ok(node),
@@ -215,21 +257,29 @@ impl Parser {
         }
     }
 
+    fn enter(&mut self) -> Result<(), ExprError> {
+        self.nesting += 1;
+        if self.nesting > MAX_DEPTH { Err(too_deep(self.pos())) } else { Ok(()) }
+    }
+
     fn ternary(&mut self) -> Result<Node, ExprError> {
-        let cond = self.binary(0)?;
-        if self.eat("?") {
+        self.enter()?;
+        let cond = self.binary()?;
+        let out = if self.eat("?") {
             let a = self.ternary()?;
             self.expect(":")?;
             let b = self.ternary()?;
             let pos = cond.pos;
-            return Ok(Node { ast: Ast::Ternary(Box::new(cond), Box::new(a), Box::new(b)), pos });
-        }
-        Ok(cond)
+            Node::new(Ast::Ternary(Box::new(cond), Box::new(a), Box::new(b)), pos)?
+        } else {
+            cond
+        };
+        self.nesting -= 1;
+        Ok(out)
     }
 
-    fn binary_op(&self, level: usize) -> Option<BinaryOp> {
-        let tok = self.peek();
-        let op = match tok {
+    fn binary_op(&self) -> Option<BinaryOp> {
+        Some(match self.peek() {
             Tok::Punct(p) => match *p {
                 "||" => BinaryOp::Or,
                 "&&" => BinaryOp::And,
@@ -249,38 +299,46 @@ impl Parser {
             },
             Tok::Ident(s) if s == "in" => BinaryOp::In,
             _ => return None,
-        };
-        (precedence(op) == level).then_some(op)
+        })
     }
 
-    fn binary(&mut self, level: usize) -> Result<Node, ExprError> {
-        if level > MAX_LEVEL {
-            return self.unary();
-        }
-        let mut left = self.binary(level + 1)?;
-        while let Some(op) = self.binary_op(level) {
+    /// Binary operators by precedence climbing with explicit stacks: no recursion per
+    /// precedence level, so a nested sub-expression costs few stack frames.
+    fn binary(&mut self) -> Result<Node, ExprError> {
+        let mut operands = vec![self.unary()?];
+        let mut ops: Vec<BinaryOp> = Vec::new();
+        while let Some(op) = self.binary_op() {
             self.bump();
-            let right = self.binary(level + 1)?;
-            let pos = left.pos;
-            left = Node { ast: Ast::Binary(op, Box::new(left), Box::new(right)), pos };
+            while ops.last().is_some_and(|top| precedence(*top) >= precedence(op)) {
+                reduce(&mut operands, &mut ops)?;
+            }
+            ops.push(op);
+            operands.push(self.unary()?);
         }
-        Ok(left)
+        while !ops.is_empty() {
+            reduce(&mut operands, &mut ops)?;
+        }
+        operands.pop().ok_or_else(|| ExprError::new(self.pos(), "missing operand"))
     }
 
     fn unary(&mut self) -> Result<Node, ExprError> {
         let pos = self.pos();
         if self.eat("!") {
+            self.enter()?;
             let inner = self.unary()?;
-            return Ok(Node { ast: Ast::Unary(UnaryOp::Not, Box::new(inner)), pos });
+            self.nesting -= 1;
+            return Node::new(Ast::Unary(UnaryOp::Not, Box::new(inner)), pos);
         }
         if self.eat("-") {
+            self.enter()?;
             let inner = self.unary()?;
+            self.nesting -= 1;
             let ast = match inner.ast {
                 Ast::Int(i) => Ast::Int(-i),
                 Ast::Double(d) => Ast::Double(-d),
-                other => Ast::Unary(UnaryOp::Neg, Box::new(Node { ast: other, pos: inner.pos })),
+                other => Ast::Unary(UnaryOp::Neg, Box::new(Node::new(other, inner.pos)?)),
             };
-            return Ok(Node { ast, pos });
+            return Node::new(ast, pos);
         }
         self.postfix()
     }
@@ -298,16 +356,16 @@ impl Parser {
                 };
                 if self.eat("(") {
                     let args = self.args()?;
-                    node = Node { ast: Ast::Call { target: Some(Box::new(node)), name, args }, pos };
+                    node = Node::new(Ast::Call { target: Some(Box::new(node)), name, args }, pos)?;
                 } else {
                     let p = node.pos;
-                    node = Node { ast: Ast::Select(Box::new(node), name), pos: p };
+                    node = Node::new(Ast::Select(Box::new(node), name), p)?;
                 }
             } else if self.eat("[") {
                 let key = self.ternary()?;
                 self.expect("]")?;
                 let p = node.pos;
-                node = Node { ast: Ast::Index(Box::new(node), Box::new(key)), pos: p };
+                node = Node::new(Ast::Index(Box::new(node), Box::new(key)), p)?;
             } else {
                 return Ok(node);
             }
@@ -353,8 +411,31 @@ impl Parser {
                 return Err(ExprError::new(pos, format!("unexpected {}", describe(&other))));
             }
         };
-        Ok(Node { ast, pos })
+        Node::new(ast, pos)
     }
+}
+
+/// Combines the top two operands with the top operator. `&&` and `||` extend a chain of
+/// the same operator rather than nest, so chains of any length stay one node deep.
+fn reduce(operands: &mut Vec<Node>, ops: &mut Vec<BinaryOp>) -> Result<(), ExprError> {
+    let (Some(op), Some(right), Some(left)) = (ops.pop(), operands.pop(), operands.pop()) else {
+        return Err(ExprError::new(0, "missing operand"));
+    };
+    let pos = left.pos;
+    let node = match (op, left) {
+        (BinaryOp::And | BinaryOp::Or, Node { ast: Ast::Logical(chain, mut terms), depth, .. }) if chain == op => {
+            if right.depth >= MAX_DEPTH {
+                return Err(too_deep(right.pos));
+            }
+            let depth = depth.max(right.depth + 1);
+            terms.push(right);
+            Node { ast: Ast::Logical(op, terms), pos, depth }
+        }
+        (BinaryOp::And | BinaryOp::Or, left) => Node::new(Ast::Logical(op, vec![left, right]), pos)?,
+        (op, left) => Node::new(Ast::Binary(op, Box::new(left), Box::new(right)), pos)?,
+    };
+    operands.push(node);
+    Ok(())
 }
 
 fn precedence(op: BinaryOp) -> usize {
@@ -363,11 +444,9 @@ fn precedence(op: BinaryOp) -> usize {
         BinaryOp::And => 1,
         BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::In => 2,
         BinaryOp::Default | BinaryOp::Add | BinaryOp::Sub => 3,
-        BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => MAX_LEVEL,
+        BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => 4,
     }
 }
-
-const MAX_LEVEL: usize = 4;
 
 #[cfg(test)]
 mod tests {
@@ -391,6 +470,10 @@ mod tests {
             }
             Ast::Unary(op, x) => format!("({op:?} {})", shape(x)),
             Ast::Binary(op, a, b) => format!("({op:?} {} {})", shape(a), shape(b)),
+            Ast::Logical(op, terms) => {
+                let t: Vec<String> = terms.iter().map(shape).collect();
+                format!("({op:?} {})", t.join(" "))
+            }
             Ast::Ternary(c, a, b) => format!("({} ? {} : {})", shape(c), shape(a), shape(b)),
         }
     }
@@ -426,6 +509,23 @@ mod tests {
         assert_eq!(e.pos, 4);
         assert!(parse("(a").unwrap_err().message.contains("expected ')'"));
         assert!(parse("a b").unwrap_err().message.contains("unexpected identifier"));
+    }
+
+    #[test]
+    fn logical_chains_are_flat_and_nesting_is_bounded() {
+        assert_eq!(shape(&parse("a || b || c && d && e").unwrap()), "(Or a b (And c d e))");
+        let chain = vec!["x == 1"; 100_000].join(" || ");
+        let Ast::Logical(BinaryOp::Or, terms) = parse(&chain).unwrap().ast else { panic!("not flat") };
+        assert_eq!(terms.len(), 100_000);
+
+        let deep = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(parse(&deep).unwrap_err().message.contains("nested deeper than 50 levels"));
+        assert!(parse(&format!("{}x", "!".repeat(100_000))).unwrap_err().message.contains("deeper"));
+        assert!(parse(&vec!["a"; 100_000].join(" + ")).unwrap_err().message.contains("deeper"));
+        assert!(parse(&format!("{}a", "f(".repeat(5000))).unwrap_err().message.contains("deeper"));
+        assert!(parse(&format!("a{}", "[b]".repeat(5000))).unwrap_err().message.contains("deeper"));
+        let fine = format!("{}x{}", "(".repeat(MAX_DEPTH - 1), ")".repeat(MAX_DEPTH - 1));
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]

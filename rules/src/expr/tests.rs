@@ -358,3 +358,24 @@ mod mixer_semantics {
         yes("request.size / 4 == 25");
     }
 }
+
+#[test]
+fn long_chains_and_the_deepest_nesting_compile_and_evaluate() {
+    let m = manifest();
+    let b = bag();
+    let chain = (0..100_000).map(|i| format!("request.size == {i}")).collect::<Vec<_>>().join(" || ");
+    let p = compile(&chain, Some(ValueType::Bool), opts(&m)).unwrap();
+    assert_eq!(p.eval(&b, &mut Referenced::new()).map(Value::into_owned), Ok(Value::Bool(true)));
+    let all = vec![r#"request.method == "GET""#; 100_000].join(" && ");
+    let p = compile(&all, Some(ValueType::Bool), opts(&m)).unwrap();
+    assert_eq!(p.eval(&b, &mut Referenced::new()).map(Value::into_owned), Ok(Value::Bool(true)));
+
+    let depth = parse::MAX_DEPTH - 2;
+    let nested = format!("{}request.size == 100{}", "(".repeat(depth), ")".repeat(depth));
+    let p = compile(&nested, Some(ValueType::Bool), opts(&m)).unwrap();
+    assert_eq!(p.eval(&b, &mut Referenced::new()).map(Value::into_owned), Ok(Value::Bool(true)));
+    let nots = format!("{}(request.size == 100)", "!".repeat(depth - 1));
+    assert!(compile(&nots, Some(ValueType::Bool), opts(&m)).is_ok());
+    let too_deep = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+    assert!(compile_err(&too_deep).contains("nested deeper than"));
+}

@@ -12,8 +12,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mixr_adapters::Registry;
 use mixr_otlp::SpanPipeline;
 
+use crate::listen::Limits;
 use crate::runtime::compile_config;
 use crate::serve::{ServeOptions, serve};
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`: what a gRPC client must send before the handshake
+/// deadline.
+const HTTP2_PREFACE_BYTES: usize = 24;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +74,24 @@ enum Command {
         /// Add draft-IETF X-RateLimit-* headers to Envoy rate-limit answers.
         #[arg(long)]
         rate_limit_headers: bool,
+        /// Most gRPC connections open at once; one more is closed as it arrives.
+        #[arg(long, default_value_t = 4096)]
+        grpc_max_connections: usize,
+        /// Most concurrent calls (HTTP/2 streams) per gRPC connection.
+        #[arg(long, default_value_t = 1024)]
+        grpc_max_streams: u32,
+        /// Ping idle gRPC connections this often; drop a peer silent for as long again.
+        #[arg(long, default_value = "30s", value_parser = parse_grace)]
+        grpc_keepalive: std::time::Duration,
+        /// A new connection on either port must send its first bytes within this.
+        #[arg(long, default_value = "10s", value_parser = parse_grace)]
+        handshake_timeout: std::time::Duration,
+        /// Most monitoring connections open at once.
+        #[arg(long, default_value_t = 256)]
+        monitoring_max_connections: usize,
+        /// Close a monitoring connection silent for this long.
+        #[arg(long, default_value = "60s", value_parser = parse_grace)]
+        monitoring_idle_timeout: std::time::Duration,
     },
     /// Check config files; print every error and exit non-zero if any.
     Validate {
@@ -118,6 +141,12 @@ pub fn main() -> ExitCode {
             no_watch,
             shutdown_grace,
             rate_limit_headers,
+            grpc_max_connections,
+            grpc_max_streams,
+            grpc_keepalive,
+            handshake_timeout,
+            monitoring_max_connections,
+            monitoring_idle_timeout,
         } => {
             let opts = ServeOptions {
                 config,
@@ -129,6 +158,20 @@ pub fn main() -> ExitCode {
                 shutdown_grace,
                 rate_limit_headers,
                 otlp_endpoint: cli.otlp_endpoint.clone(),
+                grpc_limits: Limits {
+                    max_connections: grpc_max_connections,
+                    handshake_timeout,
+                    idle_timeout: None,
+                    handshake_bytes: HTTP2_PREFACE_BYTES,
+                },
+                grpc_max_streams,
+                grpc_keepalive,
+                monitoring_limits: Limits {
+                    max_connections: monitoring_max_connections,
+                    handshake_timeout,
+                    idle_timeout: Some(monitoring_idle_timeout),
+                    handshake_bytes: 1,
+                },
             };
             let result = runtime.block_on(serve(opts));
             if let Some(p) = &pipeline {

@@ -39,16 +39,28 @@ pub struct QuotaOutcome<'s> {
     pub configured: bool,
 }
 
-/// Quota names already logged as unconfigured (Mixer granted them silently; we log each
-/// name once and count every occurrence).
+/// Quota names asked for that no rule selects (Mixer granted them silently; we log each
+/// name once and count every occurrence). Names come from callers, so both are bounded:
+/// the first [`UNCONFIGURED_NAMES`] names are logged and get a series of their own, the
+/// rest are counted as `other`.
 #[derive(Debug, Default)]
 pub struct Unconfigured(Mutex<HashSet<String>>);
 
+/// Distinct unconfigured quota names logged and labelled by name.
+pub const UNCONFIGURED_NAMES: usize = 100;
+
 impl Unconfigured {
-    fn first_time(&self, name: &str) -> bool {
+    /// The metric label for `name`, and whether it is seen for the first time.
+    fn note<'n>(&self, name: &'n str) -> (&'n str, bool) {
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: a client inventing names cannot grow this without limit.
-        seen.len() < 10_000 && seen.insert(name.to_string())
+        if seen.contains(name) {
+            (name, false)
+        } else if seen.len() < UNCONFIGURED_NAMES {
+            seen.insert(name.to_string());
+            (name, true)
+        } else {
+            ("other", false)
+        }
     }
 }
 
@@ -90,8 +102,9 @@ pub async fn allocate<'s>(
     let mut referenced = Referenced::new();
     if targets.is_empty() {
         if let Selection::Named(name) = selection {
-            metrics.quota_unconfigured.with_label_values(&[name]).inc();
-            if unconfigured.first_time(name) {
+            let (label, first_time) = unconfigured.note(name);
+            metrics.quota_unconfigured.with_label_values(&[label]).inc();
+            if first_time {
                 tracing::warn!(
                     quota = name,
                     "quota requested but no rule selects it: granted in full (logged once per name)"

@@ -5,12 +5,18 @@ use std::time::Instant;
 use mixr_proto::DIRECT_HTTP_RESPONSE_TYPE_URL;
 use mixr_proto::google::rpc;
 use mixr_proto::istio::mixer::v1::check_response::{PreconditionResult, QuotaResult};
-use mixr_proto::istio::mixer::v1::mixer_server::{Mixer, MixerServer};
 use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
 use mixr_proto::istio::mixer::v1::{
-    CheckRequest, CheckResponse, HeaderOperation, ReportRequest, ReportResponse, RouteDirective, header_operation,
+    CheckRequest, CheckResponse, HeaderOperation, ReportResponse, RouteDirective, header_operation,
 };
-use mixr_rules::bag::{decode_compressed, decode_report};
+use mixr_proto::lazy_server::mixer_server::{Mixer, MixerServer};
+use mixr_proto::mixr::server::v1::LazyReportRequest;
+use mixr_rules::bag::Bag;
+use mixr_rules::bag::decode_compressed;
+use mixr_rules::bag::report::{ChunkSink, ReportEncoding, for_each_chunk};
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
 use mixr_rules::config::model::HeaderOpKind;
 use prost::Message;
 use tonic::{Request, Response};
@@ -23,6 +29,10 @@ use super::trace::rpc_span;
 use crate::dispatch::quota::{self, Selection};
 use crate::dispatch::{self, CheckOutcome, HeaderOp};
 use crate::metrics::MethodMetrics;
+
+/// Report entries decoded and dispatched together: large enough to batch adapter calls,
+/// small enough that a Report of any size costs little memory beyond its own message.
+const REPORT_CHUNK: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct MixerService {
@@ -100,17 +110,36 @@ impl MixerService {
         Ok(resp)
     }
 
-    fn report_inner(&self, req: &ReportRequest) -> Result<(), CallError> {
+    fn report_inner(&self, req: &LazyReportRequest) -> Result<(), CallError> {
         let rt = self.shared.store.current();
-        let delta = req.repeated_attributes_semantics != RepeatedAttributesSemantics::IndependentEncoding as i32;
-        let mut bags =
-            decode_report(&req.attributes, &req.default_words, req.global_word_count, delta, &rt.snapshot.manifest)?;
-        for bag in &mut bags {
-            dispatch::generate(&rt, bag, &self.shared.metrics).apply(bag);
-        }
-        self.shared.metrics.report_entries.with_label_values(&["mixer"]).inc_by(bags.len() as u64);
-        dispatch::report(&rt, &bags, &self.shared.metrics);
+        let encoding = ReportEncoding {
+            default_words: &req.default_words,
+            global_word_count: req.global_word_count,
+            delta: req.repeated_attributes_semantics != RepeatedAttributesSemantics::IndependentEncoding as i32,
+        };
+        let metrics = &self.shared.metrics;
+        let mut sink = Dispatch { rt: &rt, metrics };
+        let entries = for_each_chunk(&req.attributes, encoding, &rt.snapshot.manifest, REPORT_CHUNK, &mut sink)?;
+        metrics.report_entries.with_label_values(&["mixer"]).inc_by(entries as u64);
         Ok(())
+    }
+}
+
+/// Generates attributes for, and dispatches, one chunk of a Report.
+struct Dispatch<'n> {
+    rt: &'n Runtime,
+    metrics: &'n Metrics,
+}
+
+impl<'n> ChunkSink<'n> for Dispatch<'n> {
+    fn chunk<'c>(&mut self, bags: &mut Vec<Bag<'c>>)
+    where
+        'n: 'c,
+    {
+        for bag in bags.iter_mut() {
+            dispatch::generate(self.rt, bag, self.metrics).apply(bag);
+        }
+        dispatch::report(self.rt, bags, self.metrics);
     }
 }
 
@@ -180,7 +209,7 @@ impl Mixer for MixerService {
         }
     }
 
-    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, tonic::Status> {
+    async fn report(&self, request: Request<LazyReportRequest>) -> Result<Response<ReportResponse>, tonic::Status> {
         let _call = self.shared.in_flight.enter();
         let started = Instant::now();
         let span = rpc_span("istio.mixer.v1.Mixer/Report", request.metadata());
