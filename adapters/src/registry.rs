@@ -75,6 +75,9 @@ pub struct BuildContext {
     pub adapter_metrics: AdapterMetrics,
     /// The server's OTLP endpoint (`--otlp-endpoint`), the default for span exporters.
     pub otlp_endpoint: Option<String>,
+    /// Where adapters keep what they write (`--data-dir`); relative paths in params resolve
+    /// here, never in the config directory.
+    pub data_dir: std::path::PathBuf,
 }
 
 impl BuildContext {
@@ -83,6 +86,7 @@ impl BuildContext {
             clock: Arc::new(SystemClock),
             adapter_metrics: AdapterMetrics::register(registry),
             otlp_endpoint: None,
+            data_dir: std::env::temp_dir().join("mixr"),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! Mixer's stdio adapter.
 //!
 //! Params (defaults): `logStream` (STDOUT; STDERR, or FILE which needs `outputPath`),
-//! `outputPath` (a file to append to; implies FILE; relative paths are relative to the
-//! config file's directory), `outputAsJson` (true: one JSON object a line; false: Mixer's
+//! `outputPath` (a file to append to; implies FILE; relative paths are relative to mixr's
+//! data directory, `--data-dir`), `outputAsJson` (true: one JSON object a line; false: Mixer's
 //! console form, `TIME<tab>SEVERITY<tab>INSTANCE<tab>{variables as JSON}`), and
 //! `checkDenials` (false: when true, denied Checks are written with severity DENIED).
 //!
@@ -32,7 +32,7 @@ pub fn info() -> AdapterInfo {
     AdapterInfo {
         name: "stdio",
         templates: &[Template::LogEntry],
-        validate: |doc| parse(doc).map(drop),
+        validate: |doc| parse(doc, None).map(drop),
         validate_instances: None,
         build,
     }
@@ -61,8 +61,9 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Keys every line starts with; variables of these names are renamed.
 const FIXED_KEYS: [&str; 4] = ["time", "severity", "instance", "resourceType"];
 
-/// Reads and checks the params. Pure: nothing is opened.
-pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
+/// Reads and checks the params; a relative `outputPath` is resolved against `data_dir`
+/// when given. Pure: nothing is opened.
+pub fn parse(doc: &HandlerDoc, data_dir: Option<&Path>) -> Result<Params, ConfigError> {
     let o = doc.params().obj()?;
     let stream = o.get("logStream", |p| {
         let s = p.text()?;
@@ -77,7 +78,7 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
             return Err(p.error("must not be empty"));
         }
         let path = Path::new(&text);
-        Ok(match Path::new(&*doc.loc.file).parent() {
+        Ok(match data_dir {
             Some(dir) if path.is_relative() => dir.join(path),
             _ => path.to_path_buf(),
         })
@@ -99,8 +100,8 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
     Ok(Params { output, check_denials, json })
 }
 
-fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
-    let log = start(parse(doc)?, &doc.display_name());
+fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
+    let log = start(parse(doc, Some(&ctx.data_dir))?, &doc.display_name());
     Ok(Handler { check: None, quota: None, report: Some(Arc::new(log)), generator: None })
 }
 
@@ -233,7 +234,7 @@ mod tests {
         if !errors.is_empty() {
             return Err(errors.remove(0));
         }
-        parse(&set.handlers[0])
+        parse(&set.handlers[0], Some(Path::new("/var/lib/mixr")))
     }
 
     fn instance(user: &str) -> InstanceValues {
@@ -322,7 +323,11 @@ mod tests {
         assert!(!params("{outputAsJson: false}").unwrap().json);
         assert_eq!(params("{outputAsJson: true}").unwrap().output, Output::Stdout);
         assert_eq!(params("{logStream: STDERR}").unwrap().output, Output::Stderr);
-        assert_eq!(params("{outputPath: logs/a.log}").unwrap().output, Output::File("/etc/mixr/logs/a.log".into()));
+        assert_eq!(
+            params("{outputPath: logs/a.log}").unwrap().output,
+            Output::File("/var/lib/mixr/logs/a.log".into()),
+            "relative to the data directory, not the config's"
+        );
         assert_eq!(
             params("{logStream: FILE, outputPath: /var/log/a.log}").unwrap().output,
             Output::File("/var/log/a.log".into())

@@ -90,7 +90,8 @@ impl ConfigStore {
             metrics,
             reloading: std::sync::Mutex::new(None),
         };
-        match store.reload(true) {
+        // The caller reports a first config's errors (once): nothing serves without it.
+        match store.load(true, false) {
             ReloadOutcome::Rejected { errors } => Err(errors),
             _ => Ok(store),
         }
@@ -112,6 +113,10 @@ impl ConfigStore {
 
     /// Re-reads the config. Unless `force`, an unchanged file tree is left alone.
     pub fn reload(&self, force: bool) -> ReloadOutcome {
+        self.load(force, true)
+    }
+
+    fn load(&self, force: bool, log_rejection: bool) -> ReloadOutcome {
         let mut last_attempt = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let fp = fingerprint(&self.paths);
         let previous = self.current.load_full();
@@ -151,10 +156,12 @@ impl ConfigStore {
             }
             Err(errors) => {
                 let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                for e in &errors {
-                    tracing::error!(error = %e, "config rejected");
+                if log_rejection {
+                    for e in &errors {
+                        tracing::error!(error = %e, "config rejected");
+                    }
+                    tracing::warn!(generation = previous.generation, "keeping the last good config");
                 }
-                tracing::warn!(generation = previous.generation, "keeping the last good config");
                 self.metrics.config_reloads.with_label_values(&["failed"]).inc();
                 ReloadOutcome::Rejected { errors }
             }

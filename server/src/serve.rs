@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub rate_limit_headers: bool,
     /// Default OTLP endpoint for span-exporting adapters.
     pub otlp_endpoint: Option<String>,
+    /// Where adapters write (`--data-dir`).
+    pub data_dir: PathBuf,
     pub grpc_limits: Limits,
     /// Concurrent calls (HTTP/2 streams) per gRPC connection.
     pub grpc_max_streams: u32,
@@ -69,6 +71,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let metrics = Metrics::new();
     let mut ctx = BuildContext::new(&metrics.registry);
     ctx.otlp_endpoint = opts.otlp_endpoint.clone();
+    ctx.data_dir = opts.data_dir.clone();
     let store = Arc::new(
         ConfigStore::open(
             opts.config.clone(),

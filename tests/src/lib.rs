@@ -69,6 +69,9 @@ impl Mixr {
         };
         cmd.arg("serve").arg("--grpc-addr=127.0.0.1:0").arg("--monitoring-addr=127.0.0.1:0");
         cmd.arg("--addr-file").arg(&addr_file);
+        if !extra.contains(&"--data-dir") {
+            cmd.arg("--data-dir").arg(dir.path().join("data"));
+        }
         for c in config {
             cmd.arg("--config").arg(c);
         }

@@ -502,3 +502,47 @@ async fn sigterm_lets_in_flight_calls_finish() {
     assert_eq!(q.status.as_ref().unwrap().code, 14, "answered by the fail-closed policy after the timeout");
     let _ = std::process::Command::new("kill").args(["-CONT", &redis.0.id().to_string()]).status();
 }
+
+/// The sample config's rate limits, shaped like envoyproxy/ratelimit's example, apart
+/// from the sample's Check quota.
+#[tokio::test]
+async fn sample_rate_limits_work_as_envoyproxy_ratelimit_would() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/examples");
+    let mixr = Mixr::start(&[&sample], &["--rate-limit-headers"]);
+    let per_ip = |ip: &'static str| rls_request("edge_proxy_per_ip", &[&[("remote_address", ip)]], 1);
+
+    let first = rls(&mixr, per_ip("10.1.2.3")).await;
+    assert_eq!(first.overall_code, Code::Ok as i32);
+    let limit = first.statuses[0].current_limit.clone().unwrap();
+    assert_eq!((limit.requests_per_unit, limit.unit), (10, 1), "10 per SECOND");
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        codes.push(rls(&mixr, per_ip("10.1.2.3")).await.overall_code);
+    }
+    assert!(codes[..9].iter().all(|c| *c == Code::Ok as i32) && codes[9] == Code::OverLimit as i32, "{codes:?}");
+    assert_eq!(rls(&mixr, per_ip("50.0.0.5")).await.overall_code, Code::OverLimit as i32, "the blocked address");
+    assert_eq!(rls(&mixr, per_ip("10.9.9.9")).await.overall_code, Code::Ok as i32, "each address counts apart");
+
+    let marketing =
+        |to: &'static str| rls_request("messaging", &[&[("message_type", "marketing"), ("to_number", to)]], 1);
+    let answers: Vec<i32> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(rls(&mixr, marketing("2061111111")).await.overall_code);
+        }
+        v
+    };
+    assert_eq!(answers.iter().filter(|c| **c == Code::OverLimit as i32).count(), 1, "5 a day: {answers:?}");
+    let answer = rls(&mixr, marketing("2062222222")).await;
+    let limit = answer.statuses[0].current_limit.clone().unwrap();
+    assert_eq!((limit.requests_per_unit, limit.unit), (5, 4), "5 per DAY");
+
+    // Rate-limit calls do not spend the Check quota (5 per 10 s per service): a Check for
+    // the same service still gets its quota.
+    let mut client = mixr.client().await;
+    let mut req = check_request(&[("destination.service.name", Value::String("productpage".into()))]);
+    req.quotas.insert("requestcountquota".into(), QuotaParams { amount: 1, best_effort: false });
+    let resp = client.check(req).await.unwrap().into_inner();
+    assert_eq!(precondition(&resp).0, 0);
+    assert_eq!(resp.quotas["requestcountquota"].granted_amount, 1);
+}

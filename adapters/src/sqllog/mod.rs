@@ -1,9 +1,10 @@
 //! `sqllog`: `logentry` instances written in batches to SQLite or PostgreSQL, read back
 //! with `mixr logs`.
 //!
-//! Params (defaults): `url` (`mixr-logs.db` beside the config file; `sqlite://PATH`, a
-//! bare path, or `postgres://...`; relative paths are relative to the config file's
-//! directory), `batchSize` (100 rows per transaction), `flushInterval` (1s: whatever is
+//! Params (defaults): `url` (`mixr-logs.db` in mixr's data directory, `--data-dir`;
+//! `sqlite://PATH`, a bare path, or `postgres://...`; relative paths are relative to the
+//! data directory, never the config's: a config directory may be read-only, as a
+//! Kubernetes ConfigMap mount is), `batchSize` (100 rows per transaction), `flushInterval` (1s: whatever is
 //! queued is written at least this often), `queueSize` (10000 entries held in memory),
 //! `checkDenials` (false: when true, denied Checks are recorded with severity DENIED).
 //!
@@ -40,13 +41,13 @@ pub fn info() -> AdapterInfo {
     AdapterInfo {
         name: "sqllog",
         templates: &[Template::LogEntry],
-        validate: |doc| parse(doc).map(drop),
+        validate: |doc| parse(doc, None).map(drop),
         validate_instances: None,
         build,
     }
 }
 
-/// The SQLite file used when `url` is not given, in the config file's directory.
+/// The SQLite file used when `url` is not given, in the data directory.
 pub const DEFAULT_FILE: &str = "mixr-logs.db";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,13 +59,13 @@ pub struct Params {
     pub check_denials: bool,
 }
 
-/// Reads and checks the params. Pure: nothing is opened or connected.
-pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
+/// Reads and checks the params; relative SQLite paths are resolved against `data_dir`
+/// when given. Pure: nothing is opened or connected.
+pub fn parse(doc: &HandlerDoc, data_dir: Option<&Path>) -> Result<Params, ConfigError> {
     let o = doc.params().obj()?;
-    let base = Path::new(&*doc.loc.file).parent();
     let target = o
-        .get("url", |p| Target::parse(&p.text()?, base).map_err(|e| p.error(e)))?
-        .unwrap_or_else(|| Target::Sqlite(base.unwrap_or(Path::new("")).join(DEFAULT_FILE)));
+        .get("url", |p| Target::parse(&p.text()?, data_dir).map_err(|e| p.error(e)))?
+        .unwrap_or_else(|| Target::Sqlite(data_dir.unwrap_or(Path::new("")).join(DEFAULT_FILE)));
     let positive = |p: mixr_rules::config::Param<'_>| -> Result<usize, ConfigError> {
         let n = p.i64()?;
         usize::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| p.error(format!("{n} must be at least 1")))
@@ -83,8 +84,8 @@ pub fn parse(doc: &HandlerDoc) -> Result<Params, ConfigError> {
     Ok(Params { target, batch_size, flush_interval, queue_size, check_denials })
 }
 
-fn build(doc: &HandlerDoc, _: &BuildContext) -> Result<Handler, ConfigError> {
-    let log = start(parse(doc)?, &doc.display_name());
+fn build(doc: &HandlerDoc, ctx: &BuildContext) -> Result<Handler, ConfigError> {
+    let log = start(parse(doc, Some(&ctx.data_dir))?, &doc.display_name());
     Ok(Handler { check: None, quota: None, report: Some(std::sync::Arc::new(log)), generator: None })
 }
 

@@ -13,6 +13,8 @@ use mixr_rules::config::load_str;
 use mixr_rules::value::{Timestamp, Value};
 use serde_json::json;
 
+use std::path::Path;
+
 use super::*;
 
 fn pg_url() -> String {
@@ -32,7 +34,7 @@ fn handler_doc(file: &str, params: &str) -> Result<HandlerDoc, ConfigError> {
 }
 
 fn params(params: &str) -> Result<Params, ConfigError> {
-    parse(&handler_doc("/etc/mixr/logs.yaml", params)?)
+    parse(&handler_doc("/etc/mixr/logs.yaml", params)?, Some(Path::new("/var/lib/mixr")))
 }
 
 fn sqllog(params_text: &str) -> QueuedLog {
@@ -239,17 +241,19 @@ async fn postgres_denials_recorded() {
 }
 
 #[tokio::test]
-async fn default_file_is_created_beside_the_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("handlers.yaml");
+async fn default_file_is_created_in_the_data_dir() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("handlers.yaml");
     let doc = handler_doc(&config.display().to_string(), "{flushInterval: 1h}").unwrap();
-    let p = parse(&doc).unwrap();
-    let db = dir.path().join(DEFAULT_FILE);
+    let p = parse(&doc, Some(data_dir.path())).unwrap();
+    let db = data_dir.path().join(DEFAULT_FILE);
     assert_eq!(p.target, Target::Sqlite(db.clone()));
     let log = start(p, "logs.istio-system");
     log.report("a.instance.ns", &instances(1));
     log.flush().await;
     assert!(db.exists());
+    assert!(std::fs::read_dir(config_dir.path()).unwrap().next().is_none(), "nothing written beside the config");
     assert_eq!(stored(&Target::Sqlite(db), "a.instance.ns").await.len(), 1);
 }
 
@@ -334,7 +338,7 @@ fn param_defaults() {
     assert_eq!(
         p,
         Params {
-            target: Target::Sqlite("/etc/mixr/mixr-logs.db".into()),
+            target: Target::Sqlite("/var/lib/mixr/mixr-logs.db".into()),
             batch_size: 100,
             flush_interval: Duration::from_secs(1),
             queue_size: 10_000,
@@ -344,7 +348,7 @@ fn param_defaults() {
     let p = params("{url: 'postgresql://u@db/logs', batch_size: 5, queueSize: 5, flushInterval: 250ms}").unwrap();
     assert_eq!(p.target, Target::Postgres("postgresql://u@db/logs".into()));
     assert_eq!((p.batch_size, p.queue_size, p.flush_interval), (5, 5, Duration::from_millis(250)));
-    assert_eq!(params("{url: relative/l.db}").unwrap().target, Target::Sqlite("/etc/mixr/relative/l.db".into()));
+    assert_eq!(params("{url: relative/l.db}").unwrap().target, Target::Sqlite("/var/lib/mixr/relative/l.db".into()));
 }
 
 #[test]

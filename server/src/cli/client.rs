@@ -28,14 +28,18 @@ pub struct CheckArgs {
     /// A quota to ask for, `name=amount` (append `,best_effort` to take what is left).
     #[arg(long = "quota", short = 'q')]
     quotas: Vec<String>,
+    /// Deduplication id: a retried Check with the same id is not charged twice.
     #[arg(long, default_value = "")]
     dedup_id: String,
 }
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
+    /// Server address (host:port or http://host:port).
     #[arg(long, short = 's', default_value = "127.0.0.1:9091")]
     server: String,
+    /// An attribute, `name=value`, as for `check`. `request.time` and `response.time` are
+    /// now unless given (access logs are keyed on them).
     #[arg(long = "attribute", short = 'a')]
     attributes: Vec<String>,
 }
@@ -73,16 +77,46 @@ fn endpoint(server: &str) -> String {
     if server.contains("://") { server.to_string() } else { format!("http://{server}") }
 }
 
-async fn connect(server: &str) -> Result<MixerClient<tonic::transport::Channel>, String> {
-    MixerClient::connect(endpoint(server)).await.map_err(|e| format!("cannot connect to {server}: {e}"))
+/// An error with its causes: a transport error says only "transport error" by itself.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
+
+async fn connect(server: &str) -> Result<MixerClient<tonic::transport::Channel>, String> {
+    MixerClient::connect(endpoint(server)).await.map_err(|e| format!("cannot connect to {server}: {}", with_causes(&e)))
+}
+
+/// Exit status of a denied Check.
+const DENIED: u8 = 2;
+/// Exit status of a Check that passed but was granted less quota than it asked for.
+const QUOTA_SHORT: u8 = 3;
 
 pub async fn check(args: CheckArgs) -> ExitCode {
     match run_check(&args).await {
         Ok(resp) => {
             print!("{}", describe_check(&resp));
             let ok = resp.precondition.as_ref().and_then(|p| p.status.as_ref()).is_none_or(|s| s.code == 0);
-            if ok { ExitCode::SUCCESS } else { ExitCode::from(2) }
+            let short = resp.quotas.iter().any(|(name, q)| {
+                let asked = args.quotas.iter().find_map(|spec| {
+                    let (n, rest) = spec.split_once('=')?;
+                    (n == name).then(|| rest.split(',').next()?.parse::<i64>().ok()).flatten()
+                });
+                asked.is_some_and(|a| q.granted_amount < a)
+            });
+            if !ok {
+                ExitCode::from(DENIED)
+            } else if short {
+                ExitCode::from(QUOTA_SHORT)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("mixr check: {e}");
@@ -167,7 +201,18 @@ pub fn describe_check(resp: &CheckResponse) -> String {
 
 pub async fn report(args: ReportArgs) -> ExitCode {
     let result = async {
-        let attrs = parse_all(&args.attributes)?;
+        let mut attrs = parse_all(&args.attributes)?;
+        let now = mixr_rules::value::Timestamp {
+            seconds: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            nanos: 0,
+        };
+        for name in ["request.time", "response.time"] {
+            if !attrs.iter().any(|(n, _)| n == name) {
+                attrs.push((name.to_string(), Value::Timestamp(now)));
+            }
+        }
         let mut enc = Encoder::new();
         let entry = enc.encode(attrs.iter().map(|(n, v)| (n.as_str(), v)));
         let req = ReportRequest {

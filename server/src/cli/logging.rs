@@ -1,4 +1,5 @@
-//! Logs and traces. Logs go to stderr (text for people, JSON for collectors). With an OTLP
+//! Logs and traces. Logs go to stderr (text for people, coloured only on a terminal; one
+//! flat JSON object a line for collectors, `ts`, `level`, `msg`, then fields). With an OTLP
 //! endpoint, spans of the `mixr_rpc` target (one per call, children per adapter call) are
 //! exported; logs never carry them, and without an endpoint nobody listens to that target,
 //! so creating those spans costs next to nothing.
@@ -28,10 +29,12 @@ pub fn init(format: LogFormat, level: &str, traces: Option<TraceExport>) -> Opti
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level))
         .add_directive("mixr_rpc=off".parse().unwrap_or_else(|_| LevelFilter::OFF.into()));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal: in files and pipes they are noise.
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let logs = match format {
         LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Json => fmt.event_format(mixr_otlp::logfmt::FlatJson).boxed(),
     }
     .with_filter(filter);
     let (otel, provider) = match traces {

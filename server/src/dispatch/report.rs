@@ -1,7 +1,9 @@
 //! Report: every entry is matched against the rules; report instances are built and
 //! handed to report adapters in one batch per handler and instance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use mixr_rules::bag::{Bag, Referenced};
 use mixr_rules::snapshot::InstanceValues;
@@ -15,6 +17,29 @@ use crate::runtime::Runtime;
 pub struct ReportOutcome {
     pub instances_dispatched: usize,
     pub instance_errors: usize,
+}
+
+/// When each instance's dropped entries were last logged. Instance names come from the
+/// config, so the map stays small.
+#[derive(Debug, Default)]
+struct Throttle(Mutex<HashMap<String, Instant>>);
+
+impl Throttle {
+    fn due(&self, instance: &str) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get(instance) {
+            Some(t) if t.elapsed() < Duration::from_secs(60) => false,
+            _ => {
+                last.insert(instance.to_string(), Instant::now());
+                true
+            }
+        }
+    }
+}
+
+fn dropped_warnings() -> &'static Throttle {
+    static THROTTLE: OnceLock<Throttle> = OnceLock::new();
+    THROTTLE.get_or_init(Throttle::default)
 }
 
 pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcome {
@@ -43,7 +68,13 @@ pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcom
                         Err(e) => {
                             outcome.instance_errors += 1;
                             metrics.instance_errors.with_label_values(&[instance.full_name.as_str()]).inc();
-                            tracing::debug!(instance = %instance.full_name, error = %e, "report instance not built");
+                            if dropped_warnings().due(&instance.full_name) {
+                                tracing::warn!(
+                                    instance = %instance.full_name,
+                                    error = %e,
+                                    "report entry dropped for this instance: it could not be built (logged at most once a minute per instance)"
+                                );
+                            }
                         }
                     }
                 }

@@ -56,28 +56,35 @@ pub fn descriptor_bag<'a>(domain: &'a str, d: &'a RateLimitDescriptor) -> Bag<'a
     ])
 }
 
-/// Envoy reports limits per unit of time. A window that is exactly a unit maps onto it;
-/// any other window is reported in the smallest unit that holds it, with the limit as is.
-fn unit_for(window: Duration) -> Unit {
-    const UNITS: [(u64, Unit); 6] = [
-        (1, Unit::Second),
-        (60, Unit::Minute),
-        (3600, Unit::Hour),
-        (86_400, Unit::Day),
-        (7 * 86_400, Unit::Week),
-        (30 * 86_400, Unit::Month),
-    ];
-    let secs = window.as_secs_f64();
-    UNITS.iter().find(|(s, _)| secs <= *s as f64).map_or(Unit::Year, |(_, u)| *u)
+/// RLS units and their length in seconds.
+const UNITS: [(u64, Unit); 7] = [
+    (1, Unit::Second),
+    (60, Unit::Minute),
+    (3600, Unit::Hour),
+    (86_400, Unit::Day),
+    (7 * 86_400, Unit::Week),
+    (30 * 86_400, Unit::Month),
+    (365 * 86_400, Unit::Year),
+];
+
+/// A limit as Envoy states it: requests per unit of time. A window that is exactly a unit
+/// keeps its number; any other window is stated per the smallest unit that holds it, as
+/// the whole number of requests that rate allows there (5 per 10 s is 30 per MINUTE),
+/// rounded down so a client is never told it may send more than it may.
+pub fn rls_limit(max_amount: i64, window: Duration) -> (u32, Unit) {
+    let max = max_amount.max(0) as u128;
+    let window_ns = window.as_nanos().max(1);
+    let (secs, unit) = UNITS.iter().copied().find(|(s, _)| window_ns <= *s as u128 * 1_000_000_000).unwrap_or(UNITS[6]);
+    let per_unit = max * secs as u128 * 1_000_000_000 / window_ns;
+    (per_unit.min(u32::MAX as u128) as u32, unit)
 }
 
 fn status(code: Code, limit: Option<(&QuotaLimit, &str)>) -> DescriptorStatus {
     DescriptorStatus {
         code: code as i32,
-        current_limit: limit.map(|(l, name)| RateLimit {
-            name: name.to_string(),
-            requests_per_unit: l.max_amount.clamp(0, u32::MAX as i64) as u32,
-            unit: unit_for(l.window) as i32,
+        current_limit: limit.map(|(l, name)| {
+            let (requests_per_unit, unit) = rls_limit(l.max_amount, l.window);
+            RateLimit { name: name.to_string(), requests_per_unit, unit: unit as i32 }
         }),
         limit_remaining: limit.map_or(0, |(l, _)| l.remaining.clamp(0, u32::MAX as i64) as u32),
         duration_until_reset: limit.map(|(l, _)| envoy_types::pb::google::protobuf::Duration {
@@ -177,5 +184,29 @@ impl RateLimitService for RlsService {
         };
         self.metrics.observe(code, started);
         result.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_no_unit_expresses_are_stated_per_the_smallest_unit_that_holds_them() {
+        let cases = [
+            (5, 1, (5, Unit::Second)),
+            (5, 10, (30, Unit::Minute)),
+            (5, 60, (5, Unit::Minute)),
+            (5, 90, (200, Unit::Hour)),
+            (5, 3600, (5, Unit::Hour)),
+            (7, 45, (9, Unit::Minute)),
+            (1, 86_400 * 2, (3, Unit::Week)),
+        ];
+        for (max, secs, want) in cases {
+            assert_eq!(rls_limit(max, Duration::from_secs(secs)), want, "{max} per {secs}s");
+        }
+        assert_eq!(rls_limit(5, Duration::from_millis(500)), (10, Unit::Second));
+        assert_eq!(rls_limit(u32::MAX as i64, Duration::from_millis(1)), (u32::MAX, Unit::Second), "saturates");
+        assert_eq!(rls_limit(-1, Duration::from_secs(10)), (0, Unit::Minute));
     }
 }
