@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/istio/mixer/v1/mixer.proto",
         "protos/istio/policy/v1beta1/http_response.proto",
         "protos/mixr/server/v1/lazy_report.proto",
+        "protos/istio/v1/auth/ca.proto",
     ];
     let fds = protox::compile(protos, ["protos"])?;
     fs::write(out.join("mixr_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;

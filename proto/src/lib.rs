@@ -3,6 +3,8 @@
 //! - `istio::mixer::v1`: Istio's Mixer API (Check/Report, compressed attributes), generated
 //!   from our own `.proto` files under `protos/`, field-for-field compatible with Istio's.
 //! - `istio::policy::v1beta1`: `DirectHttpResponse`, carried in Check status details.
+//! - `istio::v1::auth`: Istio's certificate service (`CreateCertificate`), which mixr's CA
+//!   serves and sidecars call.
 //! - `google::rpc::Status`.
 //! - `mixr::server::v1::LazyReportRequest` and [`lazy_server`]: the server's view of
 //!   Report, entries decoded one chunk at a time.
@@ -28,6 +30,11 @@ pub mod istio {
     pub mod policy {
         pub mod v1beta1 {
             include!(concat!(env!("OUT_DIR"), "/istio.policy.v1beta1.rs"));
+        }
+    }
+    pub mod v1 {
+        pub mod auth {
+            include!(concat!(env!("OUT_DIR"), "/istio.v1.auth.rs"));
         }
     }
 }

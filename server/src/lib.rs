@@ -1,5 +1,6 @@
 //! The mixr policy server (binary `mixr`).
 //!
+//! - [`ca`]: the mesh's certificate authority (workload certificates for sidecars).
 //! - [`cli`]: the command line: `serve`, `validate`, and the `check`/`report` client.
 //! - [`runtime`]: the active config (compiled snapshot + built handlers), swapped
 //!   atomically; loading and hot reload with last-good-config semantics.
@@ -13,6 +14,7 @@
 //! - [`serve`], [`listen`]: `mixr serve`'s listeners, with connection limits, handshake and
 //!   idle deadlines and accept backoff; reload and shutdown.
 
+pub mod ca;
 pub mod cli;
 pub mod dispatch;
 pub mod grpc;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use mixr_adapters::{BuildContext, Registry};
+use mixr_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,6 +18,9 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizati
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use mixr_proto::lazy_server::mixer_server::MixerServer;
 
+use crate::ca::tokens::TokenStore;
+use crate::ca::{Authority, RootSource};
+use crate::grpc::ca::CaService;
 use crate::grpc::envoy_authz::AuthzService;
 use crate::grpc::envoy_rls::RlsService;
 use crate::grpc::mixer::MixerService;
@@ -53,6 +58,17 @@ pub struct ServeOptions {
     /// the same time is dropped.
     pub grpc_keepalive: Duration,
     pub monitoring_limits: Limits,
+    /// The mesh's certificate authority, when it is on.
+    pub ca: Option<CaOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    pub root: RootSource,
+    pub trust_domain: String,
+    pub max_ttl: Duration,
+    /// The hashed bootstrap tokens (reloaded when the file changes).
+    pub tokens: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +81,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("certificate authority: {0}")]
+    Ca(String),
 }
 
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
@@ -114,6 +132,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         in_flight: in_flight.clone(),
         unconfigured: Default::default(),
     };
+    let (ca, _tokens_watcher) = match &opts.ca {
+        Some(c) => {
+            let (service, watcher) = start_ca(c, &metrics)?;
+            (Some(service), watcher)
+        }
+        None => (None, None),
+    };
     let mixer = MixerService::new(shared.clone()).into_server();
     let authz = AuthzService::new(shared.clone()).into_server();
     let rls = RlsService::new(shared.clone(), opts.rate_limit_headers).into_server();
@@ -139,6 +164,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             .add_service(rls)
             .add_service(health_service)
             .add_service(reflection)
+            .add_optional_service(ca)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.changed().await;
             }),
@@ -191,6 +217,29 @@ async fn wait_for_termination() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+/// The CA service, and the watcher that reloads its tokens file.
+fn start_ca(
+    opts: &CaOptions,
+    metrics: &Metrics,
+) -> Result<(IstioCertificateServiceServer<CaService>, Option<notify::RecommendedWatcher>), ServeError> {
+    let authority =
+        Authority::open(&opts.root, &opts.trust_domain, opts.max_ttl).map_err(|e| ServeError::Ca(e.to_string()))?;
+    let tokens = Arc::new(ArcSwap::from_pointee(TokenStore::load(&opts.tokens).map_err(ServeError::Ca)?));
+    tracing::info!(trust_domain = %opts.trust_domain, service_accounts = tokens.load().len(), "certificate authority on");
+    let path = opts.tokens.clone();
+    let store = tokens.clone();
+    let watcher =
+        mixr_rules::config::watch::watch(std::slice::from_ref(&opts.tokens), move || match TokenStore::load(&path) {
+            Ok(t) => {
+                tracing::info!(service_accounts = t.len(), "bootstrap tokens reloaded");
+                store.store(Arc::new(t));
+            }
+            Err(e) => tracing::error!(error = %e, "bootstrap tokens not reloaded; keeping the last good ones"),
+        });
+    let watcher = watcher.map_err(|e| tracing::warn!(error = %e, "cannot watch the tokens file")).ok();
+    Ok((CaService::new(Arc::new(authority), tokens, &metrics.registry).into_server(), watcher))
 }
 
 async fn reload_on_sighup(store: Arc<ConfigStore>) {

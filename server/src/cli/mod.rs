@@ -13,9 +13,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mixr_adapters::Registry;
 use mixr_otlp::SpanPipeline;
 
+use crate::ca::RootSource;
+use crate::ca::tokens::ServiceAccount;
 use crate::listen::Limits;
 use crate::runtime::compile_config;
-use crate::serve::{ServeError, ServeOptions, serve};
+use crate::serve::{CaOptions, ServeError, ServeOptions, serve};
 
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`: what a gRPC client must send before the handshake
 /// deadline.
@@ -49,7 +51,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve Check/Report over gRPC with the given config files or directories.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check config files; print every error and exit non-zero if any.
     Validate {
         /// Config files or directories (read recursively, `*.yaml`/`*.yml`).
@@ -70,6 +72,12 @@ enum Command {
     /// GET an http:// URL and exit 0 on status 200, 1 otherwise: a container health
     /// check that needs no shell tools (`mixr probe http://127.0.0.1:15014/readyz`).
     Probe(probe::ProbeArgs),
+    /// Make a bootstrap token for a service account: prints the token (give it to the
+    /// workload) and the line to add to the --ca-tokens file (which never holds tokens).
+    CaToken {
+        /// NAMESPACE/SERVICEACCOUNT the token will stand for.
+        service_account: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +139,24 @@ struct ServeArgs {
     /// Close a monitoring connection silent for this long.
     #[arg(long, default_value = "60s", value_parser = parse_grace)]
     monitoring_idle_timeout: std::time::Duration,
+    /// Turn the mesh's certificate authority on: this file holds the hashed bootstrap
+    /// tokens (`NAMESPACE/SA: sha256:HEX` lines, see `mixr ca-token`) that say which
+    /// service account a caller may get a certificate for. Reloaded when it changes.
+    #[arg(long)]
+    ca_tokens: Option<PathBuf>,
+    /// The CA's root certificate (PEM); with --ca-key. Default: a self-signed root made at
+    /// first start and kept in the data directory (ca/).
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The CA root certificate's private key (PEM); with --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The trust domain of workload identities: spiffe://TRUST_DOMAIN/ns/NS/sa/SA.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The longest a workload certificate lives (a shorter one is issued when asked).
+    #[arg(long, default_value = "24h", value_parser = parse_grace)]
+    workload_cert_ttl: std::time::Duration,
 }
 
 /// The default data directory: the XDG state directory, as a user's tools keep state.
@@ -153,7 +179,7 @@ pub fn main() -> ExitCode {
     };
     // Span export runs on this runtime.
     let _runtime = runtime.enter();
-    let Command::Serve(args) = cli.command else {
+    let Command::Serve(boxed) = cli.command else {
         let _ = logging::init(cli.log_format, &cli.log_level, None);
         return match cli.command {
             Command::Validate { paths, default_namespace } => validate(&paths, &default_namespace),
@@ -161,9 +187,11 @@ pub fn main() -> ExitCode {
             Command::Report(args) => runtime.block_on(client::report(args)),
             Command::Logs(args) => runtime.block_on(logs::run(args)),
             Command::Probe(args) => runtime.block_on(probe::run(args)),
+            Command::CaToken { service_account } => ca_token(&service_account),
             Command::Serve(_) => ExitCode::FAILURE,
         };
     };
+    let args = *boxed;
     let traces = match &args.otlp_endpoint {
         Some(endpoint) => match SpanPipeline::start(endpoint) {
             Ok(pipeline) => Some(logging::TraceExport { pipeline, sampling: args.trace_sampling }),
@@ -191,7 +219,7 @@ pub fn main() -> ExitCode {
         shutdown_grace: args.shutdown_grace,
         rate_limit_headers: args.rate_limit_headers,
         otlp_endpoint: args.otlp_endpoint,
-        data_dir,
+        data_dir: data_dir.clone(),
         grpc_limits: Limits {
             max_connections: args.grpc_max_connections,
             handshake_timeout: args.handshake_timeout,
@@ -206,6 +234,15 @@ pub fn main() -> ExitCode {
             idle_timeout: Some(args.monitoring_idle_timeout),
             handshake_bytes: 1,
         },
+        ca: args.ca_tokens.map(|tokens| CaOptions {
+            root: match (args.ca_cert, args.ca_key) {
+                (Some(cert), Some(key)) => RootSource::Files { cert, key },
+                _ => RootSource::Generated(data_dir.join("ca")),
+            },
+            trust_domain: args.trust_domain,
+            max_ttl: args.workload_cert_ttl,
+            tokens,
+        }),
     };
     let result = runtime.block_on(serve(opts));
     if let Some(p) = &pipeline {
@@ -223,6 +260,27 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot serve; exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ca_token(service_account: &str) -> ExitCode {
+    let account = match ServiceAccount::parse(service_account) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mixr ca-token: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::ca::tokens::generate() {
+        Ok(token) => {
+            println!("token: {token}");
+            println!("line:  {account}: {}", crate::ca::tokens::hash(&token));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mixr ca-token: no system randomness: {e}");
             ExitCode::FAILURE
         }
     }
@@ -289,7 +347,8 @@ mod tests {
         let has = |sub: &str, flag: &str| {
             cli.find_subcommand(sub).unwrap().get_arguments().any(|a| a.get_long() == Some(flag))
         };
-        for flag in ["otlp-endpoint", "trace-sampling", "data-dir", "grpc-max-connections"] {
+        for flag in ["otlp-endpoint", "trace-sampling", "data-dir", "grpc-max-connections", "ca-tokens", "trust-domain"]
+        {
             assert!(has("serve", flag), "{flag} on serve");
             for other in ["validate", "logs", "check", "report", "probe"] {
                 assert!(!has(other, flag), "{flag} on {other}");

@@ -1,5 +1,6 @@
 //! gRPC services and the mapping of errors to gRPC statuses.
 
+pub mod ca;
 pub mod envoy_authz;
 pub mod envoy_rls;
 pub mod mixer;

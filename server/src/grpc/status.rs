@@ -2,11 +2,18 @@
 
 use mixr_rules::bag::BagError;
 
+use crate::ca::CaError;
+
 /// Errors a call can end with before any policy is evaluated.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     #[error(transparent)]
     Attributes(#[from] BagError),
+    /// A certificate request without a bootstrap token, or with one mixr does not know.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error(transparent)]
+    Certificate(#[from] CaError),
 }
 
 impl From<CallError> for tonic::Status {
@@ -15,6 +22,10 @@ impl From<CallError> for tonic::Status {
             // Mixer answered a dictionary mismatch with INTERNAL; clients key on it.
             CallError::Attributes(BagError::GlobalWordCount { .. }) => tonic::Status::internal(e.to_string()),
             CallError::Attributes(_) => tonic::Status::invalid_argument(e.to_string()),
+            CallError::Unauthenticated(_) => tonic::Status::unauthenticated(e.to_string()),
+            CallError::Certificate(CaError::WrongIdentity { .. }) => tonic::Status::permission_denied(e.to_string()),
+            CallError::Certificate(CaError::BadCsr(_)) => tonic::Status::invalid_argument(e.to_string()),
+            CallError::Certificate(_) => tonic::Status::internal(e.to_string()),
         }
     }
 }
