@@ -53,3 +53,10 @@ if ! have promtool || ! have prometheus; then
   apt_install --no-install-recommends prometheus
 fi
 echo "prometheus: $(prometheus --version 2>&1 | head -1)"
+
+# Kubernetes manifests are checked against the API schema offline (no cluster here).
+if ! have kubernetes-validate; then
+  echo "installing kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate
+fi
+echo "kubernetes-validate: $(kubernetes-validate --version 2>&1 | head -1)"

@@ -13,7 +13,7 @@ use mixr_rules::bag::Encoder;
 use mixr_rules::value::{Duration as Dur, MapVal, StringMap, Timestamp, Value};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/istio-1.4-mixer.yaml")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/mixr/istio-1.4-mixer.yaml")
 }
 
 fn s(v: &str) -> Value<'static> {
