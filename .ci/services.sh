@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to are up on loopback (Redis on 6379, PostgreSQL on
 # 5432) and that the tools tests drive are installed: Prometheus (promtool and the server
-# the telemetry test starts) and Python's gRPC reflection client. Installs from Debian's
-# packages (and pip) when absent, so a fresh machine passes too.
+# the telemetry test starts), Python's gRPC reflection client and Chromium (headless, for
+# the Bookinfo page). Installs from Debian's packages (and pip) when absent, so a fresh
+# machine passes too.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -73,3 +74,10 @@ if ! py_grpc; then
 fi
 py_grpc || { echo "python3 cannot import grpc and grpc_reflection" >&2; exit 1; }
 echo "python: $(python3 --version 2>&1), grpcio $(python3 -c 'import grpc; print(grpc.__version__)')"
+
+# tests/tests/bookinfo_page.rs renders Bookinfo's product page in headless Chromium.
+if ! have chromium; then
+  echo "installing chromium"
+  apt_install chromium
+fi
+echo "chromium: $(chromium --version 2>/dev/null | head -1)"
