@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to are up on loopback (Redis on 6379, PostgreSQL on
-# 5432) and that Prometheus (promtool and the server the telemetry test starts) is
-# installed. Installs from Debian's packages when absent, so a fresh machine passes too.
+# 5432) and that the tools tests drive are installed: Prometheus (promtool and the server
+# the telemetry test starts), Python's gRPC reflection client and Chromium (headless, for
+# the Bookinfo page). Installs from Debian's packages (and pip) when absent, so a fresh
+# machine passes too.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -54,9 +56,36 @@ if ! have promtool || ! have prometheus; then
 fi
 echo "prometheus: $(prometheus --version 2>&1 | head -1)"
 
+# tests/tests/reflection.rs drives mixr's reflection with Python's gRPC reflection client.
+py_grpc() { python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; }
+if ! have python3; then
+  echo "installing python3"
+  apt_install python3 python3-pip
+fi
+if ! py_grpc && ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "installing pip"
+  apt_install python3-pip
+fi
+if ! py_grpc; then
+  echo "installing grpcio and grpcio-reflection (pip)"
+  # Debian's own python3 refuses user-wide pip installs (PEP 668) unless told otherwise.
+  python3 -m pip install -q grpcio grpcio-reflection 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages grpcio grpcio-reflection
+fi
+py_grpc || { echo "python3 cannot import grpc and grpc_reflection" >&2; exit 1; }
+echo "python: $(python3 --version 2>&1), grpcio $(python3 -c 'import grpc; print(grpc.__version__)')"
+
+# tests/tests/bookinfo_page.rs renders Bookinfo's product page in headless Chromium.
+if ! have chromium; then
+  echo "installing chromium"
+  apt_install chromium
+fi
+echo "chromium: $(chromium --version 2>/dev/null | head -1)"
+
 # Kubernetes manifests are checked against the API schema offline (no cluster here).
 if ! have kubernetes-validate; then
   echo "installing kubernetes-validate"
-  python3 -m pip install --quiet kubernetes-validate
+  python3 -m pip install -q kubernetes-validate 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
 echo "kubernetes-validate: $(kubernetes-validate --version 2>&1 | head -1)"

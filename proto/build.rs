@@ -1,5 +1,7 @@
 //! Compiles our .proto files with protox (no system protoc) and turns Istio's global
-//! dictionary into a static word list, so the order is fixed at build time.
+//! dictionary into a static word list, so the order is fixed at build time. Envoy's APIs
+//! are compiled to a descriptor set only: reflection needs their descriptors, while the
+//! server keeps envoy-types' generated code.
 
 use std::{env, fs, path::PathBuf};
 
@@ -38,6 +40,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".mixr", "crate::mixr")
         .compile_fds(lazy)?;
     println!("cargo:rerun-if-changed=protos");
+
+    let envoy = protox::compile(
+        ["protos/envoy/service/auth/v3/external_auth.proto", "protos/envoy/service/ratelimit/v3/rls.proto"],
+        ["protos"],
+    )?;
+    fs::write(out.join("envoy_descriptor.bin"), prost::Message::encode_to_vec(&envoy))?;
 
     let yaml = fs::read_to_string("global_dictionary.yaml")?;
     let words: Vec<String> = yaml_serde::from_str(&yaml)?;

@@ -1,5 +1,6 @@
 //! The Bookinfo services. Each forwards the `end-user` header, as Bookinfo's do, so that
-//! user-based routing works along the whole call chain.
+//! user-based routing works along the whole call chain; productpage takes it from the
+//! request's `end-user` header or from the user signed in on its page.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+
+use crate::{page, user};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -73,84 +76,102 @@ async fn call(
 }
 
 fn json_reply(status: u16, v: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    reply(status, "application/json", v.to_string())
+}
+
+fn reply(status: u16, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(content_type));
     r
 }
 
 async fn handle(svc: Service, outbound: SocketAddr, client: Http, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let user = req.headers().get("end-user").and_then(|v| v.to_str().ok()).map(str::to_string);
     let path = req.uri().path().to_string();
     let id: u32 = path.rsplit('/').next().and_then(|s| s.parse().ok()).unwrap_or(0);
     match svc {
         Service::Details => json_reply(
             200,
-            json!({"id": id, "author": "William Shakespeare", "year": 1595, "type": "paperback", "pages": 200}),
+            json!({"id": id, "author": "William Shakespeare", "year": 1595, "type": "paperback", "pages": 200,
+                   "publisher": "PublisherA", "language": "English", "ISBN-10": "1234567890", "ISBN-13": "123-1234567890"}),
         ),
         Service::Ratings => json_reply(200, json!({"id": id, "ratings": {"Reviewer1": 5, "Reviewer2": 4}})),
-        Service::Reviews(v) => {
-            let mut reviews = json!([{"reviewer": "Reviewer1", "text": "An extremely entertaining play by Shakespeare."},
-                                     {"reviewer": "Reviewer2", "text": "Absolutely fun and entertaining."}]);
-            if v > 1 {
-                let color = if v == 2 { "black" } else { "red" };
-                match call(
-                    &client,
-                    outbound,
-                    "ratings:9080",
-                    &format!("/ratings/{id}"),
-                    user.as_deref(),
-                    Duration::from_secs(10),
-                )
-                .await
-                {
-                    Ok((200, r)) => {
-                        for (i, who) in ["Reviewer1", "Reviewer2"].iter().enumerate() {
-                            reviews[i]["rating"] = json!({"stars": r["ratings"][who], "color": color});
-                        }
-                    }
-                    Ok((code, body)) => {
-                        for i in 0..2 {
-                            reviews[i]["rating"] =
-                                json!({"error": format!("Ratings service is currently unavailable ({code}: {body})")});
-                        }
-                    }
-                    Err(e) => {
-                        for i in 0..2 {
-                            reviews[i]["rating"] =
-                                json!({"error": format!("Ratings service is currently unavailable ({e})")});
-                        }
-                    }
+        Service::Reviews(v) => reviews(svc, v, id, user::of(&req), outbound, &client).await,
+        Service::ProductPage => match (req.method(), path.as_str()) {
+            (&hyper::Method::POST, "/login") => user::login(req).await,
+            (_, "/logout") => user::logout(),
+            _ => product_page(&req, &path, outbound, &client).await,
+        },
+    }
+}
+
+async fn reviews(
+    svc: Service,
+    version: u8,
+    id: u32,
+    user: Option<String>,
+    outbound: SocketAddr,
+    client: &Http,
+) -> Response<Full<Bytes>> {
+    let mut reviews = json!([
+        {"reviewer": "Reviewer1",
+         "text": "An extremely entertaining play by Shakespeare. The slapstick humour is refreshing!"},
+        {"reviewer": "Reviewer2",
+         "text": "Absolutely fun and entertaining. The play lacks thematic depth when compared to other plays by Shakespeare."}
+    ]);
+    if version > 1 {
+        let color = if version == 2 { "black" } else { "red" };
+        let ratings =
+            call(client, outbound, "ratings:9080", &format!("/ratings/{id}"), user.as_deref(), Duration::from_secs(10))
+                .await;
+        let error = match ratings {
+            Ok((200, r)) => {
+                for (i, who) in ["Reviewer1", "Reviewer2"].iter().enumerate() {
+                    reviews[i]["rating"] = json!({"stars": r["ratings"][who], "color": color});
                 }
+                None
             }
-            json_reply(200, json!({"id": id, "podname": svc.workload(), "clustername": "null", "reviews": reviews}))
-        }
-        Service::ProductPage => {
-            let details =
-                call(&client, outbound, "details:9080", "/details/0", user.as_deref(), Duration::from_secs(3)).await;
-            // Bookinfo's productpage gives reviews 3 s: the 7 s ratings delay for jason
-            // surfaces here as "reviews unavailable".
-            let reviews =
-                call(&client, outbound, "reviews:9080", "/reviews/0", user.as_deref(), Duration::from_secs(3)).await;
-            let details = match details {
-                Ok((200, d)) => d,
-                other => json!({"error": format!("Sorry, product details are currently unavailable ({other:?})")}),
-            };
-            let reviews = match reviews {
-                Ok((200, r)) => r,
-                Ok((code, body)) => {
-                    json!({"error": format!("Sorry, product reviews are currently unavailable for this book ({code}: {body})")})
-                }
-                Err(e) => {
-                    json!({"error": format!("Sorry, product reviews are currently unavailable for this book ({e})")})
-                }
-            };
-            json_reply(
-                200,
-                json!({"product": "The Comedy of Errors", "user": user, "details": details, "reviews": reviews}),
-            )
+            Ok((code, body)) => Some(format!("Ratings service is currently unavailable ({code}: {body})")),
+            Err(e) => Some(format!("Ratings service is currently unavailable ({e})")),
+        };
+        if let Some(error) = error {
+            for i in 0..2 {
+                reviews[i]["rating"] = json!({ "error": error });
+            }
         }
     }
+    json_reply(200, json!({"id": id, "podname": svc.workload(), "clustername": "null", "reviews": reviews}))
+}
+
+/// The product: JSON for API clients, HTML for browsers (see [`page::wants_html`]).
+async fn product_page(
+    req: &Request<Incoming>,
+    path: &str,
+    outbound: SocketAddr,
+    client: &Http,
+) -> Response<Full<Bytes>> {
+    let user = user::of(req);
+    let details = call(client, outbound, "details:9080", "/details/0", user.as_deref(), Duration::from_secs(3)).await;
+    // Bookinfo's productpage gives reviews 3 s: the 7 s ratings delay for jason surfaces
+    // here as "reviews unavailable".
+    let reviews = call(client, outbound, "reviews:9080", "/reviews/0", user.as_deref(), Duration::from_secs(3)).await;
+    let details = match details {
+        Ok((200, d)) => d,
+        other => json!({"error": format!("Sorry, product details are currently unavailable ({other:?})")}),
+    };
+    let reviews = match reviews {
+        Ok((200, r)) => r,
+        Ok((code, body)) => {
+            json!({"error": format!("Sorry, product reviews are currently unavailable for this book ({code}: {body})")})
+        }
+        Err(e) => json!({"error": format!("Sorry, product reviews are currently unavailable for this book ({e})")}),
+    };
+    let product = json!({"product": "The Comedy of Errors", "user": user, "details": details, "reviews": reviews});
+    let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok());
+    if !path.starts_with("/api/") && page::wants_html(accept) {
+        return reply(200, "text/html; charset=utf-8", page::render(user.as_deref(), &product));
+    }
+    json_reply(200, product)
 }
 
 /// Serves `svc` on `listener`; its calls go out through `outbound` (its sidecar).

@@ -10,13 +10,16 @@ use tokio::net::TcpListener;
 
 use crate::services::{Service, serve};
 
-/// Which of Istio's Bookinfo tasks the traffic rules show.
+/// Which of Istio's Bookinfo tasks the traffic rules show. jason keeps reviews v2 in every
+/// one, as in Istio's tasks, which add their rules to the request-routing ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     /// `end-user: jason` sees reviews v2, everyone else v1.
     Routing,
-    /// Half of the traffic to reviews v1, half to v3.
+    /// Traffic shifting: everyone else half to reviews v1, half to v3.
     Split,
+    /// The end of traffic shifting: everyone else on reviews v3.
+    V3,
     /// Routing, plus a 7 s delay on ratings for jason.
     Delay,
     /// Routing, plus HTTP 500 from ratings for jason.
@@ -24,16 +27,37 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    pub const NAMES: &'static str = "routing, split, v3, delay, abort";
+
     pub fn parse(s: &str) -> Option<Scenario> {
         Some(match s {
             "routing" => Scenario::Routing,
             "split" => Scenario::Split,
+            "v3" => Scenario::V3,
             "delay" => Scenario::Delay,
             "abort" => Scenario::Abort,
             _ => return None,
         })
     }
 }
+
+/// How the demo starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Istio's Denials task: reviews v3 may not call ratings, so v3 shows "Ratings service
+    /// is currently unavailable" instead of red stars.
+    pub deny_reviews_v3: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { deny_reviews_v3: true }
+    }
+}
+
+/// The sample telemetry (Istio's request metrics, trace spans), compiled in so that the
+/// binary needs no checkout beside it.
+pub const TELEMETRY: &str = include_str!("../../rules/examples/telemetry.yaml");
 
 const SERVICES: [Service; 6] = [
     Service::ProductPage,
@@ -44,9 +68,9 @@ const SERVICES: [Service; 6] = [
     Service::Ratings,
 ];
 
-/// mixr's policy for Bookinfo: reviews v3 may not call ratings (a denier on workload
-/// labels), and the product API is rate-limited (memquota, asked for by the QuotaSpec).
-pub const POLICY: &str = r#"
+/// mixr's denial for Bookinfo (Istio's Denials task): reviews v3 may not call ratings, a
+/// denier on workload names.
+pub const DENY_REVIEWS_V3: &str = r#"
 apiVersion: config.istio.io/v1alpha2
 kind: handler
 metadata: {name: denyreviewsv3}
@@ -65,7 +89,10 @@ metadata: {name: denyreviewsv3}
 spec:
   match: destination.workload.name == "ratings-v1" && (source.workload.name | "") == "reviews-v3"
   actions: [{handler: denyreviewsv3, instances: [denyrequest]}]
----
+"#;
+
+/// mixr's rate limit for Bookinfo: the product API (memquota, asked for by the QuotaSpec).
+pub const RATE_LIMIT: &str = r#"
 apiVersion: config.istio.io/v1alpha2
 kind: handler
 metadata: {name: quotahandler}
@@ -105,48 +132,60 @@ spec:
   services: [{name: productpage, namespace: default}]
 "#;
 
+/// A started process, killed when dropped: whatever way startup ends (an error, or the
+/// demo stopped halfway), nothing it started outlives it.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Sidecar {
     service: Service,
-    child: Child,
+    _process: Process,
     inbound: SocketAddr,
     outbound: SocketAddr,
     admin: SocketAddr,
     stats: SocketAddr,
 }
 
+/// A service's task, stopped when dropped.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Dropping it stops the services and every process, then removes the directory (fields
+/// drop in declaration order).
 pub struct Topology {
-    mixr: Child,
+    _services: Vec<Task>,
+    sidecars: Vec<Sidecar>,
+    _mixr: Process,
     pub mixr_grpc: String,
     pub mixr_monitoring: String,
-    sidecars: Vec<Sidecar>,
     traffic: PathBuf,
     dir: tempfile::TempDir,
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for s in &mut self.sidecars {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
-        }
-        let _ = self.mixr.kill();
-        let _ = self.mixr.wait();
-    }
-}
-
-fn read_addrs(file: &Path, child: &mut Child, what: &str) -> Result<String, String> {
+async fn read_addrs(file: &Path, child: &mut Process, what: &str) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(t) = std::fs::read_to_string(file) {
             return Ok(t);
         }
-        if let Ok(Some(s)) = child.try_wait() {
+        if let Ok(Some(s)) = child.0.try_wait() {
             return Err(format!("{what} exited: {s}"));
         }
         if Instant::now() > deadline {
             return Err(format!("{what} did not start"));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -158,26 +197,38 @@ fn field(text: &str, key: &str) -> Result<String, String> {
 }
 
 impl Topology {
-    /// Starts everything; `mixr` and `proxy` are the binaries' paths, `telemetry` an extra
-    /// mixr config (the sample telemetry).
-    pub async fn start(mixr: &Path, proxy: &Path, telemetry: Option<&Path>) -> Result<Topology, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, POLICY).map_err(|e| e.to_string())?;
+    /// Starts everything; `mixr` and `proxy` are the binaries' paths. Everything it writes
+    /// is in one temporary directory ([`Topology::config_dir`]), removed on drop.
+    pub async fn start(mixr: &Path, proxy: &Path, options: Options) -> Result<Topology, String> {
+        let dir = tempfile::Builder::new().prefix("bookinfo-").tempdir().map_err(|e| e.to_string())?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, String> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(path)
+        };
+        let mut policy = RATE_LIMIT.to_string();
+        if options.deny_reviews_v3 {
+            policy = format!("{DENY_REVIEWS_V3}---{policy}");
+        }
+        let policy = write("policy.yaml", &policy)?;
+        let telemetry = write("telemetry.yaml", TELEMETRY)?;
         let addr_file = dir.path().join("mixr.addrs");
         let mut cmd = Command::new(mixr);
-        cmd.args(["serve", "--grpc-addr=127.0.0.1:0", "--monitoring-addr=127.0.0.1:0", "--log-level=warn", "--config"])
-            .arg(&policy);
-        if let Some(t) = telemetry {
-            cmd.arg("--config").arg(t);
-        }
-        let mut mixr_child = cmd
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start mixr: {e}"))?;
-        let text = read_addrs(&addr_file, &mut mixr_child, "mixr")?;
+        cmd.args(["serve", "--grpc-addr=127.0.0.1:0", "--monitoring-addr=127.0.0.1:0", "--log-level=warn"])
+            .arg("--config")
+            .arg(&policy)
+            .arg("--config")
+            .arg(&telemetry)
+            .arg("--data-dir")
+            .arg(dir.path().join("mixr-data"));
+        let mut mixr_child = Process(
+            cmd.arg("--addr-file")
+                .arg(&addr_file)
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("start mixr: {e}"))?,
+        );
+        let text = read_addrs(&addr_file, &mut mixr_child, "mixr").await?;
         let (mixr_grpc, mixr_monitoring) = (field(&text, "grpc")?, field(&text, "monitoring")?);
 
         // Sidecars start on an empty traffic config: the real one needs their ports.
@@ -207,13 +258,14 @@ impl Topology {
                 "warn",
             ]);
             cmd.args(["-l", &format!("app={}", svc.name()), "-l", &format!("version={}", svc.version())]);
-            let mut child = cmd
-                .arg("--addr-file")
-                .arg(&addr_file)
-                .stdout(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("start mixr-proxy: {e}"))?;
-            let t = read_addrs(&addr_file, &mut child, "mixr-proxy")?;
+            let mut child = Process(
+                cmd.arg("--addr-file")
+                    .arg(&addr_file)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start mixr-proxy: {e}"))?,
+            );
+            let t = read_addrs(&addr_file, &mut child, "mixr-proxy").await?;
             let parse =
                 |k: &str| -> Result<SocketAddr, String> { field(&t, k)?.parse().map_err(|e| format!("{k}: {e}")) };
             sidecars.push(Sidecar {
@@ -222,14 +274,17 @@ impl Topology {
                 outbound: parse("outbound")?,
                 admin: parse("admin")?,
                 stats: parse("stats")?,
-                child,
+                _process: child,
             });
             apps.push((svc, app));
         }
-        for ((svc, app), sidecar) in apps.into_iter().zip(&sidecars) {
-            tokio::spawn(serve(svc, app, sidecar.outbound));
-        }
-        let topo = Topology { mixr: mixr_child, mixr_grpc, mixr_monitoring, sidecars, traffic, dir };
+        let services = apps
+            .into_iter()
+            .zip(&sidecars)
+            .map(|((svc, app), s)| Task(tokio::spawn(serve(svc, app, s.outbound))))
+            .collect();
+        let topo =
+            Topology { _services: services, sidecars, _mixr: mixr_child, mixr_grpc, mixr_monitoring, traffic, dir };
         topo.apply(Scenario::Routing).await?;
         Ok(topo)
     }
@@ -270,12 +325,7 @@ impl Topology {
                 "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n---\n"
             ));
         }
-        let jason = "- match: [{headers: {end-user: {exact: jason}}}]";
-        let reviews = match scenario {
-            Scenario::Split => "  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 50}\n    - {destination: {host: reviews, subset: v3}, weight: 50}\n".to_string(),
-            _ => format!("  {jason}\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n"),
-        };
-        y.push_str(&format!("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{reviews}---\n"));
+        y.push_str(&reviews_routes(scenario));
         let fault = match scenario {
             Scenario::Delay => Some("{delay: {percentage: {value: 100.0}, fixedDelay: 7s}}"),
             Scenario::Abort => Some("{abort: {percentage: {value: 100.0}, httpStatus: 500}}"),
@@ -283,7 +333,7 @@ impl Topology {
         };
         if let Some(f) = fault {
             y.push_str(&format!(
-                "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: ratings}}\nspec:\n  hosts: [ratings]\n  http:\n  {jason}\n    fault: {f}\n    route: [{{destination: {{host: ratings, subset: v1}}}}]\n  - route: [{{destination: {{host: ratings, subset: v1}}}}]\n"
+                "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: ratings}}\nspec:\n  hosts: [ratings]\n  http:\n  {JASON}\n    fault: {f}\n    route: [{{destination: {{host: ratings, subset: v1}}}}]\n  - route: [{{destination: {{host: ratings, subset: v1}}}}]\n"
             ));
         }
         y
@@ -314,6 +364,26 @@ impl Topology {
     }
 }
 
+/// The header match of Istio's request-routing task.
+const JASON: &str = "- match: [{headers: {end-user: {exact: jason}}}]";
+
+/// The reviews VirtualService of `scenario`: jason's route to v2 first, in every scenario,
+/// then everyone else's.
+fn reviews_routes(scenario: Scenario) -> String {
+    let others = match scenario {
+        Scenario::Split => {
+            "  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 50}\n    - {destination: {host: reviews, subset: v3}, weight: 50}\n"
+        }
+        Scenario::V3 => "  - route: [{destination: {host: reviews, subset: v3}}]\n",
+        Scenario::Routing | Scenario::Delay | Scenario::Abort => {
+            "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+        }
+    };
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  {JASON}\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n{others}---\n"
+    )
+}
+
 /// Each sidecar's config generation, from its admin `/config_dump`.
 async fn futures_generations(sidecars: &[Sidecar]) -> Vec<u64> {
     let mut out = Vec::new();
@@ -341,4 +411,26 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     sock.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf).to_string();
     Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jason_keeps_reviews_v2_in_every_scenario() {
+        for scenario in [Scenario::Routing, Scenario::Split, Scenario::V3, Scenario::Delay, Scenario::Abort] {
+            let y = reviews_routes(scenario);
+            let routes: Vec<&str> = y.lines().filter(|l| l.trim_start().starts_with("- ")).collect();
+            assert_eq!(routes[0].trim(), JASON, "{scenario:?}:\n{y}");
+            assert!(
+                y.contains(&format!("{JASON}\n    route: [{{destination: {{host: reviews, subset: v2}}}}]")),
+                "{y}"
+            );
+        }
+        assert!(reviews_routes(Scenario::Split).contains("subset: v3}, weight: 50"));
+        assert!(
+            reviews_routes(Scenario::V3).ends_with("  - route: [{destination: {host: reviews, subset: v3}}]\n---\n")
+        );
+    }
 }

@@ -8,6 +8,8 @@
 //! - `google::rpc::Status`.
 //! - `mixr::server::v1::LazyReportRequest` and [`lazy_server`]: the server's view of
 //!   Report, entries decoded one chunk at a time.
+//! - [`ENVOY_FILE_DESCRIPTOR_SET`]: descriptors of Envoy's ext_authz and rate-limit APIs
+//!   for reflection (the code is envoy-types').
 //! - [`dictionary`]: Istio's global word list used for attribute compression, compiled in
 //!   from `global_dictionary.yaml` in its exact order.
 
@@ -57,6 +59,11 @@ pub mod lazy_server {
 
 /// Encoded `FileDescriptorSet` of our protos, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mixr_descriptor.bin"));
+
+/// Encoded `FileDescriptorSet` of Envoy's ext_authz v3 and rate-limit v3 services and what
+/// their messages use, under Envoy's file and package names, for gRPC reflection. No code
+/// is generated from it: the server serves these APIs with envoy-types.
+pub const ENVOY_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
 
 /// Type URL under which a `DirectHttpResponse` travels inside `google.rpc.Status.details`.
 pub const DIRECT_HTTP_RESPONSE_TYPE_URL: &str = "type.googleapis.com/istio.policy.v1beta1.DirectHttpResponse";

@@ -146,11 +146,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     health.set_serving::<MixerServer<MixerService>>().await;
     health.set_serving::<AuthorizationServer<AuthzService>>().await;
     health.set_serving::<RateLimitServiceServer<RlsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(mixr_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    let reflection_error = |e: tonic_reflection::server::Error| ServeError::Io(std::io::Error::other(e.to_string()));
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha().map_err(reflection_error)?;
     let mut grpc_shutdown = shutdown_rx.clone();
     let incoming = ReceiverStream::new(accept_loop(grpc, opts.grpc_limits, "grpc"));
     let mut server = tokio::spawn(
@@ -164,6 +162,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             .add_service(rls)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_optional_service(ca)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.changed().await;
@@ -182,6 +181,20 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     store.current().handlers.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reflection over every service on the gRPC port. Both protocol versions are served
+/// (grpcurl and newer clients ask v1; others, Python's grpcio-reflection among them, only
+/// v1alpha). Each lists both reflection services, registered here rather than by the
+/// builder (which adds only its own), so a client sees the same list whichever it asks.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(mixr_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(mixr_proto::ENVOY_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 /// Waits until no call is in flight (or the server ended, or `grace` ran out). Idle

@@ -1,10 +1,9 @@
 //! Bookinfo end to end: the stand-in services, a mixr-proxy per service and mixr, driven
 //! through Istio's Bookinfo tasks (the same topology `bookinfo` runs as a demo).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mixr_bookinfo::topology::{Scenario, Topology};
+use mixr_bookinfo::topology::{Options, Scenario, Topology};
 use serde_json::Value;
 
 async fn page(topo: &Topology, user: Option<&str>) -> (u16, Value) {
@@ -20,9 +19,8 @@ async fn page(topo: &Topology, user: Option<&str>) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookinfo_tasks() {
-    let telemetry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/examples/telemetry.yaml");
     let topo =
-        Topology::start(&mixr_e2e::binary("mixr"), &mixr_e2e::binary("mixr-proxy"), Some(&telemetry)).await.unwrap();
+        Topology::start(&mixr_e2e::binary("mixr"), &mixr_e2e::binary("mixr-proxy"), Options::default()).await.unwrap();
 
     // Request routing: jason gets reviews v2 (black stars), everyone else v1 (no stars).
     let (code, p) = page(&topo, Some("jason")).await;
@@ -55,6 +53,11 @@ async fn bookinfo_tasks() {
         }
     }
     assert!(v1 >= 8 && v3 >= 8, "50/50 split gave v1={v1} v3={v3}");
+    // Shifting the others does not move jason off his route.
+    for _ in 0..10 {
+        let (_, p) = page(&topo, Some("jason")).await;
+        assert_eq!(p["reviews"]["podname"], "reviews-v2", "{p}");
+    }
 
     // Fault injection: ratings aborts with 500 for jason; reviews v2 shows the error.
     topo.apply(Scenario::Abort).await.unwrap();
