@@ -147,8 +147,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     health.set_serving::<AuthorizationServer<AuthzService>>().await;
     health.set_serving::<RateLimitServiceServer<RlsService>>().await;
     let reflection_error = |e: tonic_reflection::server::Error| ServeError::Io(std::io::Error::other(e.to_string()));
-    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection_builder().build_v1alpha().map_err(reflection_error)?;
+    let reflection = reflection_builder(ca.is_some()).build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder(ca.is_some()).build_v1alpha().map_err(reflection_error)?;
     let mut grpc_shutdown = shutdown_rx.clone();
     let incoming = ReceiverStream::new(accept_loop(grpc, opts.grpc_limits, "grpc"));
     let mut server = tokio::spawn(
@@ -187,8 +187,23 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 /// (grpcurl and newer clients ask v1; others, Python's grpcio-reflection among them, only
 /// v1alpha). Each lists both reflection services, registered here rather than by the
 /// builder (which adds only its own), so a client sees the same list whichever it asks.
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+/// Services are named, not taken from the descriptor sets: the certificate service is in
+/// them whether or not the CA is on.
+fn reflection_builder(ca: bool) -> tonic_reflection::server::Builder<'static> {
+    let mut services = vec![
+        "istio.mixer.v1.Mixer",
+        "envoy.service.auth.v3.Authorization",
+        "envoy.service.ratelimit.v3.RateLimitService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    if ca {
+        services.push("istio.v1.auth.IstioCertificateService");
+    }
+    services
+        .into_iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, name| b.with_service_name(name))
         .include_reflection_service(false)
         .register_encoded_file_descriptor_set(mixr_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(mixr_proto::ENVOY_FILE_DESCRIPTOR_SET)
