@@ -68,6 +68,10 @@ struct Cli {
     /// Worker threads, each with its own listeners and upstream connections (default: one per CPU).
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Forward request paths as they came: no resolving of `.` and `..`, merging of
+    /// slashes or decoding of unreserved escapes (on by default, as in Istio).
+    #[arg(long)]
+    no_normalize_path: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -118,6 +122,7 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
     });
     let mut proxy = Proxy::new(identity, cli.app_addr, cli.config.clone(), mixr)
         .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
+    proxy.ingress = crate::ingress::Options { normalize_path: !cli.no_normalize_path };
     if let Some(endpoint) = &cli.otlp_endpoint {
         if !(0.0..=1.0).contains(&cli.trace_sampling) {
             return Err(format!("--trace-sampling {}: expected a number from 0 to 1", cli.trace_sampling));

@@ -11,7 +11,7 @@ use hyper::{Request, Response, Uri};
 
 use crate::body::{ProxyBody, empty, full, reply};
 use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
-use crate::http1::{field_values, has_field};
+use crate::http1::field_values;
 use crate::pool::{Pool, PoolError};
 use crate::proxy::{Direction, Proxy};
 use crate::rand;
@@ -301,12 +301,12 @@ impl Proxy {
         let grpc = is_grpc_headers(req.headers());
         let http2 = grpc || req.version() == hyper::Version::HTTP_2;
         let retries = if route.retries.retry_on == RetryOn::default() { 0 } else { route.retries.attempts };
-        let size = field_values(req.headers(), &hyper::header::CONTENT_LENGTH)
-            .next()
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let no_body = size == Some(0)
+        // The body as the listener framed it: the caller's framing fields are gone.
+        let size = hyper::body::Body::size_hint(req.body()).exact();
+        let no_body = hyper::body::Body::is_end_stream(req.body())
+            || size == Some(0)
             || (size.is_none()
-                && !has_field(req.headers(), &hyper::header::TRANSFER_ENCODING)
+                && req.version() == hyper::Version::HTTP_2
                 && !grpc
                 && matches!(
                     *req.method(),

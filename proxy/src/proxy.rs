@@ -26,6 +26,9 @@ use crate::upstream::{Cluster, Clusters, RouteClusters};
 use crate::worker::Worker;
 use mixr_rules::config::fingerprint;
 
+/// The `destination_service` of requests that resolved to no service.
+pub const UNKNOWN: &str = "unknown";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Inbound,
@@ -77,6 +80,8 @@ pub struct Proxy {
     pub destination_labels: mixr_rules::value::StringMap<'static>,
     pub config_paths: Vec<PathBuf>,
     pub namespace: String,
+    /// What every request goes through as it arrives (`ingress`).
+    pub ingress: crate::ingress::Options,
 }
 
 impl Proxy {
@@ -126,6 +131,7 @@ impl Proxy {
             destination_labels,
             config_paths,
             namespace,
+            ingress: Default::default(),
         };
         proxy.reload()?;
         Ok(proxy)
@@ -325,8 +331,15 @@ struct Listener {
 }
 
 impl crate::http1::server::Handle for Listener {
-    async fn handle(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
+    async fn handle(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
         let Listener { proxy, worker, dir, peer } = self;
+        if let Err(why) = crate::ingress::admit(&mut req, proxy.ingress) {
+            tracing::debug!(error = %why, "request refused");
+            let mut resp = reply(400, format!("bad request: {why}\n"));
+            resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            proxy.observe(worker, *dir, UNKNOWN, "", 400, Instant::now());
+            return resp;
+        }
         crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
             match dir {
                 Direction::Outbound => proxy.outbound(worker, req, *peer).await,
