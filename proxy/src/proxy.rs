@@ -340,13 +340,16 @@ impl crate::http1::server::Handle for Listener {
             proxy.observe(worker, *dir, UNKNOWN, "", 400, Instant::now());
             return resp;
         }
-        crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
+        let mut resp = crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
             match dir {
                 Direction::Outbound => proxy.outbound(worker, req, *peer).await,
                 Direction::Inbound => proxy.inbound(worker, req, *peer).await,
             }
         })
-        .await
+        .await;
+        let status = resp.status();
+        crate::http1::strip_bodiless_framing(status, resp.headers_mut());
+        resp
     }
 
     /// hyper serves h2c, upgrades and whatever else the fast path leaves to it.

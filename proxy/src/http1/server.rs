@@ -134,9 +134,7 @@ fn inspect(buf: &[u8], parsed: &mut Parsed) -> Next {
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
-                return Next::Bad(StatusCode::BAD_REQUEST);
-            };
+            let Some(n) = content_length(field.value) else { return Next::Bad(StatusCode::BAD_REQUEST) };
             if body_len.is_some_and(|b| b != n) {
                 return Next::Bad(StatusCode::BAD_REQUEST);
             }
@@ -166,6 +164,17 @@ fn inspect(buf: &[u8], parsed: &mut Parsed) -> Next {
     parsed.method = span(method.as_bytes());
     parsed.target = span(target.as_bytes());
     Next::Request { head_len, body_len: body_len as usize }
+}
+
+/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), as hyper reads it on the connections it
+/// serves: no sign, no list, nothing around the digits (httparse has taken the field's
+/// surrounding spaces and tabs off). `str::parse` would take `+5`, and `str::trim` a
+/// no-break space: a length other parsers read differently is how requests are smuggled.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Builds the request from a head taken out of the buffer.
@@ -233,7 +242,7 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
             field_values(req.headers(), &header::TE).any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let resp = handler.handle(req).await;
         match write_response(&mut io, &mut out, resp, head_only, trailers_ok, keep_alive).await {
-            Ok(true) if keep_alive => {}
+            Ok(true) => {}
             _ => return,
         }
     }
@@ -249,8 +258,8 @@ async fn refuse(io: &mut TcpStream, status: StatusCode) {
     let _ = io.shutdown().await;
 }
 
-/// Writes a response; `Ok(false)` when the connection cannot carry another (the body
-/// failed or did not match its length).
+/// Writes a response; `Ok(false)` when the connection cannot carry another (either side
+/// said `Connection: close`, or the body failed or did not match its length).
 async fn write_response(
     io: &mut TcpStream,
     out: &mut BytesMut,
@@ -261,10 +270,11 @@ async fn write_response(
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
-    let bodiless = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let no_content =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodiless = head_only || no_content;
+    // The proxy's own refusals close the connection.
+    let keep_alive = keep_alive && !connection_has(&parts.headers, "close");
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -273,8 +283,9 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
     let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
-        // A bodiless answer keeps the length it describes (HEAD, 304); others get ours.
-        if is_hop_by_hop(name, &listed) || (name == header::CONTENT_LENGTH && !bodiless) {
+        // An answer to HEAD keeps the length it describes; 1xx, 204 and 304 have none
+        // (RFC 9110 §8.6); others get ours.
+        if is_hop_by_hop(name, &listed) || (name == header::CONTENT_LENGTH && (no_content || !head_only)) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -300,7 +311,7 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
     if bodiless {
         io.write_all(out).await?;
-        return Ok(true);
+        return Ok(keep_alive);
     }
     let mut sent = 0u64;
     loop {
@@ -350,7 +361,7 @@ async fn write_response(
     }
     io.write_all(out).await?;
     out.clear();
-    Ok(length.is_none_or(|n| n == sent))
+    Ok(keep_alive && length.is_none_or(|n| n == sent))
 }
 
 /// The body's next frame if it is ready now.
