@@ -5,6 +5,8 @@
 //! Layout, in the order a request meets it:
 //! - [`cli`], [`worker`]: the command line; worker threads, each with its own listeners,
 //!   upstream [`pool`], mixr channel and report batcher.
+//! - [`listener`]: what one caller may hold of a listener (timeouts, a connection
+//!   ceiling).
 //! - [`http1`]: HTTP/1.1 on the wire (the listener's fast path, body framing); hyper
 //!   serves h2c, upgrades and what the fast path leaves to it.
 //! - [`ingress`]: what every request goes through before anything looks at it (Host,
@@ -29,6 +31,7 @@ pub mod forward;
 pub mod http1;
 pub mod identity;
 pub mod ingress;
+pub mod listener;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,6 +21,8 @@ use tokio::sync::watch;
 use crate::body::{ProxyBody, reply};
 use crate::config::{TrafficConfig, load_paths};
 use crate::identity::Identity;
+use crate::listener::ConnectionCount;
+use crate::listener::conn::{ClientBody, ConnState, Tracked};
 use crate::route::RouteTable;
 use crate::stats::Stats;
 use crate::upstream::{Cluster, Clusters, RouteClusters};
@@ -80,8 +83,13 @@ pub struct Proxy {
     pub destination_labels: mixr_rules::value::StringMap<'static>,
     pub config_paths: Vec<PathBuf>,
     pub namespace: String,
+    /// Timeouts and the connection ceiling of both listeners.
+    pub limits: crate::listener::Limits,
     /// What every request goes through as it arrives (`ingress`).
     pub ingress: crate::ingress::Options,
+    /// Connections open on the inbound and outbound listeners, across workers.
+    inbound_connections: Arc<ConnectionCount>,
+    outbound_connections: Arc<ConnectionCount>,
 }
 
 impl Proxy {
@@ -131,7 +139,10 @@ impl Proxy {
             destination_labels,
             config_paths,
             namespace,
+            limits: Default::default(),
             ingress: Default::default(),
+            inbound_connections: Default::default(),
+            outbound_connections: Default::default(),
         };
         proxy.reload()?;
         Ok(proxy)
@@ -175,6 +186,13 @@ impl Proxy {
         let code = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let labels = [dir.reporter(), self.identity.workload.as_str(), service.as_ref(), code.as_str(), route];
         self.stats.record_request(&worker.metrics, labels, started.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    fn connections(&self, dir: Direction) -> &Arc<ConnectionCount> {
+        match dir {
+            Direction::Inbound => &self.inbound_connections,
+            Direction::Outbound => &self.outbound_connections,
+        }
     }
 
     /// Handles one request on the inbound listener: checked with mixr, then to the local app.
@@ -304,6 +322,11 @@ pub async fn serve(
     dir: Direction,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let timeouts = crate::http1::server::Timeouts {
+        head: proxy.limits.head_timeout,
+        idle: proxy.limits.idle_timeout,
+        body: proxy.limits.body_timeout,
+    };
     loop {
         let (sock, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -315,9 +338,19 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        // Past the ceiling a connection is closed at once: the caller sees it end rather
+        // than wait in the backlog, and the ones being served go on.
+        let Some(open) = proxy.connections(dir).try_open(proxy.limits.max_connections) else {
+            proxy.stats.connections_refused.with_label_values(&[dir.reporter_kind()]).inc();
+            drop(sock);
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer };
-        tokio::spawn(async move { crate::http1::server::serve(sock, &handler).await });
+        tokio::spawn(async move {
+            crate::http1::server::serve(sock, &handler, &timeouts).await;
+            drop(open);
+        });
     }
 }
 
@@ -352,19 +385,40 @@ impl crate::http1::server::Handle for Listener {
         resp
     }
 
-    /// hyper serves h2c, upgrades and whatever else the fast path leaves to it.
+    /// hyper serves h2c, upgrades and whatever else the fast path leaves to it, under the
+    /// same limits (`listener::conn`).
     async fn fallback(&self, io: crate::http1::server::Rewind) {
+        let limits = self.proxy.limits;
+        let state = ConnState::new();
         let listener = self.clone();
+        let conn = state.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let listener = listener.clone();
+            let conn = conn.clone();
             async move {
+                let busy = conn.begin();
+                // HTTP/2 fails a stream alone; an HTTP/1.1 body fault ends the connection.
+                let h1 = req.version() != hyper::Version::HTTP_2;
+                let req = req.map(|b| ClientBody::new(b, limits.body_timeout, h1.then(|| conn.clone())).boxed_unsync());
                 // Boxed: the request's future is several kilobytes, and hyper moves it.
-                Ok::<_, Infallible>(Box::pin(listener.handle(req.map(crate::body::stream))).await)
+                let mut resp = Box::pin(listener.handle(req)).await;
+                if let Some(fault) = conn.fault().filter(|_| h1) {
+                    resp = fault.response();
+                }
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
             }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
-        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
-            tracing::debug!(error = %e, "connection ended");
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's timer runs from when it starts waiting for a head, idle time included.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.head_timeout.min(limits.idle_timeout));
+        let serve = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::select! {
+            result = serve => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            }
+            () = state.idle(limits.idle_timeout) => tracing::debug!("idle connection closed"),
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Stats {
     pub check_cache: IntCounterVec,
     pub overflows: IntCounterVec,
     pub ejections: IntCounterVec,
+    /// Connections closed as accepted, their listener at its `--max-connections`.
+    pub connections_refused: IntCounterVec,
 }
 
 impl Stats {
@@ -70,8 +72,17 @@ impl Stats {
             &["cluster"],
         )
         .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "mixr_proxy_downstream_connections_refused_total",
+                "Connections closed as they were accepted, the listener holding --max-connections, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(overflows.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(overflows.clone()),
             Box::new(ejections.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
@@ -96,6 +107,7 @@ impl Stats {
             check_cache,
             overflows,
             ejections,
+            connections_refused,
         }
     }
 }

@@ -22,6 +22,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::framing::{MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk, put_content_length};
 use super::{connection_has, connection_listed, field_values, has_field, is_hop_by_hop};
@@ -195,32 +196,64 @@ fn build(head: Bytes, body: ProxyBody, parsed: &Parsed) -> Option<Request<ProxyB
     Some(req)
 }
 
+/// How long a caller may take; see `listener::Limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub head: Duration,
+    pub idle: Duration,
+    pub body: Duration,
+}
+
 /// Serves one accepted connection until it closes.
-pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
+///
+/// Time is bounded by one deadline at a time: the connection's first request head must
+/// be complete within the head timeout of the accept; later ones within the head timeout
+/// of their first byte, after at most the idle timeout of waiting for it; a body must not
+/// pause for longer than the body timeout. A caller that runs out of time gets 408 if it
+/// had started a request, and the connection closes.
+pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H, timeouts: &Timeouts) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // Allocated by the first response written here, not for connections handed on.
     let mut out = BytesMut::new();
     let mut first = true;
     let mut parsed = Parsed { method: (0, 0), target: (0, 0), fields: [(0, 0, 0, 0); MAX_HEADERS], count: 0 };
+    let mut deadline = Instant::now() + timeouts.head;
+    // One timer for the connection's life. The deadline moves with each request; the
+    // timer moves only when it fires before it or must fire sooner, so a request that
+    // arrives whole costs no timer work.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     loop {
+        // The first request's time counts from the accept.
+        let mut head_started = first;
         let next = loop {
-            if first && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+            let mut partial = !buf.is_empty();
+            if first && partial && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
                 if buf.len() >= H2_PREFACE.len() {
                     break Next::Handoff;
                 }
-            } else if !buf.is_empty() {
+            } else if partial {
                 match inspect(&buf, &mut parsed) {
                     Next::Partial => {}
-                    Next::Request { head_len, body_len, .. } if buf.len() < head_len + body_len => {}
+                    Next::Request { head_len, body_len, .. } if buf.len() < head_len + body_len => {
+                        deadline = Instant::now() + timeouts.body;
+                        partial = false;
+                    }
                     next => break next,
                 }
+            }
+            if partial && !head_started {
+                head_started = true;
+                deadline = Instant::now() + timeouts.head;
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 2 {
                 buf.reserve(READ_CHUNK);
             }
-            match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            match read_by(&mut io, &mut buf, timer.as_mut(), deadline).await {
+                Read::Bytes => {}
+                Read::Closed => return,
+                Read::TimedOut if buf.is_empty() => return,
+                Read::TimedOut => return refuse(&mut io, StatusCode::REQUEST_TIMEOUT).await,
             }
         };
         first = false;
@@ -244,6 +277,36 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
         match write_response(&mut io, &mut out, resp, head_only, trailers_ok, keep_alive).await {
             Ok(true) => {}
             _ => return,
+        }
+        deadline = Instant::now() + timeouts.idle;
+    }
+}
+
+enum Read {
+    Bytes,
+    Closed,
+    TimedOut,
+}
+
+/// Reads into `buf` unless `deadline` passes first.
+async fn read_by(io: &mut TcpStream, buf: &mut BytesMut, mut timer: Pin<&mut Sleep>, deadline: Instant) -> Read {
+    if deadline < timer.deadline() {
+        timer.as_mut().reset(deadline);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            read = io.read_buf(buf) => return match read {
+                Ok(0) | Err(_) => Read::Closed,
+                Ok(_) => Read::Bytes,
+            },
+            () = timer.as_mut() => {
+                if timer.deadline() >= deadline {
+                    return Read::TimedOut;
+                }
+                // Fired for an earlier deadline, since moved on.
+                timer.as_mut().reset(deadline);
+            }
         }
     }
 }
