@@ -185,8 +185,8 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
     let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
     let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
-    tokio::spawn(crate::admin::serve(proxy.clone(), admin, rx.clone()));
-    tokio::spawn(crate::admin::serve(proxy.clone(), stats, rx.clone()));
+    tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
+    tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
 
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int, mut hup) =

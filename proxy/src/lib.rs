@@ -6,7 +6,7 @@
 //! - [`cli`], [`worker`]: the command line; worker threads, each with its own listeners,
 //!   upstream [`pool`], mixr channel and report batcher.
 //! - [`listener`]: what one caller may hold of a listener (timeouts, a connection
-//!   ceiling).
+//!   ceiling), accept loops that back off when descriptors run out.
 //! - [`http1`]: HTTP/1.1 on the wire (the listener's fast path, body framing); hyper
 //!   serves h2c, upgrades and what the fast path leaves to it.
 //! - [`ingress`]: what every request goes through before anything looks at it (Host,

@@ -322,6 +322,7 @@ pub async fn serve(
     dir: Direction,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = crate::listener::accept::Backoff::default();
     let timeouts = crate::http1::server::Timeouts {
         head: proxy.limits.head_timeout,
         idle: proxy.limits.idle_timeout,
@@ -329,13 +330,7 @@ pub async fn serve(
     };
     loop {
         let (sock, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
+            a = crate::listener::accept::next(&listener, &mut backoff, dir.reporter_kind()) => a,
             _ = shutdown.changed() => return,
         };
         // Past the ceiling a connection is closed at once: the caller sees it end rather

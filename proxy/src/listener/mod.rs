@@ -3,8 +3,10 @@
 //! ceiling per listener). Both code paths apply them: the HTTP/1.1 fast path
 //! (`http1::server`) and hyper, for the connections handed to it ([`conn`]).
 //!
+//! - [`accept`]: accept loops that back off when descriptors run out.
 //! - [`conn`]: a connection served by hyper (idle time, request bodies).
 
+pub mod accept;
 pub mod conn;
 
 use std::sync::Arc;
