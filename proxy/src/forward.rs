@@ -13,7 +13,7 @@ use crate::body::{ProxyBody, empty, full, reply};
 use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
 use crate::http1::field_values;
 use crate::pool::{Pool, PoolError};
-use crate::proxy::{Direction, Proxy};
+use crate::proxy::{Direction, Proxy, UNKNOWN};
 use crate::rand;
 use crate::route::{RequestInfo, RouteId, pick_weighted_index, total_weight};
 use crate::upstream::{InFlight, Outcome, backoff, hash_of};
@@ -175,33 +175,34 @@ impl Proxy {
         let default_route;
         let (route_id, route) = match tables.routes.find(&info, &self.identity.labels) {
             Some((id, r)) => (Some(id), r),
-            // A known service without a VirtualService gets all its traffic.
-            None if tables.routes.service(authority).is_some() => {
-                default_route = Box::new(HttpRoute {
-                    route: vec![WeightedDestination {
-                        destination: Destination {
-                            host: crate::route::normalize_host(authority).into_owned(),
-                            subset: None,
-                            port: None,
-                        },
-                        weight: 100,
-                        headers: Default::default(),
-                    }],
-                    ..Default::default()
-                });
-                (None, &*default_route)
-            }
-            None => {
-                let resp = reply(404, "no route (NR)\n");
-                self.observe(worker, Direction::Outbound, authority, "", resp.status().as_u16(), started);
-                return resp;
-            }
+            // A known service without a VirtualService gets all its traffic. It is named
+            // as the config names it, not as the caller did (`reviews.anything` finds
+            // `reviews` too): one cluster per service, whatever callers send.
+            None => match tables.routes.service_key(authority) {
+                Some(service) => {
+                    default_route = Box::new(HttpRoute {
+                        route: vec![WeightedDestination {
+                            destination: Destination { host: service.to_string(), subset: None, port: None },
+                            weight: 100,
+                            headers: Default::default(),
+                        }],
+                        ..Default::default()
+                    });
+                    (None, &*default_route)
+                }
+                None => {
+                    let resp = reply(404, "no route (NR)\n");
+                    self.observe(worker, Direction::Outbound, UNKNOWN, "", resp.status().as_u16(), started);
+                    return resp;
+                }
+            },
         };
         let route_name = route.name.as_deref().unwrap_or("");
         let traceparent =
             worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
-        let resp = self.outbound_route(worker, req, (route_id, route), &tables, authority, path, scheme, peer).await;
-        self.observe(worker, Direction::Outbound, authority, route_name, resp.status().as_u16(), started);
+        let (resp, service) =
+            self.outbound_route(worker, req, (route_id, route), &tables, authority, path, scheme, peer).await;
+        self.observe(worker, Direction::Outbound, service, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
             let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, authority);
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
@@ -209,17 +210,37 @@ impl Proxy {
         resp
     }
 
+    /// Sends a routed request on; returns the response and the destination service it
+    /// went to (for the stats: the route's, or [`UNKNOWN`] when it names none).
     #[allow(clippy::too_many_arguments)]
-    async fn outbound_route(
+    async fn outbound_route<'r>(
         &self,
         worker: &Worker,
-        mut req: Request<ProxyBody>,
-        (route_id, route): (Option<RouteId>, &HttpRoute),
+        req: Request<ProxyBody>,
+        (route_id, route): (Option<RouteId>, &'r HttpRoute),
         tables: &crate::proxy::Tables,
         authority: &str,
         path: &str,
         scheme: &str,
         peer: SocketAddr,
+    ) -> (Response<ProxyBody>, &'r str) {
+        let mut service = route.route.first().map_or(UNKNOWN, |d| d.destination.host.as_str());
+        let resp = self
+            .send_routed(worker, req, (route_id, route), tables, (authority, path, scheme), peer, &mut service)
+            .await;
+        (resp, service)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_routed<'r>(
+        &self,
+        worker: &Worker,
+        mut req: Request<ProxyBody>,
+        (route_id, route): (Option<RouteId>, &'r HttpRoute),
+        tables: &crate::proxy::Tables,
+        (authority, path, scheme): (&str, &str, &str),
+        peer: SocketAddr,
+        service: &mut &'r str,
     ) -> Response<ProxyBody> {
         if let Some(r) = &route.redirect {
             let target_authority = r.authority.clone().unwrap_or_else(|| authority.to_string());
@@ -249,6 +270,7 @@ impl Proxy {
             return reply(503, "no healthy upstream (all weights are 0)\n");
         };
         let chosen = &route.route[chosen_index];
+        *service = chosen.destination.host.as_str();
         // A route of the table has its clusters from config load; only the implicit route
         // to a service without a VirtualService looks its cluster up.
         let looked_up;

@@ -90,6 +90,9 @@ pub struct Proxy {
     /// Connections open on the inbound and outbound listeners, across workers.
     inbound_connections: Arc<ConnectionCount>,
     outbound_connections: Arc<ConnectionCount>,
+    /// `destination_service` of inbound requests' metrics: the service this workload
+    /// backs (its `app` label), never a caller's Host.
+    inbound_service: String,
 }
 
 impl Proxy {
@@ -128,6 +131,8 @@ impl Proxy {
             hyper::header::HeaderValue::try_from(crate::policy::attributes::identity_header(&identity))
                 .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
         let destination_labels = crate::policy::attributes::destination_labels(&identity);
+        let inbound_service =
+            identity.labels.iter().find(|(k, _)| k == "app").map_or_else(|| UNKNOWN.to_string(), |(_, v)| v.clone());
         let proxy = Proxy {
             policy,
             tables: ArcSwap::from_pointee(Tables::default()),
@@ -143,6 +148,7 @@ impl Proxy {
             ingress: Default::default(),
             inbound_connections: Default::default(),
             outbound_connections: Default::default(),
+            inbound_service,
         };
         proxy.reload()?;
         Ok(proxy)
@@ -181,10 +187,12 @@ impl Proxy {
         &tables.clusters
     }
 
-    pub fn observe(&self, worker: &Worker, dir: Direction, authority: &str, route: &str, code: u16, started: Instant) {
-        let service = crate::route::normalize_host(authority);
+    /// Counts a request in the stats. `service` is the destination service the request
+    /// resolved to (a name from the config, or this workload's service), or [`UNKNOWN`]:
+    /// never anything a caller chose, so the number of series stays bounded.
+    pub fn observe(&self, worker: &Worker, dir: Direction, service: &str, route: &str, code: u16, started: Instant) {
         let code = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-        let labels = [dir.reporter(), self.identity.workload.as_str(), service.as_ref(), code.as_str(), route];
+        let labels = [dir.reporter(), self.identity.workload.as_str(), service, code.as_str(), route];
         self.stats.record_request(&worker.metrics, labels, started.elapsed().as_secs_f64() * 1000.0);
     }
 
@@ -256,7 +264,14 @@ impl Proxy {
                             resp.headers_mut().insert(k, v);
                         }
                     }
-                    self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
+                    self.observe(
+                        worker,
+                        Direction::Inbound,
+                        &self.inbound_service,
+                        "",
+                        resp.status().as_u16(),
+                        started,
+                    );
                     self.report(worker, entry, &resp, started);
                     return resp;
                 }
@@ -271,7 +286,7 @@ impl Proxy {
         let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
         if crate::upgrade::wants_upgrade(&parts.headers) {
             let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
-            self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
+            self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
             return resp;
         }
         let http2 = crate::forward::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
@@ -285,7 +300,7 @@ impl Proxy {
             }
         };
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
-        self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
+        self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
         self.report(worker, report, &resp, started);
         resp
     }

@@ -113,8 +113,9 @@ impl Stats {
 }
 
 /// A worker's recently used request label sets and their metrics, so a request finds its
-/// counter and histogram without hashing its labels into both families. Bounded: label
-/// values come from callers (the authority), so past the bound lookups go to the families.
+/// counter and histogram without hashing its labels into both families. Label values
+/// come from the config (destination services, routes), never from callers, but the
+/// cache is bounded all the same: past the bound, lookups go to the families.
 #[derive(Default)]
 pub struct MetricCache(Mutex<Vec<([String; 5], IntCounter, Histogram)>>);
 
