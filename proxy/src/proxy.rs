@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use crate::body::{ProxyBody, reply};
 use crate::config::{TrafficConfig, load_paths};
 use crate::identity::Identity;
-use crate::listener::ConnectionCount;
 use crate::listener::conn::{ClientBody, ConnState, Tracked};
+use crate::listener::{ConnectionCount, OpenConnection};
 use crate::route::RouteTable;
 use crate::stats::Stats;
 use crate::upstream::{Cluster, Clusters, RouteClusters};
@@ -356,11 +356,8 @@ pub async fn serve(
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer };
-        tokio::spawn(async move {
-            crate::http1::server::serve(sock, &handler, &timeouts).await;
-            drop(open);
-        });
+        let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer, open: Arc::new(open) };
+        tokio::spawn(async move { crate::http1::server::serve(sock, &handler, &timeouts).await });
     }
 }
 
@@ -371,11 +368,14 @@ struct Listener {
     worker: Arc<Worker>,
     dir: Direction,
     peer: SocketAddr,
+    /// Counts the connection against `--max-connections` while any clone lives: an
+    /// upgraded connection's splice keeps one.
+    open: Arc<OpenConnection>,
 }
 
 impl crate::http1::server::Handle for Listener {
     async fn handle(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
-        let Listener { proxy, worker, dir, peer } = self;
+        let Listener { proxy, worker, dir, peer, .. } = self;
         if let Err(why) = crate::ingress::admit(&mut req, proxy.ingress) {
             tracing::debug!(error = %why, "request refused");
             let mut resp = reply(400, format!("bad request: {why}\n"));
@@ -407,6 +407,11 @@ impl crate::http1::server::Handle for Listener {
             let conn = conn.clone();
             async move {
                 let busy = conn.begin();
+                let mut req = req;
+                if req.headers().contains_key(hyper::header::UPGRADE) {
+                    // An upgraded connection outlives this one's task; it counts until it ends.
+                    req.extensions_mut().insert(listener.open.clone());
+                }
                 // HTTP/2 fails a stream alone; an HTTP/1.1 body fault ends the connection.
                 let h1 = req.version() != hyper::Version::HTTP_2;
                 let req = req.map(|b| ClientBody::new(b, limits.body_timeout, h1.then(|| conn.clone())).boxed_unsync());

@@ -23,6 +23,8 @@ pub fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
 pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
     let (address, connect_timeout) = (target.endpoint().authority(), target.target().settings.connect_timeout);
     let downstream = hyper::upgrade::on(&mut req);
+    // The caller's connection counts against its listener's ceiling while spliced.
+    let held = req.extensions_mut().remove::<std::sync::Arc<crate::listener::OpenConnection>>();
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     if let Ok(uri) = pq.parse::<Uri>() {
@@ -40,6 +42,7 @@ pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<ProxyB
     }
     let upstream = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
+        let _held = held;
         let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else { return };
         let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;

@@ -568,6 +568,21 @@ async fn connections_past_the_limit_are_closed_and_the_others_served() {
         .find_map(|l| l.strip_prefix("mixr_proxy_downstream_connections_refused_total{listener=\"outbound\"} "))
         .and_then(|v| v.parse::<u64>().ok());
     assert!(refused.is_some_and(|n| n >= 3), "{metrics}");
+
+    // An upgraded (spliced) connection counts until it closes.
+    let upgrading =
+        RawApp::start(|_| b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n".to_vec())
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let one = MixrProxy::start(&[&traffic(dir.path(), upgrading.port())], &["--max-connections", "1"]);
+    let upgrade = get("/ws", "Connection: upgrade\r\nUpgrade: echo\r\n");
+    let mut spliced = Client::connect(&one.outbound).await;
+    assert_eq!(spliced.exchange(&upgrade).await.map(|r| r.status), Some(101));
+    let (closed, _) = Client::connect(&one.outbound).await.closed_within(Duration::from_secs(2)).await;
+    assert!(closed, "a second connection was served beside the spliced one");
+    drop(spliced);
+    let served = eventually(Duration::from_secs(5), || async { status(&one.outbound, &upgrade).await == 101 }).await;
+    assert!(served, "the spliced connection ended, so a new one is served");
 }
 
 /// Finding 11: out of file descriptors, the accept loops spun a core and wrote a log line
