@@ -200,8 +200,12 @@ impl Proxy {
         let route_name = route.name.as_deref().unwrap_or("");
         let traceparent =
             worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
-        let (resp, service) =
-            self.outbound_route(worker, req, (route_id, route), &tables, authority, path, scheme, peer).await;
+        // The destination service the request goes to, for the stats: the route's, until
+        // a destination of a split is chosen.
+        let mut service = route.route.first().map_or(UNKNOWN, |d| d.destination.host.as_str());
+        let resp = self
+            .outbound_route(worker, req, (route_id, route), &tables, (authority, path, scheme), peer, &mut service)
+            .await;
         self.observe(worker, Direction::Outbound, service, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
             let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, authority);
@@ -210,29 +214,9 @@ impl Proxy {
         resp
     }
 
-    /// Sends a routed request on; returns the response and the destination service it
-    /// went to (for the stats: the route's, or [`UNKNOWN`] when it names none).
+    /// Sends a routed request on; `service` becomes the destination service it goes to.
     #[allow(clippy::too_many_arguments)]
     async fn outbound_route<'r>(
-        &self,
-        worker: &Worker,
-        req: Request<ProxyBody>,
-        (route_id, route): (Option<RouteId>, &'r HttpRoute),
-        tables: &crate::proxy::Tables,
-        authority: &str,
-        path: &str,
-        scheme: &str,
-        peer: SocketAddr,
-    ) -> (Response<ProxyBody>, &'r str) {
-        let mut service = route.route.first().map_or(UNKNOWN, |d| d.destination.host.as_str());
-        let resp = self
-            .send_routed(worker, req, (route_id, route), tables, (authority, path, scheme), peer, &mut service)
-            .await;
-        (resp, service)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn send_routed<'r>(
         &self,
         worker: &Worker,
         mut req: Request<ProxyBody>,

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -223,6 +223,7 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H, timeouts: &Timeout
     // arrives whole costs no timer work.
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
+    let mut clock = Clock { timer, armed: false };
     loop {
         // The first request's time counts from the accept.
         let mut head_started = first;
@@ -249,7 +250,7 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H, timeouts: &Timeout
             if buf.capacity() - buf.len() < READ_CHUNK / 2 {
                 buf.reserve(READ_CHUNK);
             }
-            match read_by(&mut io, &mut buf, timer.as_mut(), deadline).await {
+            match read_by(&mut io, &mut buf, &mut clock, deadline).await {
                 Read::Bytes => {}
                 Read::Closed => return,
                 Read::TimedOut if buf.is_empty() => return,
@@ -288,27 +289,59 @@ enum Read {
     TimedOut,
 }
 
-/// Reads into `buf` unless `deadline` passes first.
-async fn read_by(io: &mut TcpStream, buf: &mut BytesMut, mut timer: Pin<&mut Sleep>, deadline: Instant) -> Read {
-    if deadline < timer.deadline() {
-        timer.as_mut().reset(deadline);
+/// The connection's one timer and whether it holds this task's waker.
+struct Clock<'t> {
+    timer: Pin<&'t mut Sleep>,
+    /// Polled since it was last moved: it wakes this task when it fires. A spawned task's
+    /// waker is the same at every poll, so the timer need not be polled again until it
+    /// fires (it is then `is_elapsed`) or moves: a read that waits costs no timer work.
+    armed: bool,
+}
+
+impl Clock<'_> {
+    fn move_to(&mut self, deadline: Instant) {
+        self.timer.as_mut().reset(deadline);
+        self.armed = false;
     }
-    loop {
-        tokio::select! {
-            biased;
-            read = io.read_buf(buf) => return match read {
-                Ok(0) | Err(_) => Read::Closed,
-                Ok(_) => Read::Bytes,
-            },
-            () = timer.as_mut() => {
-                if timer.deadline() >= deadline {
-                    return Read::TimedOut;
-                }
-                // Fired for an earlier deadline, since moved on.
-                timer.as_mut().reset(deadline);
+
+    /// Whether `deadline` has passed; otherwise the timer will wake the task by then.
+    fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        loop {
+            let fired = if self.armed {
+                self.timer.is_elapsed()
+            } else {
+                self.armed = true;
+                // Outside the task's budget: a poll the budget refused would leave the
+                // timer without the waker, and an idle connection would never time out.
+                std::pin::pin!(tokio::task::coop::unconstrained(self.timer.as_mut())).poll(cx).is_ready()
+            };
+            if !fired {
+                return false;
             }
+            if self.timer.deadline() >= deadline {
+                return true;
+            }
+            // It fired for an earlier deadline, since moved on.
+            self.move_to(deadline);
         }
     }
+}
+
+/// Reads into `buf` unless `deadline` passes first.
+async fn read_by(io: &mut TcpStream, buf: &mut BytesMut, clock: &mut Clock<'_>, deadline: Instant) -> Read {
+    if deadline < clock.timer.deadline() {
+        clock.move_to(deadline);
+    }
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(read) = tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            return Poll::Ready(match read {
+                Ok(0) | Err(_) => Read::Closed,
+                Ok(_) => Read::Bytes,
+            });
+        }
+        if clock.poll_passed(cx, deadline) { Poll::Ready(Read::TimedOut) } else { Poll::Pending }
+    })
+    .await
 }
 
 async fn refuse(io: &mut TcpStream, status: StatusCode) {
