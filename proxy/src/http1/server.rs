@@ -178,6 +178,30 @@ fn content_length(value: &[u8]) -> Option<u64> {
     Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+impl Parsed {
+    fn new() -> Parsed {
+        Parsed { method: (0, 0), target: (0, 0), fields: [(0, 0, 0, 0); MAX_HEADERS], count: 0 }
+    }
+}
+
+/// What the fast path makes of the first bytes a connection sends: the request it hands
+/// to the proxy (`Ok(Some)`), nothing yet or nothing for it (`Ok(None)`: more to read, or
+/// one for hyper), or the status it refuses it with. The fuzz targets in `proxy/fuzz`
+/// drive the head parser through here: no input may panic it.
+pub fn read_request(bytes: &[u8]) -> Result<Option<Request<ProxyBody>>, StatusCode> {
+    let mut parsed = Parsed::new();
+    match inspect(bytes, &mut parsed) {
+        Next::Partial | Next::Handoff => Ok(None),
+        Next::Bad(status) => Err(status),
+        Next::Request { head_len, body_len } if bytes.len() < head_len + body_len => Ok(None),
+        Next::Request { head_len, body_len } => {
+            let buf = Bytes::copy_from_slice(&bytes[..head_len + body_len]);
+            let body = if body_len == 0 { empty() } else { full(buf.slice(head_len..)) };
+            build(buf.slice(..head_len), body, &parsed).map(Some).ok_or(StatusCode::BAD_REQUEST)
+        }
+    }
+}
+
 /// Builds the request from a head taken out of the buffer.
 fn build(head: Bytes, body: ProxyBody, parsed: &Parsed) -> Option<Request<ProxyBody>> {
     let method = Method::from_bytes(&head[parsed.method.0..parsed.method.1]).ok()?;
@@ -216,7 +240,7 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H, timeouts: &Timeout
     // Allocated by the first response written here, not for connections handed on.
     let mut out = BytesMut::new();
     let mut first = true;
-    let mut parsed = Parsed { method: (0, 0), target: (0, 0), fields: [(0, 0, 0, 0); MAX_HEADERS], count: 0 };
+    let mut parsed = Parsed::new();
     let mut deadline = Instant::now() + timeouts.head;
     // One timer for the connection's life. The deadline moves with each request; the
     // timer moves only when it fires before it or must fire sooner, so a request that

@@ -11,10 +11,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Whether a field belongs to the caller's connection and must go before anything else
-/// looks at the request. `TE: trailers` alone is end to end in practice (gRPC) and kept.
+/// looks at the request. `TE: trailers` alone is end to end in practice (gRPC) and kept;
+/// any other TE (`Trailers` included) is rewritten as exactly that, or goes.
 pub fn is_hop_by_hop(name: &HeaderName, value: &HeaderValue) -> bool {
     if name == header::TE {
-        return !value.as_bytes().eq_ignore_ascii_case(b"trailers");
+        return value.as_bytes() != b"trailers";
     }
     name == header::CONNECTION
         || name == header::TRANSFER_ENCODING

@@ -55,15 +55,19 @@ pub enum Rejection {
 pub fn admit<B>(req: &mut Request<B>, options: Options) -> Result<(), Rejection> {
     // One pass over the (few) fields for what the rules below ask about.
     let mut hosts = 0;
+    let mut te = 0;
     let mut hop = false;
     for (name, value) in req.headers() {
         if name == header::HOST {
             hosts += 1;
             host::validate(value.as_bytes())?;
         } else {
+            te += usize::from(name == header::TE);
             hop |= fields::is_hop_by_hop(name, value);
         }
     }
+    // `TE: trailers` twice would otherwise be combined into "trailers, trailers" below.
+    hop |= te > 1;
     match hosts {
         0 if req.version() == Version::HTTP_11 => return Err(Rejection::MissingHost),
         0 | 1 => {}
@@ -139,6 +143,28 @@ mod tests {
         let req = admitted(request(h11, "http://good:80/x", &[("host", "evil")])).unwrap();
         assert_eq!(req.headers()["host"], "good:80", "the absolute-form target replaces Host");
         assert_eq!(req.uri().authority().unwrap().as_str(), "good:80");
+    }
+
+    /// Found by the `http1_head` fuzz target: two `TE: trailers` fields left a TE of
+    /// "trailers, trailers", which upstream clients do not read as `trailers`.
+    #[test]
+    fn repeated_te_trailers_is_one_te_trailers() {
+        let wire = b"-POST /%61dmin//x HTTP/1.1\r\nHost: reviews\r\nContent-Length: 5\r\nTE: trailers\r\nent-Length: 5\r\nTE: trailers\r\n\r\nhello";
+        let mut req = crate::http1::server::read_request(wire).unwrap().unwrap();
+        admit(&mut req, Options::default()).unwrap();
+        assert_eq!(req.headers().get_all(header::TE).iter().collect::<Vec<_>>(), ["trailers"]);
+        assert_eq!(req.uri().path(), "/admin/x");
+    }
+
+    /// Found by the `http1_head` fuzz target: a TE of "traiLers" was kept as it came
+    /// (with an h2c upgrade that was not one, the Connection field not naming it).
+    #[test]
+    fn te_trailers_in_any_case_becomes_trailers() {
+        let wire = b"POST /%61dmin?/x HTTP/1.1\r\nHost: reviews\r\nContenqqqqqqqpgrade: h2c/1.1\r\nHot-Length: 2\r\nTE: traiLers\r\n\r\nhello";
+        let mut req = crate::http1::server::read_request(wire).unwrap().unwrap();
+        admit(&mut req, Options::default()).unwrap();
+        assert_eq!(req.headers().get_all(header::TE).iter().collect::<Vec<_>>(), ["trailers"]);
+        assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/admin?/x");
     }
 
     #[test]
