@@ -428,6 +428,7 @@ impl crate::http1::server::Handle for Listener {
         builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.head_timeout.min(limits.idle_timeout));
         let serve = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::select! {
+            biased;
             result = serve => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended");

@@ -94,20 +94,55 @@ impl ConnState {
         }
     }
 
+    /// How long no request has been in progress, or `None` while one is.
+    fn quiet_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.quiet_since.load(Ordering::Acquire));
+        Some(self.epoch.elapsed().saturating_sub(since))
+    }
+
     /// Resolves once no request has been in progress for `timeout`.
-    pub async fn idle(&self, timeout: Duration) {
+    pub fn idle(&self, timeout: Duration) -> IdleWatch<'_> {
+        IdleWatch { conn: self, timeout, timer: Box::pin(tokio::time::sleep(timeout)), armed: false }
+    }
+}
+
+/// See [`ConnState::idle`]. It is polled at every wake of the connection's task (beside
+/// hyper's connection), so after its timer has this task's waker it only reads whether
+/// the timer elapsed: polling the timer itself each time would also spend the task's
+/// coop budget, and make hyper yield more often.
+pub struct IdleWatch<'c> {
+    conn: &'c ConnState,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// Polled since it was last reset (see `http1::server`'s connection clock).
+    armed: bool,
+}
+
+impl Future for IdleWatch<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
         loop {
-            let wait = if self.busy.load(Ordering::Acquire) > 0 {
-                timeout
+            let fired = if this.armed {
+                this.timer.is_elapsed()
             } else {
-                let since = Duration::from_millis(self.quiet_since.load(Ordering::Acquire));
-                let quiet = self.epoch.elapsed().saturating_sub(since);
-                if quiet >= timeout {
-                    return;
-                }
-                timeout - quiet
+                this.armed = true;
+                std::pin::pin!(tokio::task::coop::unconstrained(this.timer.as_mut())).poll(cx).is_ready()
             };
-            tokio::time::sleep(wait).await;
+            if !fired {
+                return Poll::Pending;
+            }
+            let next = match this.conn.quiet_for() {
+                Some(quiet) if quiet >= this.timeout => return Poll::Ready(()),
+                Some(quiet) => this.timeout - quiet,
+                None => this.timeout,
+            };
+            this.timer.as_mut().reset(Instant::now() + next);
+            this.armed = false;
         }
     }
 }
