@@ -57,10 +57,11 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
     }
 }
 
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, name: &'static str, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = crate::listener::accept::Backoff::default();
     loop {
         let (sock, _) = tokio::select! {
-            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            a = crate::listener::accept::next(&listener, &mut backoff, name) => a,
             _ = shutdown.changed() => return,
         };
         let proxy = proxy.clone();

@@ -1,8 +1,12 @@
 //! Bodies that flow through the proxy: streamed from a peer, or made here.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -15,8 +19,45 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|e| match e {}).boxed_unsync()
 }
 
-pub fn stream(body: hyper::body::Incoming) -> ProxyBody {
-    body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+/// A body hyper reads from a peer, its trailers cleaned of fields no trailer may carry.
+pub fn stream(body: Incoming) -> ProxyBody {
+    Streamed(body).boxed_unsync()
+}
+
+struct Streamed(Incoming);
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.0).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(clean_trailers(frame)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// A trailers frame without the fields trailers may not carry (see
+/// `http1::strip_trailer_fields`); data frames as they are.
+pub fn clean_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            crate::http1::strip_trailer_fields(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
 }
 
 /// A response made by the proxy itself.

@@ -68,6 +68,46 @@ struct Cli {
     /// Worker threads, each with its own listeners and upstream connections (default: one per CPU).
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// The longest a caller may take to send a request head: from the accept for a
+    /// connection's first request, from its first byte for later ones (then 408).
+    #[arg(long, default_value_t = ms(crate::listener::DEFAULT_HEAD_TIMEOUT))]
+    request_head_timeout_ms: u64,
+    /// How long a connection with no request in progress stays open.
+    #[arg(long, default_value_t = ms(crate::listener::DEFAULT_IDLE_TIMEOUT))]
+    idle_timeout_ms: u64,
+    /// The longest pause inside a request body (then 408).
+    #[arg(long, default_value_t = ms(crate::listener::DEFAULT_BODY_TIMEOUT))]
+    request_body_timeout_ms: u64,
+    /// Connections each listener (inbound, outbound) holds at once, over all workers;
+    /// more are closed as they are accepted.
+    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Forward request paths as they came: no resolving of `.` and `..`, merging of
+    /// slashes or decoding of unreserved escapes (on by default, as in Istio).
+    #[arg(long)]
+    no_normalize_path: bool,
+}
+
+const fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl Cli {
+    fn limits(&self) -> Result<crate::listener::Limits, String> {
+        use std::time::Duration;
+        let nonzero = |flag: &str, v: u64| {
+            if v == 0 { Err(format!("--{flag}: must be above 0")) } else { Ok(Duration::from_millis(v)) }
+        };
+        if self.max_connections == 0 {
+            return Err("--max-connections: must be above 0".into());
+        }
+        Ok(crate::listener::Limits {
+            head_timeout: nonzero("request-head-timeout-ms", self.request_head_timeout_ms)?,
+            idle_timeout: nonzero("idle-timeout-ms", self.idle_timeout_ms)?,
+            body_timeout: nonzero("request-body-timeout-ms", self.request_body_timeout_ms)?,
+            max_connections: self.max_connections,
+        })
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -116,8 +156,11 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
         };
         (addr, options)
     });
+    let limits = cli.limits()?;
     let mut proxy = Proxy::new(identity, cli.app_addr, cli.config.clone(), mixr)
         .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
+    proxy.limits = limits;
+    proxy.ingress = crate::ingress::Options { normalize_path: !cli.no_normalize_path };
     if let Some(endpoint) = &cli.otlp_endpoint {
         if !(0.0..=1.0).contains(&cli.trace_sampling) {
             return Err(format!("--trace-sampling {}: expected a number from 0 to 1", cli.trace_sampling));
@@ -142,8 +185,8 @@ async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
     let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
     let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
-    tokio::spawn(crate::admin::serve(proxy.clone(), admin, rx.clone()));
-    tokio::spawn(crate::admin::serve(proxy.clone(), stats, rx.clone()));
+    tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
+    tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
 
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int, mut hup) =

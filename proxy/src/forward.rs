@@ -11,9 +11,9 @@ use hyper::{Request, Response, Uri};
 
 use crate::body::{ProxyBody, empty, full, reply};
 use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
-use crate::http1::{field_values, has_field};
+use crate::http1::field_values;
 use crate::pool::{Pool, PoolError};
-use crate::proxy::{Direction, Proxy};
+use crate::proxy::{Direction, Proxy, UNKNOWN};
 use crate::rand;
 use crate::route::{RequestInfo, RouteId, pick_weighted_index, total_weight};
 use crate::upstream::{InFlight, Outcome, backoff, hash_of};
@@ -175,33 +175,38 @@ impl Proxy {
         let default_route;
         let (route_id, route) = match tables.routes.find(&info, &self.identity.labels) {
             Some((id, r)) => (Some(id), r),
-            // A known service without a VirtualService gets all its traffic.
-            None if tables.routes.service(authority).is_some() => {
-                default_route = Box::new(HttpRoute {
-                    route: vec![WeightedDestination {
-                        destination: Destination {
-                            host: crate::route::normalize_host(authority).into_owned(),
-                            subset: None,
-                            port: None,
-                        },
-                        weight: 100,
-                        headers: Default::default(),
-                    }],
-                    ..Default::default()
-                });
-                (None, &*default_route)
-            }
-            None => {
-                let resp = reply(404, "no route (NR)\n");
-                self.observe(worker, Direction::Outbound, authority, "", resp.status().as_u16(), started);
-                return resp;
-            }
+            // A known service without a VirtualService gets all its traffic. It is named
+            // as the config names it, not as the caller did (`reviews.anything` finds
+            // `reviews` too): one cluster per service, whatever callers send.
+            None => match tables.routes.service_key(authority) {
+                Some(service) => {
+                    default_route = Box::new(HttpRoute {
+                        route: vec![WeightedDestination {
+                            destination: Destination { host: service.to_string(), subset: None, port: None },
+                            weight: 100,
+                            headers: Default::default(),
+                        }],
+                        ..Default::default()
+                    });
+                    (None, &*default_route)
+                }
+                None => {
+                    let resp = reply(404, "no route (NR)\n");
+                    self.observe(worker, Direction::Outbound, UNKNOWN, "", resp.status().as_u16(), started);
+                    return resp;
+                }
+            },
         };
         let route_name = route.name.as_deref().unwrap_or("");
         let traceparent =
             worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
-        let resp = self.outbound_route(worker, req, (route_id, route), &tables, authority, path, scheme, peer).await;
-        self.observe(worker, Direction::Outbound, authority, route_name, resp.status().as_u16(), started);
+        // The destination service the request goes to, for the stats: the route's, until
+        // a destination of a split is chosen.
+        let mut service = route.route.first().map_or(UNKNOWN, |d| d.destination.host.as_str());
+        let resp = self
+            .outbound_route(worker, req, (route_id, route), &tables, (authority, path, scheme), peer, &mut service)
+            .await;
+        self.observe(worker, Direction::Outbound, service, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
             let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, authority);
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
@@ -209,17 +214,17 @@ impl Proxy {
         resp
     }
 
+    /// Sends a routed request on; `service` becomes the destination service it goes to.
     #[allow(clippy::too_many_arguments)]
-    async fn outbound_route(
+    async fn outbound_route<'r>(
         &self,
         worker: &Worker,
         mut req: Request<ProxyBody>,
-        (route_id, route): (Option<RouteId>, &HttpRoute),
+        (route_id, route): (Option<RouteId>, &'r HttpRoute),
         tables: &crate::proxy::Tables,
-        authority: &str,
-        path: &str,
-        scheme: &str,
+        (authority, path, scheme): (&str, &str, &str),
         peer: SocketAddr,
+        service: &mut &'r str,
     ) -> Response<ProxyBody> {
         if let Some(r) = &route.redirect {
             let target_authority = r.authority.clone().unwrap_or_else(|| authority.to_string());
@@ -249,6 +254,7 @@ impl Proxy {
             return reply(503, "no healthy upstream (all weights are 0)\n");
         };
         let chosen = &route.route[chosen_index];
+        *service = chosen.destination.host.as_str();
         // A route of the table has its clusters from config load; only the implicit route
         // to a service without a VirtualService looks its cluster up.
         let looked_up;
@@ -301,12 +307,12 @@ impl Proxy {
         let grpc = is_grpc_headers(req.headers());
         let http2 = grpc || req.version() == hyper::Version::HTTP_2;
         let retries = if route.retries.retry_on == RetryOn::default() { 0 } else { route.retries.attempts };
-        let size = field_values(req.headers(), &hyper::header::CONTENT_LENGTH)
-            .next()
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let no_body = size == Some(0)
+        // The body as the listener framed it: the caller's framing fields are gone.
+        let size = hyper::body::Body::size_hint(req.body()).exact();
+        let no_body = hyper::body::Body::is_end_stream(req.body())
+            || size == Some(0)
             || (size.is_none()
-                && !has_field(req.headers(), &hyper::header::TRANSFER_ENCODING)
+                && req.version() == hyper::Version::HTTP_2
                 && !grpc
                 && matches!(
                     *req.method(),

@@ -5,8 +5,12 @@
 //! Layout, in the order a request meets it:
 //! - [`cli`], [`worker`]: the command line; worker threads, each with its own listeners,
 //!   upstream [`pool`], mixr channel and report batcher.
+//! - [`listener`]: what one caller may hold of a listener (timeouts, a connection
+//!   ceiling), accept loops that back off when descriptors run out.
 //! - [`http1`]: HTTP/1.1 on the wire (the listener's fast path, body framing); hyper
 //!   serves h2c, upgrades and what the fast path leaves to it.
+//! - [`ingress`]: what every request goes through before anything looks at it (Host,
+//!   hop-by-hop and repeated fields, path normalization).
 //! - [`proxy`]: the shared state (config generation, clusters, policy, stats) and the
 //!   inbound path; [`forward`]: the outbound pipeline (route, redirect, fault, pool limits,
 //!   retries, mirror); [`upgrade`]: WebSocket and other upgrades.
@@ -26,6 +30,8 @@ pub mod fasthash;
 pub mod forward;
 pub mod http1;
 pub mod identity;
+pub mod ingress;
+pub mod listener;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

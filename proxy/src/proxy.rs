@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,11 +21,16 @@ use tokio::sync::watch;
 use crate::body::{ProxyBody, reply};
 use crate::config::{TrafficConfig, load_paths};
 use crate::identity::Identity;
+use crate::listener::conn::{ClientBody, ConnState, Tracked};
+use crate::listener::{ConnectionCount, OpenConnection};
 use crate::route::RouteTable;
 use crate::stats::Stats;
 use crate::upstream::{Cluster, Clusters, RouteClusters};
 use crate::worker::Worker;
 use mixr_rules::config::fingerprint;
+
+/// The `destination_service` of requests that resolved to no service.
+pub const UNKNOWN: &str = "unknown";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -77,6 +83,16 @@ pub struct Proxy {
     pub destination_labels: mixr_rules::value::StringMap<'static>,
     pub config_paths: Vec<PathBuf>,
     pub namespace: String,
+    /// Timeouts and the connection ceiling of both listeners.
+    pub limits: crate::listener::Limits,
+    /// What every request goes through as it arrives (`ingress`).
+    pub ingress: crate::ingress::Options,
+    /// Connections open on the inbound and outbound listeners, across workers.
+    inbound_connections: Arc<ConnectionCount>,
+    outbound_connections: Arc<ConnectionCount>,
+    /// `destination_service` of inbound requests' metrics: the service this workload
+    /// backs (its `app` label), never a caller's Host.
+    inbound_service: String,
 }
 
 impl Proxy {
@@ -115,6 +131,8 @@ impl Proxy {
             hyper::header::HeaderValue::try_from(crate::policy::attributes::identity_header(&identity))
                 .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
         let destination_labels = crate::policy::attributes::destination_labels(&identity);
+        let inbound_service =
+            identity.labels.iter().find(|(k, _)| k == "app").map_or_else(|| UNKNOWN.to_string(), |(_, v)| v.clone());
         let proxy = Proxy {
             policy,
             tables: ArcSwap::from_pointee(Tables::default()),
@@ -126,6 +144,11 @@ impl Proxy {
             destination_labels,
             config_paths,
             namespace,
+            limits: Default::default(),
+            ingress: Default::default(),
+            inbound_connections: Default::default(),
+            outbound_connections: Default::default(),
+            inbound_service,
         };
         proxy.reload()?;
         Ok(proxy)
@@ -164,11 +187,20 @@ impl Proxy {
         &tables.clusters
     }
 
-    pub fn observe(&self, worker: &Worker, dir: Direction, authority: &str, route: &str, code: u16, started: Instant) {
-        let service = crate::route::normalize_host(authority);
+    /// Counts a request in the stats. `service` is the destination service the request
+    /// resolved to (a name from the config, or this workload's service), or [`UNKNOWN`]:
+    /// never anything a caller chose, so the number of series stays bounded.
+    pub fn observe(&self, worker: &Worker, dir: Direction, service: &str, route: &str, code: u16, started: Instant) {
         let code = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-        let labels = [dir.reporter(), self.identity.workload.as_str(), service.as_ref(), code.as_str(), route];
+        let labels = [dir.reporter(), self.identity.workload.as_str(), service, code.as_str(), route];
         self.stats.record_request(&worker.metrics, labels, started.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    fn connections(&self, dir: Direction) -> &Arc<ConnectionCount> {
+        match dir {
+            Direction::Inbound => &self.inbound_connections,
+            Direction::Outbound => &self.outbound_connections,
+        }
     }
 
     /// Handles one request on the inbound listener: checked with mixr, then to the local app.
@@ -232,7 +264,14 @@ impl Proxy {
                             resp.headers_mut().insert(k, v);
                         }
                     }
-                    self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
+                    self.observe(
+                        worker,
+                        Direction::Inbound,
+                        &self.inbound_service,
+                        "",
+                        resp.status().as_u16(),
+                        started,
+                    );
                     self.report(worker, entry, &resp, started);
                     return resp;
                 }
@@ -247,7 +286,7 @@ impl Proxy {
         let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
         if crate::upgrade::wants_upgrade(&parts.headers) {
             let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
-            self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
+            self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
             return resp;
         }
         let http2 = crate::forward::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
@@ -261,7 +300,7 @@ impl Proxy {
             }
         };
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
-        self.observe(worker, Direction::Inbound, authority, "", resp.status().as_u16(), started);
+        self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
         self.report(worker, report, &resp, started);
         resp
     }
@@ -298,20 +337,27 @@ pub async fn serve(
     dir: Direction,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = crate::listener::accept::Backoff::default();
+    let timeouts = crate::http1::server::Timeouts {
+        head: proxy.limits.head_timeout,
+        idle: proxy.limits.idle_timeout,
+        body: proxy.limits.body_timeout,
+    };
     loop {
         let (sock, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
+            a = crate::listener::accept::next(&listener, &mut backoff, dir.reporter_kind()) => a,
             _ = shutdown.changed() => return,
         };
+        // Past the ceiling a connection is closed at once: the caller sees it end rather
+        // than wait in the backlog, and the ones being served go on.
+        let Some(open) = proxy.connections(dir).try_open(proxy.limits.max_connections) else {
+            proxy.stats.connections_refused.with_label_values(&[dir.reporter_kind()]).inc();
+            drop(sock);
+            continue;
+        };
         let _ = sock.set_nodelay(true);
-        let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer };
-        tokio::spawn(async move { crate::http1::server::serve(sock, &handler).await });
+        let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer, open: Arc::new(open) };
+        tokio::spawn(async move { crate::http1::server::serve(sock, &handler, &timeouts).await });
     }
 }
 
@@ -322,33 +368,73 @@ struct Listener {
     worker: Arc<Worker>,
     dir: Direction,
     peer: SocketAddr,
+    /// Counts the connection against `--max-connections` while any clone lives: an
+    /// upgraded connection's splice keeps one.
+    open: Arc<OpenConnection>,
 }
 
 impl crate::http1::server::Handle for Listener {
-    async fn handle(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
-        let Listener { proxy, worker, dir, peer } = self;
-        crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
+    async fn handle(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
+        let Listener { proxy, worker, dir, peer, .. } = self;
+        if let Err(why) = crate::ingress::admit(&mut req, proxy.ingress) {
+            tracing::debug!(error = %why, "request refused");
+            let mut resp = reply(400, format!("bad request: {why}\n"));
+            resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            proxy.observe(worker, *dir, UNKNOWN, "", 400, Instant::now());
+            return resp;
+        }
+        let mut resp = crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
             match dir {
                 Direction::Outbound => proxy.outbound(worker, req, *peer).await,
                 Direction::Inbound => proxy.inbound(worker, req, *peer).await,
             }
         })
-        .await
+        .await;
+        let status = resp.status();
+        crate::http1::strip_bodiless_framing(status, resp.headers_mut());
+        resp
     }
 
-    /// hyper serves h2c, upgrades and whatever else the fast path leaves to it.
+    /// hyper serves h2c, upgrades and whatever else the fast path leaves to it, under the
+    /// same limits (`listener::conn`).
     async fn fallback(&self, io: crate::http1::server::Rewind) {
+        let limits = self.proxy.limits;
+        let state = ConnState::new();
         let listener = self.clone();
+        let conn = state.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let listener = listener.clone();
+            let conn = conn.clone();
             async move {
+                let busy = conn.begin();
+                let mut req = req;
+                if req.headers().contains_key(hyper::header::UPGRADE) {
+                    // An upgraded connection outlives this one's task; it counts until it ends.
+                    req.extensions_mut().insert(listener.open.clone());
+                }
+                // HTTP/2 fails a stream alone; an HTTP/1.1 body fault ends the connection.
+                let h1 = req.version() != hyper::Version::HTTP_2;
+                let req = req.map(|b| ClientBody::new(b, limits.body_timeout, h1.then(|| conn.clone())).boxed_unsync());
                 // Boxed: the request's future is several kilobytes, and hyper moves it.
-                Ok::<_, Infallible>(Box::pin(listener.handle(req.map(crate::body::stream))).await)
+                let mut resp = Box::pin(listener.handle(req)).await;
+                if let Some(fault) = conn.fault().filter(|_| h1) {
+                    resp = fault.response();
+                }
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
             }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
-        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
-            tracing::debug!(error = %e, "connection ended");
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's timer runs from when it starts waiting for a head, idle time included.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.head_timeout.min(limits.idle_timeout));
+        let serve = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::select! {
+            biased;
+            result = serve => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            }
+            () = state.idle(limits.idle_timeout) => tracing::debug!("idle connection closed"),
         }
     }
 }

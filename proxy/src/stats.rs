@@ -18,6 +18,8 @@ pub struct Stats {
     pub check_cache: IntCounterVec,
     pub overflows: IntCounterVec,
     pub ejections: IntCounterVec,
+    /// Connections closed as accepted, their listener at its `--max-connections`.
+    pub connections_refused: IntCounterVec,
 }
 
 impl Stats {
@@ -70,8 +72,17 @@ impl Stats {
             &["cluster"],
         )
         .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "mixr_proxy_downstream_connections_refused_total",
+                "Connections closed as they were accepted, the listener holding --max-connections, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(overflows.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(overflows.clone()),
             Box::new(ejections.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
@@ -96,13 +107,15 @@ impl Stats {
             check_cache,
             overflows,
             ejections,
+            connections_refused,
         }
     }
 }
 
 /// A worker's recently used request label sets and their metrics, so a request finds its
-/// counter and histogram without hashing its labels into both families. Bounded: label
-/// values come from callers (the authority), so past the bound lookups go to the families.
+/// counter and histogram without hashing its labels into both families. Label values
+/// come from the config (destination services, routes), never from callers, but the
+/// cache is bounded all the same: past the bound, lookups go to the families.
 #[derive(Default)]
 pub struct MetricCache(Mutex<Vec<([String; 5], IntCounter, Histogram)>>);
 

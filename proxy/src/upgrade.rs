@@ -17,16 +17,22 @@ pub fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
 }
 
 /// Sends an upgrade request to the picked endpoint on a connection of its own (within the
-/// cluster's `connectTimeout`) and splices the connections on 101.
+/// cluster's `connectTimeout`) and splices the connections on 101. A request body goes
+/// with the request, framed as it was read (its length, or chunked): an upgrade never
+/// announces a length it does not send.
 pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
     let (address, connect_timeout) = (target.endpoint().authority(), target.target().settings.connect_timeout);
     let downstream = hyper::upgrade::on(&mut req);
-    let (mut parts, _) = req.into_parts();
+    // The caller's connection counts against its listener's ceiling while spliced.
+    let held = req.extensions_mut().remove::<std::sync::Arc<crate::listener::OpenConnection>>();
+    let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     if let Ok(uri) = pq.parse::<Uri>() {
         parts.uri = uri;
     }
-    let up = Request::from_parts(parts, empty());
+    // hyper frames the body from its size; a caller's length could disagree with it.
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    let up = Request::from_parts(parts, body);
     let mut resp = match crate::pool::send_upgrade(address, connect_timeout, up).await {
         Ok(r) => r,
         Err(_) => return reply(503, "upstream connect error (upgrade)\n"),
@@ -36,6 +42,7 @@ pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<ProxyB
     }
     let upstream = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
+        let _held = held;
         let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else { return };
         let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;

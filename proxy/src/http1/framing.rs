@@ -118,8 +118,6 @@ impl Decoder {
                 State::ChunkEnd => {
                     if buf.starts_with(b"\r\n") {
                         buf.advance(2);
-                    } else if buf.starts_with(b"\n") {
-                        buf.advance(1);
                     } else if buf.len() < 2 && buf.first().is_none_or(|b| *b == b'\r') {
                         return Ok(Decoded::NeedMore);
                     } else {
@@ -133,12 +131,15 @@ impl Decoder {
     }
 
     fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, FramingError> {
-        for empty in [&b"\r\n"[..], b"\n"] {
-            if buf.starts_with(empty) {
-                buf.advance(empty.len());
-                self.state = State::Done;
-                return Ok(Decoded::End);
-            }
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            self.state = State::Done;
+            return Ok(Decoded::End);
+        }
+        // Every line of the block ends in CRLF, as the chunk lines must.
+        let block = find_head_end(buf).map_or(&buf[..], |end| &buf[..end]);
+        if has_bare_lf(block) {
+            return Err(FramingError::Trailers);
         }
         if buf.len() < 2 {
             return Ok(Decoded::NeedMore);
@@ -154,7 +155,9 @@ impl Decoder {
         for f in fields.iter() {
             let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| FramingError::Trailers)?;
             let value = HeaderValue::from_bytes(f.value).map_err(|_| FramingError::Trailers)?;
-            map.append(name, value);
+            if !super::forbidden_in_trailers(&name) {
+                map.append(name, value);
+            }
         }
         buf.advance(used);
         self.state = State::Done;
@@ -173,23 +176,34 @@ impl Decoder {
     }
 }
 
-/// One line without its line ending, or `None` until it is complete.
+/// Where a block of lines ends (after its empty line), if it has.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Whether a line in `bytes` ends in LF alone. A lone LF is a line end to some parsers
+/// and not to others: accepting one is how requests are smuggled.
+fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, b)| *b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+}
+
+/// One line without its CRLF, or `None` until it is complete. A line ending in LF alone
+/// is an error (RFC 9112 §7.1: `chunk-size [ chunk-ext ] CRLF`).
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
     match buf.iter().position(|b| *b == b'\n') {
-        Some(end) => {
+        Some(end) if end > 0 && buf[end - 1] == b'\r' => {
             let mut line = buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
+            line.truncate(end - 1);
             Ok(Some(line))
         }
+        Some(_) => Err(FramingError::ChunkSize),
         None if buf.len() >= MAX_LINE => Err(FramingError::TooLong),
         None => Ok(None),
     }
 }
 
-/// `1a;name=value` is 26: hex digits, then optional whitespace and extensions (ignored).
+/// `1a;name=value` is 26: hex digits, then optional whitespace and extensions (ignored,
+/// but only visible characters, spaces and tabs: no bare CR or other controls).
 fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 15 {
@@ -198,6 +212,9 @@ fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
     let rest = &line[digits..];
     let rest = &rest[rest.iter().take_while(|b| **b == b' ' || **b == b'\t').count()..];
     if !(rest.is_empty() || rest[0] == b';') {
+        return Err(FramingError::ChunkSize);
+    }
+    if rest.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
         return Err(FramingError::ChunkSize);
     }
     Ok(line[..digits].iter().fold(0u64, |n, b| (n << 4) | u64::from((*b as char).to_digit(16).unwrap_or(0))))
@@ -240,7 +257,7 @@ pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
 /// Appends the last chunk, with trailers when there are some.
 pub fn encode_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
-    for (k, v) in trailers.into_iter().flatten() {
+    for (k, v) in trailers.into_iter().flatten().filter(|(k, _)| !super::forbidden_in_trailers(k)) {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
@@ -325,6 +342,26 @@ mod tests {
         assert_eq!(decode_all(Framing::Chunked, b"5\r\nhel", 4), Err(FramingError::Truncated));
         assert_eq!(decode_all(Framing::Length(10), b"short", 4), Err(FramingError::Truncated));
         assert_eq!(decode_all(Framing::Chunked, &vec![b';'; MAX_LINE + 1], 1024), Err(FramingError::TooLong));
+        // Line ends other than CRLF, and controls in an extension.
+        assert_eq!(decode_all(Framing::Chunked, b"3\nabc\r\n0\r\n\r\n", 4), Err(FramingError::ChunkSize));
+        assert_eq!(decode_all(Framing::Chunked, b"3\r\nabc\n0\r\n\r\n", 4), Err(FramingError::ChunkEnd));
+        assert_eq!(decode_all(Framing::Chunked, b"3;a\rb\r\nabc\r\n0\r\n\r\n", 4), Err(FramingError::ChunkSize));
+        assert_eq!(decode_all(Framing::Chunked, b"0\r\nx: 1\nz: 2\r\n\r\n", 64), Err(FramingError::Trailers));
+        assert_eq!(decode_all(Framing::Chunked, b"0\r\n\n", 64), Err(FramingError::Trailers));
+    }
+
+    #[test]
+    fn trailers_never_carry_framing_or_hop_by_hop_fields() {
+        let wire = b"1\r\nx\r\n0\r\ngrpc-status: 0\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nhost: evil\r\nconnection: close\r\n\r\n";
+        let (_, trailers) = decode_all(Framing::Chunked, wire, 7).unwrap();
+        let t = trailers.unwrap();
+        assert_eq!(t.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["grpc-status"]);
+        let mut forbidden = HeaderMap::new();
+        forbidden.insert("content-length", HeaderValue::from_static("9"));
+        forbidden.insert("x-sum", HeaderValue::from_static("1"));
+        let mut out = BytesMut::new();
+        encode_last_chunk(&mut out, Some(&forbidden));
+        assert_eq!(&out[..], b"0\r\nx-sum: 1\r\n\r\n");
     }
 
     #[test]

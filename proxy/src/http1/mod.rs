@@ -46,3 +46,90 @@ pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
+
+/// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing,
+/// authentication, request modifiers, how to process the content, and anything
+/// hop-by-hop. A peer's trailers lose them before they go on, whichever protocol brought
+/// them, so a trailer can never be read as framing or as the Host by whoever is next.
+pub fn forbidden_in_trailers(name: &HeaderName) -> bool {
+    const OTHERS: [&str; 4] = ["keep-alive", "proxy-connection", "www-authenticate", "proxy-authenticate"];
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == header::HOST
+        || name == header::CONTENT_TYPE
+        || name == header::CONTENT_ENCODING
+        || name == header::CONTENT_RANGE
+        || name == header::AUTHORIZATION
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::CACHE_CONTROL
+        || name == header::EXPECT
+        || name == header::MAX_FORWARDS
+        || name == header::SET_COOKIE
+        || OTHERS.contains(&name.as_str())
+}
+
+/// Takes the fields trailers may not carry out of `trailers`.
+pub fn strip_trailer_fields(trailers: &mut HeaderMap) {
+    if !trailers.keys().any(forbidden_in_trailers) {
+        return;
+    }
+    let forbidden: Vec<HeaderName> = trailers.keys().filter(|k| forbidden_in_trailers(k)).cloned().collect();
+    for name in forbidden {
+        trailers.remove(name);
+    }
+}
+
+/// 1xx, 204 and 304 responses have no content, so no framing either (RFC 9110 §8.6,
+/// RFC 9112 §6.1): an upstream's `Content-Length` on them goes, whichever side serves
+/// the response.
+pub fn strip_bodiless_framing(status: hyper::StatusCode, headers: &mut HeaderMap) {
+    let bodiless = status.is_informational()
+        || status == hyper::StatusCode::NO_CONTENT
+        || status == hyper::StatusCode::NOT_MODIFIED;
+    if bodiless && (has_field(headers, &header::CONTENT_LENGTH) || has_field(headers, &header::TRANSFER_ENCODING)) {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_lose_framing_and_hop_by_hop_fields() {
+        let mut t = HeaderMap::new();
+        for (k, v) in [
+            ("grpc-status", "0"),
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "close"),
+            ("keep-alive", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("upgrade", "h2c"),
+            ("host", "evil"),
+            ("x-checksum", "abc"),
+        ] {
+            t.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_trailer_fields(&mut t);
+        let mut names: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["grpc-status", "x-checksum"]);
+    }
+
+    #[test]
+    fn bodiless_statuses_lose_their_length() {
+        for (status, stripped) in [(204, true), (304, true), (200, false), (404, false)] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+            strip_bodiless_framing(hyper::StatusCode::from_u16(status).unwrap(), &mut h);
+            assert_eq!(h.is_empty(), stripped, "{status}");
+        }
+    }
+}

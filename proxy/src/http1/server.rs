@@ -20,8 +20,9 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::framing::{MAX_HEADERS, MAX_LINE, encode_chunk, encode_last_chunk, put_content_length};
 use super::{connection_has, connection_listed, field_values, has_field, is_hop_by_hop};
@@ -134,9 +135,7 @@ fn inspect(buf: &[u8], parsed: &mut Parsed) -> Next {
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
-                return Next::Bad(StatusCode::BAD_REQUEST);
-            };
+            let Some(n) = content_length(field.value) else { return Next::Bad(StatusCode::BAD_REQUEST) };
             if body_len.is_some_and(|b| b != n) {
                 return Next::Bad(StatusCode::BAD_REQUEST);
             }
@@ -168,6 +167,41 @@ fn inspect(buf: &[u8], parsed: &mut Parsed) -> Next {
     Next::Request { head_len, body_len: body_len as usize }
 }
 
+/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), as hyper reads it on the connections it
+/// serves: no sign, no list, nothing around the digits (httparse has taken the field's
+/// surrounding spaces and tabs off). `str::parse` would take `+5`, and `str::trim` a
+/// no-break space: a length other parsers read differently is how requests are smuggled.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+impl Parsed {
+    fn new() -> Parsed {
+        Parsed { method: (0, 0), target: (0, 0), fields: [(0, 0, 0, 0); MAX_HEADERS], count: 0 }
+    }
+}
+
+/// What the fast path makes of the first bytes a connection sends: the request it hands
+/// to the proxy (`Ok(Some)`), nothing yet or nothing for it (`Ok(None)`: more to read, or
+/// one for hyper), or the status it refuses it with. The fuzz targets in `proxy/fuzz`
+/// drive the head parser through here: no input may panic it.
+pub fn read_request(bytes: &[u8]) -> Result<Option<Request<ProxyBody>>, StatusCode> {
+    let mut parsed = Parsed::new();
+    match inspect(bytes, &mut parsed) {
+        Next::Partial | Next::Handoff => Ok(None),
+        Next::Bad(status) => Err(status),
+        Next::Request { head_len, body_len } if bytes.len() < head_len + body_len => Ok(None),
+        Next::Request { head_len, body_len } => {
+            let buf = Bytes::copy_from_slice(&bytes[..head_len + body_len]);
+            let body = if body_len == 0 { empty() } else { full(buf.slice(head_len..)) };
+            build(buf.slice(..head_len), body, &parsed).map(Some).ok_or(StatusCode::BAD_REQUEST)
+        }
+    }
+}
+
 /// Builds the request from a head taken out of the buffer.
 fn build(head: Bytes, body: ProxyBody, parsed: &Parsed) -> Option<Request<ProxyBody>> {
     let method = Method::from_bytes(&head[parsed.method.0..parsed.method.1]).ok()?;
@@ -186,32 +220,65 @@ fn build(head: Bytes, body: ProxyBody, parsed: &Parsed) -> Option<Request<ProxyB
     Some(req)
 }
 
+/// How long a caller may take; see `listener::Limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub head: Duration,
+    pub idle: Duration,
+    pub body: Duration,
+}
+
 /// Serves one accepted connection until it closes.
-pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
+///
+/// Time is bounded by one deadline at a time: the connection's first request head must
+/// be complete within the head timeout of the accept; later ones within the head timeout
+/// of their first byte, after at most the idle timeout of waiting for it; a body must not
+/// pause for longer than the body timeout. A caller that runs out of time gets 408 if it
+/// had started a request, and the connection closes.
+pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H, timeouts: &Timeouts) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // Allocated by the first response written here, not for connections handed on.
     let mut out = BytesMut::new();
     let mut first = true;
-    let mut parsed = Parsed { method: (0, 0), target: (0, 0), fields: [(0, 0, 0, 0); MAX_HEADERS], count: 0 };
+    let mut parsed = Parsed::new();
+    let mut deadline = Instant::now() + timeouts.head;
+    // One timer for the connection's life. The deadline moves with each request; the
+    // timer moves only when it fires before it or must fire sooner, so a request that
+    // arrives whole costs no timer work.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
+    let mut clock = Clock { timer, armed: false };
     loop {
+        // The first request's time counts from the accept.
+        let mut head_started = first;
         let next = loop {
-            if first && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+            let mut partial = !buf.is_empty();
+            if first && partial && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
                 if buf.len() >= H2_PREFACE.len() {
                     break Next::Handoff;
                 }
-            } else if !buf.is_empty() {
+            } else if partial {
                 match inspect(&buf, &mut parsed) {
                     Next::Partial => {}
-                    Next::Request { head_len, body_len, .. } if buf.len() < head_len + body_len => {}
+                    Next::Request { head_len, body_len, .. } if buf.len() < head_len + body_len => {
+                        deadline = Instant::now() + timeouts.body;
+                        partial = false;
+                    }
                     next => break next,
                 }
+            }
+            if partial && !head_started {
+                head_started = true;
+                deadline = Instant::now() + timeouts.head;
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 2 {
                 buf.reserve(READ_CHUNK);
             }
-            match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            match read_by(&mut io, &mut buf, &mut clock, deadline).await {
+                Read::Bytes => {}
+                Read::Closed => return,
+                Read::TimedOut if buf.is_empty() => return,
+                Read::TimedOut => return refuse(&mut io, StatusCode::REQUEST_TIMEOUT).await,
             }
         };
         first = false;
@@ -233,10 +300,72 @@ pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H) {
             field_values(req.headers(), &header::TE).any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let resp = handler.handle(req).await;
         match write_response(&mut io, &mut out, resp, head_only, trailers_ok, keep_alive).await {
-            Ok(true) if keep_alive => {}
+            Ok(true) => {}
             _ => return,
         }
+        deadline = Instant::now() + timeouts.idle;
     }
+}
+
+enum Read {
+    Bytes,
+    Closed,
+    TimedOut,
+}
+
+/// The connection's one timer and whether it holds this task's waker.
+struct Clock<'t> {
+    timer: Pin<&'t mut Sleep>,
+    /// Polled since it was last moved: it wakes this task when it fires. A spawned task's
+    /// waker is the same at every poll, so the timer need not be polled again until it
+    /// fires (it is then `is_elapsed`) or moves: a read that waits costs no timer work.
+    armed: bool,
+}
+
+impl Clock<'_> {
+    fn move_to(&mut self, deadline: Instant) {
+        self.timer.as_mut().reset(deadline);
+        self.armed = false;
+    }
+
+    /// Whether `deadline` has passed; otherwise the timer will wake the task by then.
+    fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        loop {
+            let fired = if self.armed {
+                self.timer.is_elapsed()
+            } else {
+                self.armed = true;
+                // Outside the task's budget: a poll the budget refused would leave the
+                // timer without the waker, and an idle connection would never time out.
+                std::pin::pin!(tokio::task::coop::unconstrained(self.timer.as_mut())).poll(cx).is_ready()
+            };
+            if !fired {
+                return false;
+            }
+            if self.timer.deadline() >= deadline {
+                return true;
+            }
+            // It fired for an earlier deadline, since moved on.
+            self.move_to(deadline);
+        }
+    }
+}
+
+/// Reads into `buf` unless `deadline` passes first.
+async fn read_by(io: &mut TcpStream, buf: &mut BytesMut, clock: &mut Clock<'_>, deadline: Instant) -> Read {
+    if deadline < clock.timer.deadline() {
+        clock.move_to(deadline);
+    }
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(read) = tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            return Poll::Ready(match read {
+                Ok(0) | Err(_) => Read::Closed,
+                Ok(_) => Read::Bytes,
+            });
+        }
+        if clock.poll_passed(cx, deadline) { Poll::Ready(Read::TimedOut) } else { Poll::Pending }
+    })
+    .await
 }
 
 async fn refuse(io: &mut TcpStream, status: StatusCode) {
@@ -249,8 +378,8 @@ async fn refuse(io: &mut TcpStream, status: StatusCode) {
     let _ = io.shutdown().await;
 }
 
-/// Writes a response; `Ok(false)` when the connection cannot carry another (the body
-/// failed or did not match its length).
+/// Writes a response; `Ok(false)` when the connection cannot carry another (either side
+/// said `Connection: close`, or the body failed or did not match its length).
 async fn write_response(
     io: &mut TcpStream,
     out: &mut BytesMut,
@@ -261,10 +390,11 @@ async fn write_response(
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
-    let bodiless = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let no_content =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodiless = head_only || no_content;
+    // The proxy's own refusals close the connection.
+    let keep_alive = keep_alive && !connection_has(&parts.headers, "close");
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -273,8 +403,9 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
     let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
-        // A bodiless answer keeps the length it describes (HEAD, 304); others get ours.
-        if is_hop_by_hop(name, &listed) || (name == header::CONTENT_LENGTH && !bodiless) {
+        // An answer to HEAD keeps the length it describes; 1xx, 204 and 304 have none
+        // (RFC 9110 §8.6); others get ours.
+        if is_hop_by_hop(name, &listed) || (name == header::CONTENT_LENGTH && (no_content || !head_only)) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -300,7 +431,7 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
     if bodiless {
         io.write_all(out).await?;
-        return Ok(true);
+        return Ok(keep_alive);
     }
     let mut sent = 0u64;
     loop {
@@ -350,7 +481,7 @@ async fn write_response(
     }
     io.write_all(out).await?;
     out.clear();
-    Ok(length.is_none_or(|n| n == sent))
+    Ok(keep_alive && length.is_none_or(|n| n == sent))
 }
 
 /// The body's next frame if it is ready now.

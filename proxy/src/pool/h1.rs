@@ -101,11 +101,14 @@ fn encode_head(parts: &Parts, host: Option<&str>, body: &ProxyBody, out: &mut By
     out.extend_from_slice(b" ");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The caller's own hop-by-hop fields went as its request arrived (`ingress`); what a
+    // `Connection` field names now was put there by the proxy's config. The Host is
+    // never one of them.
     let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
         // The caller's `Expect: 100-continue` was answered by our listener already.
-        let keep_te = name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers");
-        if (is_hop_by_hop(name, &listed) && !keep_te) || name == header::CONTENT_LENGTH || name == header::EXPECT {
+        let keep = name == header::HOST || (name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if (is_hop_by_hop(name, &listed) && !keep) || name == header::CONTENT_LENGTH || name == header::EXPECT {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());

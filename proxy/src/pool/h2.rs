@@ -9,14 +9,13 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use super::{Pool, PoolError, PoolKey, Slot, Target};
-use crate::body::{BoxError, ProxyBody};
+use crate::body::ProxyBody;
 
 type Sender = http2::SendRequest<ProxyBody>;
 
@@ -113,7 +112,7 @@ impl Pool {
         let mut sender = self.h2_sender(t).await?;
         sender.ready().await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
         let resp = sender.send_request(req).await.map_err(|e| PoolError::Send(t.address.to_string(), e))?;
-        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        Ok(resp.map(crate::body::stream))
     }
 
     async fn h2_sender(&self, t: &Target<'_>) -> Result<Sender, PoolError> {

@@ -148,8 +148,20 @@ impl RouteTable {
 
     /// Whether the authority names a service (with or without a VirtualService).
     pub fn service(&self, host: &str) -> Option<&Service> {
+        self.service_entry(host).map(|(_, s)| s)
+    }
+
+    /// The name the config knows the authority's service by (`reviews` for
+    /// `Reviews.default:9080`), if it names one.
+    pub fn service_key(&self, host: &str) -> Option<&str> {
+        self.service_entry(host).map(|(k, _)| k.as_str())
+    }
+
+    fn service_entry(&self, host: &str) -> Option<(&String, &Service)> {
         let h = normalize_host(host);
-        self.services.get(h.as_ref()).or_else(|| self.services.get(h.split('.').next().unwrap_or("")))
+        self.services
+            .get_key_value(h.as_ref())
+            .or_else(|| self.services.get_key_value(h.split('.').next().unwrap_or("")))
     }
 
     /// Endpoints of a destination: its service's endpoints, filtered by the subset's labels.

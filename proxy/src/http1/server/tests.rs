@@ -7,7 +7,13 @@ use hyper::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Handle, Rewind, serve};
+use super::{Handle, Rewind, Timeouts, serve};
+
+const TIMEOUTS: Timeouts = Timeouts {
+    head: std::time::Duration::from_secs(10),
+    idle: std::time::Duration::from_secs(60),
+    body: std::time::Duration::from_secs(60),
+};
 use crate::body::{BoxError, ProxyBody, full};
 
 /// Answers with what it saw; `/stream` answers with a body of unknown length and a
@@ -73,7 +79,7 @@ async fn listener(echo: Echo) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let echo = echo.clone();
-            tokio::spawn(async move { serve(sock, &echo).await });
+            tokio::spawn(async move { serve(sock, &echo, &TIMEOUTS).await });
         }
     });
     addr
