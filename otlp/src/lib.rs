@@ -5,13 +5,15 @@
 //! counted, never blocking a request) and a tokio task exports them in batches, one
 //! exporter per service name. [`PipelineProcessor`] feeds it the spans the SDK finishes.
 //!
-//! [`logfmt`] is the JSON log line format both binaries write with `--log-format json`.
+//! Beside spans, what both binaries share in front of operators: [`logfmt`], the log
+//! formats (`--log-format text|json`), and [`probe`], the health-check subcommand.
 //!
 //! Users: the server's own spans, the `tracing` adapter's report spans (both through
 //! `mixr-adapters`/`mixr-server`) and the sidecar's request spans. It depends on no other
 //! mixr crate, so the sidecar can use it without the adapters.
 
 pub mod logfmt;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::sync::Arc;

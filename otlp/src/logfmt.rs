@@ -86,6 +86,43 @@ where
     }
 }
 
+/// The `--log-format` values both binaries accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// For people: coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// For collectors: one [`FlatJson`] object a line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?}: expected text or json")),
+        }
+    }
+}
+
+/// The stderr log layer in `format`, before any filter.
+pub fn stderr_layer<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer as _;
+    // Colour codes only for a person at a terminal: in files and pipes they are noise.
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.event_format(FlatJson).boxed(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

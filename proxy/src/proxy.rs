@@ -176,6 +176,9 @@ impl Proxy {
         }
         let generation = self.tables.load().generation + 1;
         let routes = RouteTable::build(&config);
+        for w in crate::route::analyze::analyze(&config, &routes) {
+            tracing::warn!(warning = %w, "traffic config");
+        }
         let clusters = Clusters::default();
         let route_clusters = clusters.resolve(&routes);
         self.tables.store(Arc::new(Tables { routes, clusters, route_clusters, config, generation, fingerprint }));

@@ -3,6 +3,7 @@
 //! Built once per config (regexes and host lookups prepared then); a request's route is a
 //! host lookup plus the first matching route in order, as Istio decides.
 
+pub mod analyze;
 #[cfg(test)]
 mod tests;
 

@@ -15,7 +15,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use super::LogFormat;
+use mixr_otlp::logfmt::LogFormat;
 
 /// Where server spans go, and which share of traces to keep.
 #[derive(Debug, Clone)]
@@ -29,14 +29,7 @@ pub fn init(format: LogFormat, level: &str, traces: Option<TraceExport>) -> Opti
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level))
         .add_directive("mixr_rpc=off".parse().unwrap_or_else(|_| LevelFilter::OFF.into()));
-    use std::io::IsTerminal;
-    // Colour codes only for a person at a terminal: in files and pipes they are noise.
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let logs = match format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.event_format(mixr_otlp::logfmt::FlatJson).boxed(),
-    }
-    .with_filter(filter);
+    let logs = mixr_otlp::logfmt::stderr_layer(format).with_filter(filter);
     let (otel, provider) = match traces {
         Some(t) => {
             let provider = SdkTracerProvider::builder()

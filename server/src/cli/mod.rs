@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use mixr_adapters::Registry;
 use mixr_otlp::SpanPipeline;
 
@@ -32,20 +32,14 @@ const HTTP2_PREFACE_BYTES: usize = 24;
 struct Cli {
     /// Log format: text for people (coloured only on a terminal), json for collectors (one
     /// flat object a line: ts, level, msg, then fields).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, global = true, value_name = "text|json", default_value = "text")]
+    log_format: mixr_otlp::logfmt::LogFormat,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,mixr_adapters=debug`); RUST_LOG
     /// overrides it.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,37 +1,41 @@
-//! The `mixr-proxy` command line.
+//! Running the proxy: the flags of `mixr-proxy [FLAGS]` and the control thread.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::identity::Identity;
 use crate::proxy::Proxy;
 
-#[derive(Debug, Parser)]
-#[command(name = "mixr-proxy", version, about = "mixr's sidecar: Istio traffic rules for one workload")]
-struct Cli {
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Traffic config files or directories (VirtualService, DestinationRule, ServiceEntry).
     #[arg(long, short = 'c', num_args = 1..)]
     config: Vec<PathBuf>,
     /// The local app, the target of inbound traffic.
     #[arg(long)]
     app_addr: Option<SocketAddr>,
+    /// Where the local app sends its outbound requests (Host names the service).
     #[arg(long, default_value = "127.0.0.1:15001")]
     outbound_addr: SocketAddr,
+    /// Where callers reach this workload; requests are checked, then forwarded to --app-addr.
     #[arg(long, default_value = "127.0.0.1:15006")]
     inbound_addr: SocketAddr,
+    /// The admin port: /ready and /config_dump.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// The Prometheus scrape port (/stats/prometheus, /metrics).
     #[arg(long, default_value = "127.0.0.1:15090")]
     stats_addr: SocketAddr,
     /// This workload's name (source.workload.name).
     #[arg(long, default_value = "unknown")]
     workload: String,
+    /// This workload's namespace (source.namespace; namespace of config documents that name none).
     #[arg(long, default_value = "default")]
     namespace: String,
     /// This workload's labels, `key=value` (for sourceLabels matches).
@@ -40,8 +44,14 @@ struct Cli {
     /// Write the bound addresses here once listening (tests, scripts).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,mixr_proxy=debug`); RUST_LOG
+    /// overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Log format: text for people (coloured only on a terminal), json for collectors (one
+    /// flat object a line: ts, level, msg, then fields).
+    #[arg(long, value_name = "text|json", default_value = "text")]
+    log_format: mixr_otlp::logfmt::LogFormat,
     /// mixr's gRPC address: inbound requests are checked and every request is reported.
     /// Without it the proxy enforces nothing.
     #[arg(long)]
@@ -92,7 +102,12 @@ const fn ms(d: std::time::Duration) -> u64 {
     d.as_millis() as u64
 }
 
-impl Cli {
+impl RunArgs {
+    #[cfg(test)]
+    pub(super) fn log_format(&self) -> mixr_otlp::logfmt::LogFormat {
+        self.log_format
+    }
+
     fn limits(&self) -> Result<crate::listener::Limits, String> {
         use std::time::Duration;
         let nonzero = |flag: &str, v: u64| {
@@ -110,11 +125,8 @@ impl Cli {
     }
 }
 
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+pub fn main(cli: RunArgs) -> ExitCode {
+    super::init_logs(cli.log_format, &cli.log_level);
     let mut labels = Vec::new();
     for l in &cli.labels {
         match l.split_once('=') {
@@ -145,7 +157,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
-async fn run(cli: Cli, identity: Identity) -> Result<(), String> {
+async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     let mixr = cli.mixr.clone().map(|addr| {
         let options = crate::policy::PolicyOptions {
             fail_policy: if cli.fail_open { crate::policy::FailPolicy::Open } else { crate::policy::FailPolicy::Close },
