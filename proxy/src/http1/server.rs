@@ -132,6 +132,7 @@ fn inspect(buf: &[u8], parsed: &mut Parsed) -> Next {
         return Next::Handoff;
     }
     let mut body_len: Option<u64> = None;
+    let (mut chunked, mut handoff) = (false, false);
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -140,12 +141,19 @@ fn inspect(buf: &[u8], parsed: &mut Parsed) -> Next {
                 return Next::Bad(StatusCode::BAD_REQUEST);
             }
             body_len = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-        {
-            return Next::Handoff;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
+            handoff = true;
         }
+    }
+    // Both framings at once is how requests are smuggled past a parser that picks the
+    // other one; RFC 9112 §6.1 lets a server refuse it, and nothing legitimate sends it.
+    if chunked && body_len.is_some() {
+        return Next::Bad(StatusCode::BAD_REQUEST);
+    }
+    if chunked || handoff {
+        return Next::Handoff;
     }
     let body_len = body_len.unwrap_or(0);
     if body_len > MAX_INLINE_BODY {

@@ -149,6 +149,15 @@ async fn malformed_requests_get_400_and_the_connection_closes() {
     let got =
         exchange(&mut sock, b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "never", 1).await;
     assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+    // Both framings, in either order: refused, never handed to a parser that picks one.
+    for head in [
+        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+    ] {
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        let got = exchange(&mut sock, format!("{head}3\r\nabc\r\n0\r\n\r\n").as_bytes(), "never", 1).await;
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+    }
 }
 
 #[tokio::test]
