@@ -196,7 +196,7 @@ impl Proxy {
     pub fn observe(&self, worker: &Worker, dir: Direction, service: &str, route: &str, code: u16, started: Instant) {
         let code = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let labels = [dir.reporter(), self.identity.workload.as_str(), service, code.as_str(), route];
-        self.stats.record_request(&worker.metrics, labels, started.elapsed().as_secs_f64() * 1000.0);
+        self.stats.record_request(&worker.metrics, labels, started.elapsed().as_secs_f64());
     }
 
     fn connections(&self, dir: Direction) -> &Arc<ConnectionCount> {

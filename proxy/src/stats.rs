@@ -1,5 +1,9 @@
-//! The sidecar's Prometheus stats (port 15090): Istio-style request metrics and upstream
-//! pool, retry, mirror and ejection counts.
+//! The sidecar's Prometheus stats (port 15090): its own request counts and durations,
+//! upstream pool, retry, mirror and ejection counts, and the process's figures.
+//!
+//! Istio's `istio_*` request metrics come from mixr, fed by the Reports sidecars send
+//! (as Mixer's were): the sidecar's own series are `mixr_proxy_*`, so a `sum()` over
+//! both never counts a request twice.
 
 use std::sync::Mutex;
 
@@ -26,14 +30,12 @@ impl Stats {
     pub fn new() -> Stats {
         let registry = Registry::new();
         let labels = ["reporter", "source_workload", "destination_service", "response_code", "route"];
-        let requests = IntCounterVec::new(Opts::new("istio_requests_total", "Requests through the sidecar."), &labels)
-            .expect("valid metric");
+        let requests =
+            IntCounterVec::new(Opts::new("mixr_proxy_requests_total", "Requests through the sidecar."), &labels)
+                .expect("valid metric");
         let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "istio_request_duration_milliseconds",
-                "Request duration through the sidecar, in milliseconds.",
-            )
-            .buckets(vec![1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
+            HistogramOpts::new("mixr_proxy_request_duration_seconds", "Request duration through the sidecar.")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &labels,
         )
         .expect("valid metric");
@@ -95,6 +97,7 @@ impl Stats {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         Stats {
             registry,
             requests,
@@ -123,16 +126,16 @@ const CACHED_LABEL_SETS: usize = 64;
 
 impl Stats {
     /// Counts one request and its duration under `labels` (see `new` for their order).
-    pub fn record_request(&self, cache: &MetricCache, labels: [&str; 5], millis: f64) {
+    pub fn record_request(&self, cache: &MetricCache, labels: [&str; 5], seconds: f64) {
         let mut sets = cache.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, count, duration)) = sets.iter().find(|(k, _, _)| k.iter().zip(labels).all(|(a, b)| a == b)) {
             count.inc();
-            duration.observe(millis);
+            duration.observe(seconds);
             return;
         }
         let (count, duration) = (self.requests.with_label_values(&labels), self.duration.with_label_values(&labels));
         count.inc();
-        duration.observe(millis);
+        duration.observe(seconds);
         if sets.len() < CACHED_LABEL_SETS {
             sets.push((labels.map(str::to_string), count, duration));
         }

@@ -105,6 +105,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_start_time_seconds...: what an operator looks at first.
+        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         Metrics {
             registry,
             calls,

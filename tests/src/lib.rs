@@ -150,6 +150,42 @@ impl Mixr {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }
+
+    /// The sum of the series of metric `name` whose labels include every one of `labels`,
+    /// or `None` when none does.
+    pub async fn metric_where(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics").await;
+        sum_series(&body, name, labels)
+    }
+}
+
+/// In Prometheus's text format `text`: the sum of the series of metric `name` whose labels
+/// include every one of `labels` (the others may be anything), or `None` when none does.
+pub fn sum_series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((set, value)) => (set, value),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        // Label values here never hold `",`, so splitting on it is exact.
+        let pairs: Vec<&str> = set.split("\",").map(|p| p.trim_end_matches('"')).collect();
+        let has = |w: &String| pairs.iter().any(|p| *p == w.trim_end_matches('"'));
+        if wanted.iter().all(has)
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
 }
 
 impl Drop for Mixr {
@@ -253,5 +289,18 @@ impl Drop for MixrProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn series_are_summed_over_the_labels_not_named() {
+        let text = "# HELP x_total x\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\nx_total_other{a=\"1\"} 9\nx_total{a=\"10\"} 5\ny 2\n";
+        assert_eq!(super::sum_series(text, "x_total", &[("a", "1")]), Some(7.0));
+        assert_eq!(super::sum_series(text, "x_total", &[("a", "1"), ("b", "3")]), Some(4.0));
+        assert_eq!(super::sum_series(text, "x_total", &[]), Some(12.0));
+        assert_eq!(super::sum_series(text, "x_total", &[("a", "2")]), None);
+        assert_eq!(super::sum_series(text, "y", &[]), Some(2.0));
     }
 }

@@ -131,9 +131,14 @@ async fn checks_quotas_cache_and_reports() {
     })
     .await;
     assert!(reported, "reports never reached mixr");
-    let denied = mixr
-        .metric("istio_requests_total{destination_service=\"productpage\",reporter=\"destination\",request_protocol=\"http\",response_code=\"429\",source_workload=\"unknown\"}")
-        .await;
+    let labels = [
+        ("destination_service", "productpage"),
+        ("reporter", "destination"),
+        ("request_protocol", "http"),
+        ("response_code", "429"),
+        ("source_workload", "unknown"),
+    ];
+    let denied = mixr.metric_where("istio_requests_total", &labels).await;
     assert_eq!(denied, Some(2.0));
 }
 

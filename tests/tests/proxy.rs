@@ -211,7 +211,7 @@ async fn circuit_breaking_overflow_and_outlier_ejection() {
     let (_, dump) = get_text(&format!("http://{}/config_dump", proxy.admin)).await;
     assert!(dump.contains("\"ejected\": 3"), "every failing endpoint was ejected: {dump}");
     let (_, stats) = get_text(&format!("http://{}/metrics", proxy.stats)).await;
-    assert!(stats.contains("istio_requests_total{destination_service=\"mirror\",reporter=\"source\""), "{stats}");
+    assert!(stats.contains("mixr_proxy_requests_total{destination_service=\"mirror\",reporter=\"source\""), "{stats}");
     assert!(stats.contains("mixr_proxy_upstream_overflow_total{cluster=\"mirror||\"}"), "{stats}");
     assert!(stats.contains("mixr_proxy_outlier_ejections_total{cluster=\"reviews||\"} 3"), "{stats}");
 }

@@ -666,7 +666,7 @@ async fn metric_series_stay_bounded_whatever_hosts_callers_send() {
     }
 
     let metrics = reqwest::get(format!("http://{}/metrics", proxy.stats)).await.unwrap().text().await.unwrap();
-    let series: Vec<&str> = metrics.lines().filter(|l| l.starts_with("istio_requests_total{")).collect();
+    let series: Vec<&str> = metrics.lines().filter(|l| l.starts_with("mixr_proxy_requests_total{")).collect();
     assert_eq!(series.len(), 4, "{series:#?}");
     for service in ["unknown", "reviews", "ratings", "productpage"] {
         let label = format!("destination_service=\"{service}\"");

@@ -52,20 +52,28 @@ async fn send_reports(mixr: &Mixr, n: usize) {
 async fn reports_become_prometheus_series() {
     let mixr = Mixr::start(&[&sample_telemetry()], &[]);
     send_reports(&mixr, 20).await;
-    let ok = "istio_requests_total{destination_service=\"reviews.default.svc.cluster.local\",reporter=\"destination\",request_protocol=\"http\",response_code=\"200\",source_workload=\"productpage-v1\"}";
-    assert_eq!(mixr.metric(ok).await, Some(18.0));
+    let reviews = ("destination_service", "reviews.default.svc.cluster.local");
+    let ok = [
+        reviews,
+        ("reporter", "destination"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("source_workload", "productpage-v1"),
+    ];
+    assert_eq!(mixr.metric_where("istio_requests_total", &ok).await, Some(18.0));
     assert_eq!(
         mixr.metric("istio_double_requests_total{destination_service=\"reviews.default.svc.cluster.local\",reporter=\"destination\"}").await,
         Some(20.0)
     );
     assert_eq!(
-        mixr.metric("istio_request_duration_seconds_bucket{destination_service=\"reviews.default.svc.cluster.local\",response_code=\"503\",le=\"0.025\"}").await,
+        mixr.metric_where(
+            "istio_request_duration_seconds_bucket",
+            &[reviews, ("response_code", "503"), ("le", "0.025")]
+        )
+        .await,
         Some(2.0)
     );
-    assert_eq!(
-        mixr.metric("istio_request_bytes_sum{destination_service=\"reviews.default.svc.cluster.local\"}").await,
-        Some(10240.0)
-    );
+    assert_eq!(mixr.metric_where("istio_request_bytes_sum", &[reviews]).await, Some(10240.0));
     // mixr's own series sit beside them.
     assert_eq!(mixr.metric("mixr_report_entries_total{api=\"mixer\"}").await, Some(20.0));
     assert!(
