@@ -109,6 +109,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let grpc_addr = grpc.local_addr()?;
     let monitoring_addr = monitoring.local_addr()?;
     tracing::info!(%grpc_addr, %monitoring_addr, "mixr listening");
+    // Watching starts before the addresses are announced: whoever waits for them may edit
+    // the config at once, and that edit must not be missed.
+    let _watcher = if opts.watch { start_watching(store.clone()) } else { None };
     if let Some(path) = &opts.addr_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format!("grpc={grpc_addr}\nmonitoring={monitoring_addr}\n"))?;
@@ -116,7 +119,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let _watcher = if opts.watch { start_watching(store.clone()) } else { None };
     tokio::spawn(reload_on_sighup(store.clone()));
     let monitoring = accept_loop(monitoring, opts.monitoring_limits, "monitoring");
     let header_timeout = opts.monitoring_limits.handshake_timeout;

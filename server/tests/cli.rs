@@ -12,7 +12,7 @@ fn validate_accepts_the_sample_policy() {
     let out = mixr().args(["validate", concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/examples")]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.starts_with("ok: 9 handlers, 12 instances, 10 rules"), "{stdout}");
+    assert!(stdout.starts_with("ok: 9 handlers, 13 instances, 10 rules"), "{stdout}");
 }
 
 #[test]

@@ -292,6 +292,28 @@ impl Drop for MixrProxy {
     }
 }
 
+/// `promtool check metrics` on an exposition: `Err` with promtool's complaints, `Ok(false)`
+/// when promtool is not installed (CI installs it; callers say the lint was skipped).
+pub fn promtool_lint(exposition: &str) -> Result<bool, String> {
+    use std::io::Write;
+    let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return Ok(false);
+    };
+    promtool.stdin.take().expect("piped").write_all(exposition.as_bytes()).map_err(|e| e.to_string())?;
+    let out = promtool.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(true)
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

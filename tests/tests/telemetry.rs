@@ -83,24 +83,13 @@ async fn reports_become_prometheus_series() {
     );
 
     let (_, body) = mixr.http_get("/metrics").await;
-    if let Ok(mut promtool) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        use std::io::Write;
-        promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-        let out = promtool.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else {
-        eprintln!("promtool not installed: exposition lint skipped (CI installs it)");
+    for process in ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"] {
+        assert!(mixr_e2e::sum_series(&body, process, &[]).is_some_and(|v| v > 0.0), "{process}: {body}");
+    }
+    match mixr_e2e::promtool_lint(&body) {
+        Ok(true) => {}
+        Ok(false) => eprintln!("promtool not installed: exposition lint skipped (CI installs it)"),
+        Err(e) => panic!("promtool check metrics failed:\n{e}"),
     }
 }
 

@@ -190,11 +190,12 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let summary = format!("outbound={outbound}\ninbound={inbound}\nadmin={}\nstats={}\n", addr(&admin), addr(&stats));
     tracing::info!(addresses = %summary.replace('\n', " "), "mixr-proxy listening");
+    // Before the addresses are announced: an edit made as soon as they are must be seen.
+    let _watcher = crate::reload::watch(proxy.clone());
     if let Some(path) = &cli.addr_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &summary).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
     }
-    let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
     let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
