@@ -23,6 +23,7 @@
 //! The crate depends on `mixr-proto`, `mixr-rules` and `mixr-otlp`, never on the server.
 
 pub mod admin;
+pub mod authz;
 pub mod body;
 pub mod cli;
 pub mod config;

@@ -63,6 +63,8 @@ pub struct Tables {
     /// Each route's destinations' clusters, resolved at load.
     pub route_clusters: RouteClusters,
     pub config: TrafficConfig,
+    /// The authorization that applies to this workload, selected at load.
+    pub authz: crate::authz::Authz,
     pub generation: u64,
     fingerprint: u64,
 }
@@ -93,6 +95,8 @@ pub struct Proxy {
     /// `destination_service` of inbound requests' metrics: the service this workload
     /// backs (its `app` label), never a caller's Host.
     inbound_service: String,
+    /// The app's port: the destination port authorization rules name.
+    app_port: Option<u16>,
 }
 
 impl Proxy {
@@ -149,6 +153,7 @@ impl Proxy {
             inbound_connections: Default::default(),
             outbound_connections: Default::default(),
             inbound_service,
+            app_port: app_addr.map(|a| a.port()),
         };
         proxy.reload()?;
         Ok(proxy)
@@ -166,7 +171,9 @@ impl Proxy {
     /// Loads the config again; an invalid one is rejected and the last good one stays.
     pub fn reload(&self) -> Result<u64, Vec<String>> {
         let fingerprint = fingerprint(&self.config_paths);
-        let (config, errors) = load_paths(&self.config_paths, &self.namespace);
+        let (config, mut errors) = load_paths(&self.config_paths, &self.namespace);
+        let (authz, authz_errors) = crate::authz::load_paths(&self.config_paths, &self.namespace);
+        errors.extend(authz_errors);
         if !errors.is_empty() {
             let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
             for e in &errors {
@@ -181,7 +188,17 @@ impl Proxy {
         }
         let clusters = Clusters::default();
         let route_clusters = clusters.resolve(&routes);
-        self.tables.store(Arc::new(Tables { routes, clusters, route_clusters, config, generation, fingerprint }));
+        let authz =
+            crate::authz::Authz::for_workload(&authz, &self.namespace, &self.identity.labels, &self.inbound_service);
+        self.tables.store(Arc::new(Tables {
+            routes,
+            clusters,
+            route_clusters,
+            config,
+            authz,
+            generation,
+            fingerprint,
+        }));
         tracing::info!(generation, "traffic config loaded");
         Ok(generation)
     }
@@ -215,6 +232,25 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // The caller's identity is for us, not for the app.
         let peer_identity = parts.headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
+        let tables = self.tables.load();
+        if !tables.authz.is_empty() {
+            let headers = crate::forward::header_pairs(&parts.headers);
+            let facts = crate::authz::Facts {
+                principal: None,
+                namespace: None,
+                source_ip: Some(peer.ip()),
+                host: authority,
+                port: self.app_port,
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                headers: &headers,
+                labels: &self.identity.labels,
+            };
+            if let crate::authz::Decision::Deny(by) = tables.authz.decide(&facts) {
+                return self.authz_denied(worker, &parts, peer, authority, &headers, &by, started);
+            }
+        }
+        drop(tables);
         let mut response_ops = Vec::new();
         let mut report = None;
         let checker = self.policy.as_ref().filter(|p| p.checks()).zip(worker.mixr.as_ref());
@@ -305,6 +341,44 @@ impl Proxy {
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
         self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
         self.report(worker, report, &resp, started);
+        resp
+    }
+
+    /// Answers a request authorization refused (403, as Envoy's RBAC filter does), counts
+    /// it by what decided, and reports it with that name.
+    #[allow(clippy::too_many_arguments)]
+    fn authz_denied(
+        &self,
+        worker: &Worker,
+        parts: &hyper::http::request::Parts,
+        peer: SocketAddr,
+        authority: &str,
+        headers: &[(&str, &str)],
+        by: &str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let resp = reply(403, "RBAC: access denied");
+        // `by` is a policy's name from the config or one of two fixed reasons: bounded.
+        self.stats.authz_denied.with_label_values(&[by]).inc();
+        tracing::debug!(policy = by, path = parts.uri.path(), "authorization denied");
+        self.observe(worker, Direction::Inbound, &self.inbound_service, "", 403, started);
+        if worker.reporter.is_some() {
+            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let grpc = crate::forward::is_grpc_headers(&parts.headers);
+            let mut attrs = crate::policy::attributes::inbound(
+                &self.identity,
+                &self.destination_labels,
+                peer,
+                parts.method.as_str(),
+                path,
+                authority,
+                headers,
+                grpc,
+            );
+            attrs.push(("rbac.effective_policy_id", mixr_rules::value::Value::String(by.into())));
+            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
+            self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
+        }
         resp
     }
 

@@ -24,6 +24,8 @@ pub struct Stats {
     pub ejections: IntCounterVec,
     /// Connections closed as accepted, their listener at its `--max-connections`.
     pub connections_refused: IntCounterVec,
+    /// Inbound requests authorization denied, by the policy that decided.
+    pub authz_denied: IntCounterVec,
 }
 
 impl Stats {
@@ -82,8 +84,17 @@ impl Stats {
             &["listener"],
         )
         .expect("valid metric");
+        let authz_denied = IntCounterVec::new(
+            Opts::new(
+                "mixr_proxy_authz_denied_total",
+                "Inbound requests denied by AuthorizationPolicy or RBAC (403), by the policy that decided.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(connections_refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(authz_denied.clone()),
             Box::new(overflows.clone()),
             Box::new(ejections.clone()),
             Box::new(requests.clone()),
@@ -111,6 +122,7 @@ impl Stats {
             overflows,
             ejections,
             connections_refused,
+            authz_denied,
         }
     }
 }

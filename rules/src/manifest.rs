@@ -108,6 +108,8 @@ const BUILTIN: &[(&str, ValueType)] = {
         ("rbac.permissive.effective_policy_id", String),
         // mixr's own: what Envoy's ext_authz and rate-limit requests carry.
         ("context.extensions", StringMap),
+        // mixr's own: the sidecar's enforced authorization denial, by the policy that decided.
+        ("rbac.effective_policy_id", String),
         ("ratelimit.domain", String),
         ("ratelimit.descriptor", StringMap),
     ]

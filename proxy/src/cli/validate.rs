@@ -23,7 +23,8 @@ pub struct ValidateArgs {
 const WARNINGS: u8 = 2;
 
 pub fn main(args: ValidateArgs) -> ExitCode {
-    let (config, errors) = load_paths(&args.paths, &args.namespace);
+    let (config, mut errors) = load_paths(&args.paths, &args.namespace);
+    errors.extend(crate::authz::load_paths(&args.paths, &args.namespace).1);
     for e in &errors {
         println!("error: {e}");
     }

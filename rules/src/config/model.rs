@@ -12,7 +12,21 @@ pub const LEGACY_ADAPTER_KINDS: &[&str] =
     &["denier", "listchecker", "memquota", "redisquota", "prometheus", "stdio", "noop", "kubernetesenv"];
 
 /// Kinds the proxy reads; the server skips them so one directory can serve both.
-const PROXY_KINDS: &[&str] = &["VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar"];
+const PROXY_KINDS: &[&str] = &[
+    "VirtualService",
+    "DestinationRule",
+    "ServiceEntry",
+    "Gateway",
+    "Sidecar",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+    "Policy",
+    "MeshPolicy",
+    "ClusterRbacConfig",
+    "RbacConfig",
+    "ServiceRole",
+    "ServiceRoleBinding",
+];
 
 /// A reference to a handler or instance as written in a rule, resolved to its parts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
