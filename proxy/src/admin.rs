@@ -1,4 +1,4 @@
-//! The admin port (`/ready`, `/config_dump`) and the stats port (`/metrics`).
+//! The admin port (`/ready`, `/config_dump`, `/certs`) and the stats port (`/metrics`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,6 +44,22 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
                 "clusters": clusters,
             });
             let mut r = Response::new(full(serde_json::to_string_pretty(&body).unwrap_or_default() + "\n"));
+            r.headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            r
+        }
+        "/certs" => {
+            let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let body = match proxy.certs.current() {
+                // Never the key: it does not leave the process.
+                Some(c) => json!({"spiffe": c.spiffe, "serial": c.serial, "notBefore": secs(c.not_before),
+                    "notAfter": secs(c.not_after), "chain": c.chain.len(),
+                    "renewals": proxy.certs.renewals.load(std::sync::atomic::Ordering::Relaxed),
+                    "failures": proxy.certs.failures.load(std::sync::atomic::Ordering::Relaxed)}),
+                None => json!({"spiffe": null,
+                    "failures": proxy.certs.failures.load(std::sync::atomic::Ordering::Relaxed)}),
+            };
+            let mut r = Response::new(full(body.to_string() + "\n"));
             r.headers_mut()
                 .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
             r

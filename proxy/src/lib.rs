@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod authz;
 pub mod body;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod fasthash;

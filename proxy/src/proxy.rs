@@ -97,6 +97,8 @@ pub struct Proxy {
     inbound_service: String,
     /// The app's port: the destination port authorization rules name.
     app_port: Option<u16>,
+    /// This workload's certificate from mixr's CA, when `--ca-token-file` is given.
+    pub certs: Arc<crate::certs::CertStore>,
 }
 
 impl Proxy {
@@ -154,6 +156,7 @@ impl Proxy {
             outbound_connections: Default::default(),
             inbound_service,
             app_port: app_addr.map(|a| a.port()),
+            certs: Default::default(),
         };
         proxy.reload()?;
         Ok(proxy)

@@ -92,6 +92,23 @@ pub struct RunArgs {
     /// more are closed as they are accepted.
     #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// This workload's bootstrap token for mixr's certificate authority (`mixr ca-token
+    /// NS/SA` makes one). With it, the sidecar makes a key, obtains a SPIFFE certificate
+    /// for --namespace/--service-account and renews it at half its lifetime.
+    #[arg(long)]
+    ca_token_file: Option<PathBuf>,
+    /// The certificate authority's gRPC address (default: --mixr's).
+    #[arg(long)]
+    ca_addr: Option<String>,
+    /// This workload's service account (the `sa` of its SPIFFE identity).
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// The mesh's trust domain (the host of its SPIFFE identities).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The lifetime to ask for the workload certificate, in seconds (the CA may cap it).
+    #[arg(long, default_value = "86400")]
+    workload_cert_ttl_secs: u64,
     /// Forward request paths as they came: no resolving of `.` and `..`, merging of
     /// slashes or decoding of unreserved escapes (on by default, as in Istio).
     #[arg(long)]
@@ -181,6 +198,21 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
             .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
         proxy.tracer = Some(tracer);
     }
+    let certs = match &cli.ca_token_file {
+        Some(token_file) => {
+            let ca_addr =
+                cli.ca_addr.clone().or_else(|| cli.mixr.clone()).ok_or("--ca-token-file needs --ca-addr or --mixr")?;
+            Some(crate::certs::CertOptions {
+                ca_addr,
+                token_file: token_file.clone(),
+                trust_domain: cli.trust_domain.clone(),
+                namespace: cli.namespace.clone(),
+                service_account: cli.service_account.clone(),
+                ttl: std::time::Duration::from_secs(cli.workload_cert_ttl_secs.max(1)),
+            })
+        }
+        None => None,
+    };
     let proxy = Arc::new(proxy);
     let workers =
         cli.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
@@ -198,6 +230,9 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     }
     let (tx, rx) = watch::channel(false);
     let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
+    if let Some(opts) = certs {
+        tokio::spawn(crate::certs::run(opts, proxy.certs.clone(), rx.clone()));
+    }
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
     tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
 
