@@ -259,18 +259,7 @@ impl Proxy {
         let checker = self.policy.as_ref().filter(|p| p.checks()).zip(worker.mixr.as_ref());
         if checker.is_some() || worker.reporter.is_some() {
             let headers = crate::forward::header_pairs(&parts.headers);
-            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let grpc = crate::forward::is_grpc_headers(&parts.headers);
-            let mut attrs = crate::policy::attributes::inbound(
-                &self.identity,
-                &self.destination_labels,
-                peer,
-                parts.method.as_str(),
-                path,
-                authority,
-                &headers,
-                grpc,
-            );
+            let mut attrs = self.inbound_attributes(&parts, peer, authority, &headers);
             if let Some(v) = peer_identity.as_ref().and_then(|v| v.to_str().ok()) {
                 attrs.extend(crate::policy::attributes::peer_attributes(v));
             }
@@ -347,6 +336,28 @@ impl Proxy {
         resp
     }
 
+    /// An inbound request's attributes, for its Check and Report.
+    fn inbound_attributes<'a>(
+        &'a self,
+        parts: &'a hyper::http::request::Parts,
+        peer: SocketAddr,
+        authority: &'a str,
+        headers: &[(&'a str, &'a str)],
+    ) -> Vec<(&'static str, mixr_rules::value::Value<'a>)> {
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let grpc = crate::forward::is_grpc_headers(&parts.headers);
+        crate::policy::attributes::inbound(
+            &self.identity,
+            &self.destination_labels,
+            peer,
+            parts.method.as_str(),
+            path,
+            authority,
+            headers,
+            grpc,
+        )
+    }
+
     /// Answers a request authorization refused (403, as Envoy's RBAC filter does), counts
     /// it by what decided, and reports it with that name.
     #[allow(clippy::too_many_arguments)]
@@ -366,18 +377,7 @@ impl Proxy {
         tracing::debug!(policy = by, path = parts.uri.path(), "authorization denied");
         self.observe(worker, Direction::Inbound, &self.inbound_service, "", 403, started);
         if worker.reporter.is_some() {
-            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let grpc = crate::forward::is_grpc_headers(&parts.headers);
-            let mut attrs = crate::policy::attributes::inbound(
-                &self.identity,
-                &self.destination_labels,
-                peer,
-                parts.method.as_str(),
-                path,
-                authority,
-                headers,
-                grpc,
-            );
+            let mut attrs = self.inbound_attributes(parts, peer, authority, headers);
             attrs.push(("rbac.effective_policy_id", mixr_rules::value::Value::String(by.into())));
             let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);

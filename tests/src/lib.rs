@@ -292,6 +292,21 @@ impl Drop for MixrProxy {
     }
 }
 
+/// `mixr ca-token ACCOUNT`: the token (for the workload) and the line for the tokens file.
+pub fn ca_token(account: &str) -> (String, String) {
+    let out = Command::new(binary("mixr")).args(["ca-token", account]).output().expect("run mixr ca-token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .trim()
+            .to_string()
+    };
+    (field("token:"), field("line:"))
+}
+
 /// `promtool check metrics` on an exposition: `Err` with promtool's complaints, `Ok(false)`
 /// when promtool is not installed (CI installs it; callers say the lint was skipped).
 pub fn promtool_lint(exposition: &str) -> Result<bool, String> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mixr_e2e::{Mixr, binary, eventually};
+use mixr_e2e::{Mixr, ca_token as token, eventually};
 use mixr_proto::istio::v1::auth::IstioCertificateRequest;
 use mixr_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -15,15 +15,6 @@ fn csr(spiffe: &str) -> String {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(spiffe.to_string().try_into().unwrap())];
     params.serialize_request(&key).unwrap().pem().unwrap()
-}
-
-/// `mixr ca-token`: (token, line for the tokens file).
-fn token(account: &str) -> (String, String) {
-    let out = std::process::Command::new(binary("mixr")).args(["ca-token", account]).output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().to_string();
-    (field("token:"), field("line:"))
 }
 
 async fn ask(mixr: &Mixr, token: Option<&str>, spiffe: &str, seconds: i64) -> Result<Vec<String>, tonic::Status> {

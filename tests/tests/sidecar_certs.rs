@@ -4,14 +4,22 @@
 
 use std::time::Duration;
 
-use mixr_e2e::{Mixr, MixrProxy, backend, binary, eventually};
+use mixr_e2e::{Mixr, MixrProxy, backend, ca_token, eventually};
 
-fn token(account: &str) -> (String, String) {
-    let out = std::process::Command::new(binary("mixr")).args(["ca-token", account]).output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().to_string();
-    (field("token:"), field("line:"))
+/// mixr with its CA on, trusting a token for `bookinfo/reviews`; the file the sidecar
+/// reads its token from (that token, or `token_text`).
+fn mixr_with_ca(dir: &std::path::Path, token_text: Option<&str>) -> (Mixr, std::path::PathBuf) {
+    let (tok, line) = ca_token("bookinfo/reviews");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, format!("{line}\n")).unwrap();
+    std::fs::write(dir.join("empty.yaml"), "").unwrap();
+    let data = dir.join("data");
+    let config = dir.join("empty.yaml");
+    let mixr =
+        Mixr::start(&[&config], &["--ca-tokens", tokens.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{}\n", token_text.unwrap_or(&tok))).unwrap();
+    (mixr, token_file)
 }
 
 async fn certs(proxy: &MixrProxy) -> serde_json::Value {
@@ -22,16 +30,8 @@ async fn certs(proxy: &MixrProxy) -> serde_json::Value {
 #[tokio::test]
 async fn the_sidecar_obtains_and_renews_its_certificate_while_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let (tok, line) = token("bookinfo/reviews");
-    let tokens = dir.path().join("tokens.yaml");
-    std::fs::write(&tokens, format!("{line}\n")).unwrap();
+    let (mixr, token_file) = mixr_with_ca(dir.path(), None);
     let config = dir.path().join("empty.yaml");
-    std::fs::write(&config, "").unwrap();
-    let data = dir.path().join("data");
-    let mixr =
-        Mixr::start(&[&config], &["--ca-tokens", tokens.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{tok}\n")).unwrap();
     let app = backend::start("reviews").await;
     let proxy = MixrProxy::start(
         &[&config],
@@ -88,16 +88,8 @@ async fn the_sidecar_obtains_and_renews_its_certificate_while_serving() {
 #[tokio::test]
 async fn without_a_valid_token_there_is_no_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, line) = token("bookinfo/reviews");
-    let tokens = dir.path().join("tokens.yaml");
-    std::fs::write(&tokens, format!("{line}\n")).unwrap();
+    let (mixr, token_file) = mixr_with_ca(dir.path(), Some("guessed"));
     let config = dir.path().join("empty.yaml");
-    std::fs::write(&config, "").unwrap();
-    let data = dir.path().join("data");
-    let mixr =
-        Mixr::start(&[&config], &["--ca-tokens", tokens.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "guessed\n").unwrap();
     let proxy = MixrProxy::start(
         &[&config],
         &[
