@@ -19,12 +19,15 @@
 //! - [`policy`]: attributes, the check cache, quotas and the report batcher; [`trace`]:
 //!   request spans over OTLP and `traceparent` propagation.
 //! - [`admin`], [`stats`], [`reload`]: the admin and stats ports and hot reload.
+//! - Around the pod: [`capture`] (`mixr-proxy iptables`, the init container's capture
+//!   rules).
 //!
 //! The crate depends on `mixr-proto`, `mixr-rules` and `mixr-otlp`, never on the server.
 
 pub mod admin;
 pub mod authz;
 pub mod body;
+pub mod capture;
 pub mod certs;
 pub mod cli;
 pub mod config;

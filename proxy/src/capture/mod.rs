@@ -1,0 +1,22 @@
+//! Transparent capture, as istio-init set it up: nat-table rules that send a pod's TCP
+//! traffic through the sidecar without the application knowing.
+//!
+//! - [`rules`]: what to capture (Istio's annotation syntax) and the rules, as
+//!   `iptables-restore` input, one script per address family;
+//! - [`apply`]: installing and removing them with the system's `iptables` tools (run as
+//!   programs, so the proxy links no netfilter library and the init container needs only
+//!   the binaries).
+
+pub mod apply;
+pub mod cli;
+pub mod rules;
+
+pub use rules::{Capture, CaptureError, Family, IpRanges};
+
+/// The sidecar's ports, as the injector configures them and the rules redirect to.
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PORT: u16 = 15006;
+pub const ADMIN_PORT: u16 = 15000;
+pub const STATS_PORT: u16 = 15090;
+/// The uid the sidecar runs as; its own connections are never captured (Istio's 1337).
+pub const PROXY_UID: u32 = 1337;
