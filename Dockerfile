@@ -9,8 +9,9 @@ COPY . .
 RUN cargo build --profile dist --locked --bin mixr --bin mixr-proxy
 
 FROM debian:bookworm-slim
+# iptables: the init container `mixr-proxy inject` adds runs `mixr-proxy iptables --apply`.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 iptables \
     && rm -rf /var/lib/apt/lists/*
 # A fixed numeric uid and gid, so that `runAsNonRoot` can verify them and volume owners
 # are predictable. A new named volume takes the owner of the image's directory.

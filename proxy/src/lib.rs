@@ -20,7 +20,7 @@
 //!   request spans over OTLP and `traceparent` propagation.
 //! - [`admin`], [`stats`], [`reload`]: the admin and stats ports and hot reload.
 //! - Around the pod: [`capture`] (`mixr-proxy iptables`, the init container's capture
-//!   rules).
+//!   rules) and [`inject`] (`mixr-proxy inject`, adding the sidecar to workloads).
 //!
 //! The crate depends on `mixr-proto`, `mixr-rules` and `mixr-otlp`, never on the server.
 
@@ -36,6 +36,7 @@ pub mod forward;
 pub mod http1;
 pub mod identity;
 pub mod ingress;
+pub mod inject;
 pub mod listener;
 pub mod policy;
 pub mod pool;

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mixr_e2e::binary;
-
-/// The Kubernetes version the manifests must be valid for.
-const KUBERNETES: &str = "1.34.0";
+use mixr_e2e::kube_schema::validate;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
@@ -25,15 +23,6 @@ fn list(value: &yaml_serde::Value) -> Vec<String> {
 
 fn resources() -> Vec<PathBuf> {
     list(&kustomization()["resources"]).into_iter().map(|r| root().join(r)).collect()
-}
-
-fn validate(files: &[PathBuf]) -> (bool, String) {
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "-k", KUBERNETES])
-        .args(files)
-        .output()
-        .expect("kubernetes-validate (installed by .ci/services.sh)");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 #[test]

@@ -39,6 +39,9 @@ enum Command {
         #[arg(long, default_value = "3000")]
         timeout_ms: u64,
     },
+    /// Add the sidecar and its init container to Kubernetes workloads, as `istioctl
+    /// kube-inject` (`mixr-proxy inject -f deployment.yaml | kubectl apply -f -`).
+    Inject(crate::inject::cli::InjectArgs),
     /// Print, install or remove the rules that send a pod's TCP traffic through the
     /// sidecar, as istio-init (the injected init container runs `iptables --apply`).
     Iptables(crate::capture::cli::IptablesArgs),
@@ -49,6 +52,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         None => run::main(cli.run),
         Some(Command::Validate(args)) => validate::main(args),
+        Some(Command::Inject(args)) => crate::inject::cli::main(args),
         Some(Command::Iptables(args)) => crate::capture::cli::main(args),
         Some(Command::Probe { url, timeout_ms }) => {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
