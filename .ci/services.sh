@@ -2,7 +2,8 @@
 # Makes sure the services the tests talk to are up on loopback (Redis on 6379, PostgreSQL on
 # 5432) and that the tools tests drive are installed: Prometheus (promtool and the server
 # the telemetry test starts), Python's gRPC reflection client and Chromium (headless, for
-# the Bookinfo page). Installs from Debian's packages (and pip) when absent, so a fresh
+# the Bookinfo page), kubernetes-validate, iproute2 and iptables (the network-namespace
+# capture tests). Installs from Debian's packages (and pip) when absent, so a fresh
 # machine passes too.
 set -euo pipefail
 
@@ -89,3 +90,11 @@ if ! have kubernetes-validate; then
     python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
 echo "kubernetes-validate: $(kubernetes-validate --version 2>&1 | head -1)"
+
+# tests/tests/capture.rs builds "pods" from network namespaces (ip netns, veth) and
+# installs the sidecar's capture rules in them with iptables.
+if ! have ip || ! have iptables || ! have ip6tables; then
+  echo "installing iproute2 and iptables"
+  apt_install iproute2 iptables
+fi
+echo "iptables: $(iptables --version 2>&1 | head -1)"

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod kube_api;
 pub mod kube_schema;
+pub mod netns;
 pub mod raw_http;
 
 use std::path::{Path, PathBuf};
