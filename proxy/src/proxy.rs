@@ -437,7 +437,14 @@ pub async fn serve(
         };
         let _ = sock.set_nodelay(true);
         let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer, open: Arc::new(open) };
-        tokio::spawn(async move { crate::http1::server::serve(sock, &handler, &timeouts).await });
+        tokio::spawn(async move {
+            // A connection the capture rules redirected here that is not HTTP is proxied as TCP.
+            let Some(sock) = crate::capture::transparent::claim(&handler.proxy, &handler.worker, dir, sock, peer).await
+            else {
+                return;
+            };
+            crate::http1::server::serve(sock, &handler, &timeouts).await
+        });
     }
 }
 

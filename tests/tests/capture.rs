@@ -8,8 +8,8 @@
 //!
 //! The pod runs an app, the sidecar (as uid 1337, as injected) and, for the inbound
 //! test, mixr on its loopback. Root only (CI runs as root); otherwise skipped, loudly.
-//! Raw TCP through the sidecar needs transparent listeners (issue 16 item 4), so TCP
-//! here shows only what the rules capture and what they leave alone.
+//! Connections that are not HTTP are proxied as TCP by the sidecar (read from
+//! SO_ORIGINAL_DST), checked and reported with Istio's TCP attributes.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -181,6 +181,73 @@ spec:
   - {name: x-checked-by, values: ['"mixr"']}
 "#;
 
+/// TCP connections' open and close events on mixr's stdout (JSON lines), and a denial of
+/// TCP to port 9002.
+const MIXR_TCP: &str = r#"
+apiVersion: config.istio.io/v1alpha2
+kind: handler
+metadata: {name: tcplog}
+spec: {compiledAdapter: stdio, params: {outputAsJson: true}}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: instance
+metadata: {name: tcpconnection}
+spec:
+  compiledTemplate: logentry
+  params:
+    severity: '"Info"'
+    timestamp: context.time | timestamp("2017-01-01T00:00:00Z")
+    variables:
+      event: connection.event | ""
+      port: destination.port | 0
+      reporter: context.reporter.kind | ""
+      received: connection.received.bytes | 0
+      sent: connection.sent.bytes | 0
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: tcplog}
+spec:
+  match: context.protocol == "tcp"
+  actions: [{handler: tcplog, instances: [tcpconnection]}]
+---
+apiVersion: config.istio.io/v1alpha2
+kind: handler
+metadata: {name: notcp}
+spec: {compiledAdapter: denier, params: {status: {code: 7, message: no TCP to 9002}}}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: instance
+metadata: {name: nothing}
+spec: {compiledTemplate: checknothing}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: notcp}
+spec:
+  match: context.protocol == "tcp" && destination.port == 9002
+  actions: [{handler: notcp, instances: [nothing]}]
+"#;
+
+/// Waits (at most 10 s) for mixr to log a TCP `event` for `port` as `reporter`: its line.
+fn tcp_event(mixr: &Mixr, event: &str, port: u16, reporter: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = mixr.stdout_text();
+        let found = out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|e| {
+            e["event"] == event
+                && e["port"] == port
+                && e["reporter"] == reporter
+                && e["instance"] == "tcpconnection.instance.istio-system"
+        });
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no {event} of a connection to {port} ({reporter}) in mixr's log:\n{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn inbound_traffic_to_the_pods_ip_goes_through_the_sidecar_and_mixr() {
     if skip_unless_root("inbound_traffic_to_the_pods_ip_goes_through_the_sidecar_and_mixr") {
@@ -190,10 +257,12 @@ fn inbound_traffic_to_the_pods_ip_goes_through_the_sidecar_and_mixr() {
     let dirs = Dirs::new();
     let telemetry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/examples/telemetry.yaml");
     let policy = dirs.write("policy.yaml", MIXR_POLICY);
-    let mixr = Mixr::start_wrapped(&["ip", "netns", "exec", &net.pod.name], &[&policy, &telemetry], &[]);
+    let tcp_config = dirs.write("tcp.yaml", MIXR_TCP);
+    let mixr = Mixr::start_wrapped(&["ip", "netns", "exec", &net.pod.name], &[&policy, &tcp_config, &telemetry], &[]);
     let _app = http_app(&net.pod, &dirs, 8080, "web");
     let _tcp_excluded = tcp_app(&net.pod, &dirs, 9000);
     let _tcp_captured = tcp_app(&net.pod, &dirs, 9001);
+    let _tcp_denied = tcp_app(&net.pod, &dirs, 9002);
     let config = dirs.write("traffic.yaml", "");
     let proxy = sidecar(&net.pod, &dirs, &config, &["--app-addr=127.0.0.1:8080", &format!("--mixr={}", mixr.grpc)]);
 
@@ -233,12 +302,16 @@ fn inbound_traffic_to_the_pods_ip_goes_through_the_sidecar_and_mixr() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Raw TCP: an excluded port reaches the app directly; any other port is captured
-    // (the sidecar, speaking HTTP, refuses a line that is not a request).
+    // Raw TCP: an excluded port reaches the app directly; any other port goes through
+    // the sidecar to the app's port on loopback, checked and reported.
     assert_eq!(tcp(&net.client, POD_IP, 9000, "ping").trim(), "echo 10.201.0.1 ping");
-    let captured = tcp(&net.client, POD_IP, 9001, "ping");
-    assert!(!captured.contains("echo"), "port 9001 was not captured: {captured}");
-    assert!(captured.starts_with("HTTP/1.1 400"), "{captured}");
+    assert_eq!(tcp(&net.client, POD_IP, 9001, "ping").trim(), "echo 127.0.0.1 ping", "{}", proxy.logs());
+    let closed = tcp_event(&mixr, "close", 9001, "inbound");
+    let answer = "echo 127.0.0.1 ping\n".len() as i64;
+    assert_eq!((closed["received"].as_i64(), closed["sent"].as_i64()), (Some(5), Some(answer)), "{closed}");
+    tcp_event(&mixr, "open", 9001, "inbound");
+    let denied = tcp(&net.client, POD_IP, 9002, "ping");
+    assert!(!denied.contains("echo"), "mixr's denial did not apply: {denied}");
     // The sidecar's own ports are never redirected: its admin port, on the pod's loopback
     // only, stays out of reach (captured, the call would reach the app through 15006).
     let (status, body) = get(&net.client, None, &format!("http://{POD_IP}:15000/ready"), &[]);
@@ -274,11 +347,13 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
     }
     let net = Topology::new("out");
     let dirs = Dirs::new();
+    let tcp_config = dirs.write("tcp.yaml", MIXR_TCP);
+    let mixr = Mixr::start_wrapped(&["ip", "netns", "exec", &net.pod.name], &[&tcp_config], &[]);
     let _upstream = http_app(&net.upstream, &dirs, 8080, "upstream");
     let _tcp_excluded = tcp_app(&net.upstream, &dirs, 9000);
     let _tcp_captured = tcp_app(&net.upstream, &dirs, 9001);
     let config = dirs.write("traffic.yaml", ROUTES);
-    let proxy = sidecar(&net.pod, &dirs, &config, &[]);
+    let proxy = sidecar(&net.pod, &dirs, &config, &[&format!("--mixr={}", mixr.grpc)]);
     apply(&net.pod, &["--exclude-outbound-ports=9000"]);
 
     // The app (root here, any uid but the sidecar's) calls the upstream by name; the
@@ -305,10 +380,18 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
     let (status, _) = get(&net.pod, None, "http://127.0.0.1:15000/ready", &[]);
     assert_eq!(status, "200");
 
-    // Raw TCP: an excluded port goes straight out; another goes to the sidecar.
+    // Raw TCP: an excluded port goes straight out; another goes through the sidecar to
+    // where the app was going (ALLOW_ANY), reported as outbound.
     assert_eq!(tcp(&net.pod, UPSTREAM_IP, 9000, "ping").trim(), "echo 10.202.0.1 ping");
-    let captured = tcp(&net.pod, UPSTREAM_IP, 9001, "ping");
-    assert!(captured.starts_with("HTTP/1.1 400"), "port 9001 was not captured: {captured}");
+    assert_eq!(tcp(&net.pod, UPSTREAM_IP, 9001, "ping").trim(), "echo 10.202.0.1 ping", "{}", proxy.logs());
+    let closed = tcp_event(&mixr, "close", 9001, "outbound");
+    let answer = "echo 10.202.0.1 ping\n".len() as i64;
+    assert_eq!((closed["received"].as_i64(), closed["sent"].as_i64()), (Some(5), Some(answer)), "{closed}");
+    assert!(
+        !mixr.stdout_text().contains("\"port\":9000"),
+        "the excluded port went through the sidecar:\n{}",
+        mixr.stdout_text()
+    );
 
     let stats = net.pod.ok(&["python3", &python(), "get", "http://127.0.0.1:15090/stats/prometheus"]);
     assert!(

@@ -5,11 +5,17 @@
 //!   `iptables-restore` input, one script per address family;
 //! - [`apply`]: installing and removing them with the system's `iptables` tools (run as
 //!   programs, so the proxy links no netfilter library and the init container needs only
-//!   the binaries).
+//!   the binaries);
+//! - [`original_dst`], [`transparent`], [`tcp`]: the listeners' side: where a redirected
+//!   connection was going, HTTP or not (sniffed), and TCP proxying with Istio's
+//!   TCP attributes.
 
 pub mod apply;
 pub mod cli;
+pub mod original_dst;
 pub mod rules;
+pub mod tcp;
+pub mod transparent;
 
 pub use rules::{Capture, CaptureError, Family, IpRanges};
 
