@@ -289,7 +289,7 @@ fn inbound_traffic_to_the_pods_ip_goes_through_the_sidecar_and_mixr() {
     // Counted by the sidecar as inbound traffic, and reported to mixr.
     let stats = net.pod.ok(&["python3", &python(), "get", "http://127.0.0.1:15090/stats/prometheus"]);
     assert!(
-        sample(&stats, "istio_requests_total{", &["reporter=\"destination\"", "response_code=\"200\""]) >= 1.0,
+        sample(&stats, "mixr_proxy_requests_total{", &["reporter=\"destination\"", "response_code=\"200\""]) >= 1.0,
         "{stats}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -395,7 +395,7 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
 
     let stats = net.pod.ok(&["python3", &python(), "get", "http://127.0.0.1:15090/stats/prometheus"]);
     assert!(
-        sample(&stats, "istio_requests_total{", &["reporter=\"source\"", "destination_service=\"upstream\""]) >= 1.0,
+        sample(&stats, "mixr_proxy_requests_total{", &["reporter=\"source\"", "destination_service=\"upstream\""]) >= 1.0,
         "{stats}"
     );
 }
