@@ -89,6 +89,9 @@ pub struct Proxy {
     pub limits: crate::listener::Limits,
     /// What every request goes through as it arrives (`ingress`).
     pub ingress: crate::ingress::Options,
+    /// Transparent capture: the app's ports, and what unknown outbound TCP gets.
+    pub inbound_apps: crate::capture::inbound::InboundApps,
+    pub outbound_policy: crate::capture::OutboundPolicy,
     /// Connections open on the inbound and outbound listeners, across workers.
     inbound_connections: Arc<ConnectionCount>,
     outbound_connections: Arc<ConnectionCount>,
@@ -139,6 +142,7 @@ impl Proxy {
         let destination_labels = crate::policy::attributes::destination_labels(&identity);
         let inbound_service =
             identity.labels.iter().find(|(k, _)| k == "app").map_or_else(|| UNKNOWN.to_string(), |(_, v)| v.clone());
+        let inbound_apps = crate::capture::inbound::InboundApps::new(app_addr.map(|a| a.port()).zip(app.clone()));
         let proxy = Proxy {
             policy,
             tables: ArcSwap::from_pointee(Tables::default()),
@@ -152,6 +156,8 @@ impl Proxy {
             namespace,
             limits: Default::default(),
             ingress: Default::default(),
+            inbound_apps,
+            outbound_policy: Default::default(),
             inbound_connections: Default::default(),
             outbound_connections: Default::default(),
             inbound_service,
@@ -231,7 +237,9 @@ impl Proxy {
         let started = Instant::now();
         let authority = crate::forward::authority_of(&req);
         let authority = authority.as_str();
-        let Some(app) = &self.app else { return reply(503, "no --app-addr configured\n") };
+        let dialled = req.extensions().get::<crate::capture::OriginalDst>().map(|o| o.0.port());
+        let app = crate::capture::inbound::app_for(self.app.as_ref(), &self.inbound_apps, dialled);
+        let Some(app) = app else { return reply(503, "no --app-addr configured\n") };
         let (mut parts, body) = req.into_parts();
         // The caller's identity is for us, not for the app.
         let peer_identity = parts.headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
@@ -436,13 +444,17 @@ pub async fn serve(
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let handler = Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer, open: Arc::new(open) };
+        let handler =
+            Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer, open: Arc::new(open), original: None };
         tokio::spawn(async move {
             // A connection the capture rules redirected here that is not HTTP is proxied as TCP.
-            let Some(sock) = crate::capture::transparent::claim(&handler.proxy, &handler.worker, dir, sock, peer).await
+            let mut handler = handler;
+            let Some((sock, original)) =
+                crate::capture::transparent::claim(&handler.proxy, &handler.worker, dir, sock, peer).await
             else {
                 return;
             };
+            handler.original = original;
             crate::http1::server::serve(sock, &handler, &timeouts).await
         });
     }
@@ -458,6 +470,8 @@ struct Listener {
     /// Counts the connection against `--max-connections` while any clone lives: an
     /// upgraded connection's splice keeps one.
     open: Arc<OpenConnection>,
+    /// Where the connection was going, when the capture rules redirected it here.
+    original: Option<SocketAddr>,
 }
 
 impl crate::http1::server::Handle for Listener {
@@ -469,6 +483,9 @@ impl crate::http1::server::Handle for Listener {
             resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
             proxy.observe(worker, *dir, UNKNOWN, "", 400, Instant::now());
             return resp;
+        }
+        if let Some(original) = self.original {
+            req.extensions_mut().insert(crate::capture::OriginalDst(original));
         }
         let mut resp = crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
             match dir {

@@ -77,8 +77,8 @@ fn tcp_app(ns: &Netns, dirs: &Dirs, port: u16) -> Proc {
 }
 
 /// The sidecar as the injector configures it, as uid 1337.
-fn sidecar(pod: &Netns, dirs: &Dirs, config: &Path, extra: &[&str]) -> Proc {
-    let addrs = dirs.path("sidecar.addrs");
+fn sidecar(pod: &Netns, dirs: &Dirs, name: &str, config: &Path, extra: &[&str]) -> Proc {
+    let addrs = dirs.path(&format!("{name}.addrs"));
     let mut args = vec![
         proxy_bin(),
         "--outbound-addr=127.0.0.1:15001".into(),
@@ -94,7 +94,7 @@ fn sidecar(pod: &Netns, dirs: &Dirs, config: &Path, extra: &[&str]) -> Proc {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut proxy = pod.spawn(Some(1337), &args, &dirs.path("sidecar.log"));
+    let mut proxy = pod.spawn(Some(1337), &args, &dirs.path(&format!("{name}.log")));
     proxy.wait_for(&addrs);
     proxy
 }
@@ -203,6 +203,7 @@ spec:
       reporter: context.reporter.kind | ""
       received: connection.received.bytes | 0
       sent: connection.sent.bytes | 0
+      service: destination.service.host | ""
 ---
 apiVersion: config.istio.io/v1alpha2
 kind: rule
@@ -260,11 +261,13 @@ fn inbound_traffic_to_the_pods_ip_goes_through_the_sidecar_and_mixr() {
     let tcp_config = dirs.write("tcp.yaml", MIXR_TCP);
     let mixr = Mixr::start_wrapped(&["ip", "netns", "exec", &net.pod.name], &[&policy, &tcp_config, &telemetry], &[]);
     let _app = http_app(&net.pod, &dirs, 8080, "web");
+    let _second_port = http_app(&net.pod, &dirs, 8081, "web-admin");
     let _tcp_excluded = tcp_app(&net.pod, &dirs, 9000);
     let _tcp_captured = tcp_app(&net.pod, &dirs, 9001);
     let _tcp_denied = tcp_app(&net.pod, &dirs, 9002);
     let config = dirs.write("traffic.yaml", "");
-    let proxy = sidecar(&net.pod, &dirs, &config, &["--app-addr=127.0.0.1:8080", &format!("--mixr={}", mixr.grpc)]);
+    let proxy =
+        sidecar(&net.pod, &dirs, "sidecar", &config, &["--app-addr=127.0.0.1:8080", &format!("--mixr={}", mixr.grpc)]);
 
     // Before the rules: the client reaches the app itself.
     let url = format!("http://{POD_IP}:8080/hello");
@@ -281,6 +284,13 @@ fn inbound_traffic_to_the_pods_ip_goes_through_the_sidecar_and_mixr() {
     let seen = json(&body);
     assert_eq!(seen["peer"], "127.0.0.1", "{seen}");
     assert_eq!(seen["path"], "/hello");
+    assert_eq!(seen["headers"]["x-checked-by"], "mixr", "{seen}");
+    // A second port of the app: the request goes to the port the client dialled (not
+    // --app-addr's), checked the same way.
+    let (status, body) = get(&net.client, None, &format!("http://{POD_IP}:8081/two"), &[]);
+    assert_eq!(status, "200", "{body}");
+    let seen = json(&body);
+    assert_eq!((seen["name"].as_str(), seen["peer"].as_str()), (Some("web-admin"), Some("127.0.0.1")), "{seen}");
     assert_eq!(seen["headers"]["x-checked-by"], "mixr", "{seen}");
     let (status, body) = get(&net.client, None, &url, &["end-user:mallory"]);
     assert_eq!(status, "403", "{body}");
@@ -338,6 +348,14 @@ spec:
     route: [{destination: {host: upstream}}]
   - route: [{destination: {host: upstream}}]
     headers: {request: {set: {x-routed-by: mixr-proxy}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: upstream-tcp}
+spec:
+  hosts: [upstream-tcp]
+  ports: [{number: 9001, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.202.0.2}]
 "#;
 
 #[test]
@@ -352,8 +370,9 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
     let _upstream = http_app(&net.upstream, &dirs, 8080, "upstream");
     let _tcp_excluded = tcp_app(&net.upstream, &dirs, 9000);
     let _tcp_captured = tcp_app(&net.upstream, &dirs, 9001);
+    let _tcp_unlisted = tcp_app(&net.upstream, &dirs, 9003);
     let config = dirs.write("traffic.yaml", ROUTES);
-    let proxy = sidecar(&net.pod, &dirs, &config, &[&format!("--mixr={}", mixr.grpc)]);
+    let proxy = sidecar(&net.pod, &dirs, "allow-any", &config, &[&format!("--mixr={}", mixr.grpc)]);
     apply(&net.pod, &["--exclude-outbound-ports=9000"]);
 
     // The app (root here, any uid but the sidecar's) calls the upstream by name; the
@@ -387,6 +406,10 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
     let closed = tcp_event(&mixr, "close", 9001, "outbound");
     let answer = "echo 10.202.0.1 ping\n".len() as i64;
     assert_eq!((closed["received"].as_i64(), closed["sent"].as_i64()), (Some(5), Some(answer)), "{closed}");
+    assert_eq!(closed["service"], "upstream-tcp", "the ServiceEntry listing the endpoint: {closed}");
+    // A destination no ServiceEntry lists passes through (ALLOW_ANY, the default).
+    assert_eq!(tcp(&net.pod, UPSTREAM_IP, 9003, "ping").trim(), "echo 10.202.0.1 ping");
+    assert_eq!(tcp_event(&mixr, "close", 9003, "outbound")["service"], "PassthroughCluster");
     assert!(
         !mixr.stdout_text().contains("\"port\":9000"),
         "the excluded port went through the sidecar:\n{}",
@@ -395,9 +418,35 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
 
     let stats = net.pod.ok(&["python3", &python(), "get", "http://127.0.0.1:15090/stats/prometheus"]);
     assert!(
-        sample(&stats, "mixr_proxy_requests_total{", &["reporter=\"source\"", "destination_service=\"upstream\""]) >= 1.0,
+        sample(&stats, "mixr_proxy_requests_total{", &["reporter=\"source\"", "destination_service=\"upstream\""])
+            >= 1.0,
         "{stats}"
     );
+
+    // REGISTRY_ONLY: the unlisted destination is refused, the listed one still works.
+    drop(proxy);
+    let _strict = sidecar(
+        &net.pod,
+        &dirs,
+        "registry-only",
+        &config,
+        &[&format!("--mixr={}", mixr.grpc), "--outbound-traffic-policy=REGISTRY_ONLY"],
+    );
+    let refused = tcp(&net.pod, UPSTREAM_IP, 9003, "ping");
+    assert!(!refused.contains("echo"), "REGISTRY_ONLY let an unlisted destination through: {refused}");
+    let blackholed = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = mixr.stdout_text();
+            if out.contains("\"service\":\"BlackHoleCluster\"") {
+                break out;
+            }
+            assert!(Instant::now() < deadline, "no BlackHoleCluster report:\n{out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(blackholed.contains("\"port\":9003"), "{blackholed}");
+    assert_eq!(tcp(&net.pod, UPSTREAM_IP, 9001, "ping").trim(), "echo 10.202.0.1 ping");
 }
 
 #[test]

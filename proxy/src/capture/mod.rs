@@ -8,15 +8,19 @@
 //!   the binaries);
 //! - [`original_dst`], [`transparent`], [`tcp`]: the listeners' side: where a redirected
 //!   connection was going, HTTP or not (sniffed), and TCP proxying with Istio's
-//!   TCP attributes.
+//!   TCP attributes; [`inbound`]: inbound HTTP to the dialled port; [`registry`]:
+//!   outbound TCP against the ServiceEntries, and the outbound traffic policy.
 
 pub mod apply;
 pub mod cli;
+pub mod inbound;
 pub mod original_dst;
+pub mod registry;
 pub mod rules;
 pub mod tcp;
 pub mod transparent;
 
+pub use registry::OutboundPolicy;
 pub use rules::{Capture, CaptureError, Family, IpRanges};
 
 /// The sidecar's ports, as the injector configures them and the rules redirect to.
@@ -26,3 +30,7 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const STATS_PORT: u16 = 15090;
 /// The uid the sidecar runs as; its own connections are never captured (Istio's 1337).
 pub const PROXY_UID: u32 = 1337;
+
+/// Where a redirected connection was going, carried on each of its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginalDst(pub std::net::SocketAddr);

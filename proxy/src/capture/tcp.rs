@@ -1,7 +1,7 @@
 //! Proxying a redirected connection that is not HTTP as TCP, as Istio's sidecar did with
 //! its TCP filters: inbound to the app on the port the caller dialled (127.0.0.1), checked
-//! with mixr when it opens; outbound to where the app was going (Istio's ALLOW_ANY
-//! passthrough). Reported when it opens and when it closes, with Istio's TCP attributes
+//! with mixr when it opens; outbound to where the app was going when a ServiceEntry lists
+//! it or `--outbound-traffic-policy` is ALLOW_ANY (refused under REGISTRY_ONLY). Reported when it opens and when it closes, with Istio's TCP attributes
 //! (`connection.id`, `connection.event`, bytes each way, `connection.duration`).
 
 use std::borrow::Cow;
@@ -14,6 +14,7 @@ use mixr_rules::value::{MapVal, Value, ip_to_bytes};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use super::registry::{self, OutboundPolicy};
 use crate::policy::Verdict;
 use crate::proxy::{Direction, Proxy};
 use crate::worker::Worker;
@@ -29,6 +30,9 @@ struct Connection<'p> {
     id: String,
     peer: SocketAddr,
     original: SocketAddr,
+    /// `destination.service.host`: the ServiceEntry's host, or Istio's name for
+    /// passthrough and refused traffic; inbound, this workload's service.
+    service: String,
     started: Instant,
 }
 
@@ -49,6 +53,7 @@ impl Connection<'_> {
             ("context.protocol", Value::String(Cow::Borrowed("tcp"))),
             ("context.reporter.kind", Value::String(Cow::Borrowed(self.dir.reporter_kind()))),
             ("context.time", crate::policy::attributes::now()),
+            ("destination.service.host", owned(&self.service)),
         ];
         let names: [&'static str; 4] = match self.dir {
             Direction::Inbound => [
@@ -144,7 +149,24 @@ pub async fn proxy(
     original: SocketAddr,
 ) {
     let id = format!("{}-{}", std::process::id(), NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed));
-    let conn = Connection { proxy, dir, id, peer, original, started: Instant::now() };
+    let (service, refused) = match dir {
+        Direction::Inbound => {
+            let app = proxy.identity.labels.iter().find(|(k, _)| k == "app");
+            (app.map_or_else(|| "unknown".to_string(), |(_, v)| v.clone()), false)
+        }
+        Direction::Outbound => match registry::host_for(&proxy.tables.load().config, original) {
+            Some(host) => (host, false),
+            None if proxy.outbound_policy == OutboundPolicy::RegistryOnly => (registry::BLACKHOLE.to_string(), true),
+            None => (registry::PASSTHROUGH.to_string(), false),
+        },
+    };
+    let conn = Connection { proxy, dir, id, peer, original, service, started: Instant::now() };
+    if refused {
+        tracing::debug!(connection = %conn.id, %original, "TCP to a destination no ServiceEntry lists refused (REGISTRY_ONLY)");
+        conn.report(worker, "open", 0, 0);
+        conn.report(worker, "close", 0, 0);
+        return;
+    }
     if !conn.allowed(worker).await {
         tracing::debug!(connection = %conn.id, %peer, %original, "TCP connection denied");
         return;

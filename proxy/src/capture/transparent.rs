@@ -71,18 +71,19 @@ pub async fn sniff(sock: &TcpStream) -> Sniffed {
     }
 }
 
-/// The connection back for HTTP serving, or `None` when it was redirected and is not
-/// HTTP (then it has been proxied as TCP by the time this returns).
+/// The connection back for HTTP serving, with where it was going when it was redirected;
+/// `None` when it was redirected and is not HTTP (then it has been proxied as TCP by the
+/// time this returns).
 pub async fn claim(
     proxy: &Arc<Proxy>,
     worker: &Arc<Worker>,
     dir: Direction,
     sock: TcpStream,
     peer: SocketAddr,
-) -> Option<TcpStream> {
-    let Some(original) = super::original_dst::redirected(&sock) else { return Some(sock) };
+) -> Option<(TcpStream, Option<SocketAddr>)> {
+    let Some(original) = super::original_dst::redirected(&sock) else { return Some((sock, None)) };
     match sniff(&sock).await {
-        Sniffed::Http => Some(sock),
+        Sniffed::Http => Some((sock, Some(original))),
         Sniffed::Tcp => {
             super::tcp::proxy(proxy, worker, dir, sock, peer, original).await;
             None

@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// The lifetime to ask for the workload certificate, in seconds (the CA may cap it).
     #[arg(long, default_value = "86400")]
     workload_cert_ttl_secs: u64,
+    /// What redirected outbound TCP to an address no ServiceEntry endpoint has gets:
+    /// ALLOW_ANY passes it through, REGISTRY_ONLY closes it (Istio's outboundTrafficPolicy).
+    #[arg(long, value_name = "ALLOW_ANY|REGISTRY_ONLY", default_value = "ALLOW_ANY")]
+    outbound_traffic_policy: crate::capture::OutboundPolicy,
     /// Forward request paths as they came: no resolving of `.` and `..`, merging of
     /// slashes or decoding of unreserved escapes (on by default, as in Istio).
     #[arg(long)]
@@ -190,6 +194,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
         .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
     proxy.limits = limits;
     proxy.ingress = crate::ingress::Options { normalize_path: !cli.no_normalize_path };
+    proxy.outbound_policy = cli.outbound_traffic_policy;
     if let Some(endpoint) = &cli.otlp_endpoint {
         if !(0.0..=1.0).contains(&cli.trace_sampling) {
             return Err(format!("--trace-sampling {}: expected a number from 0 to 1", cli.trace_sampling));

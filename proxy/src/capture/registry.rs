@@ -1,0 +1,68 @@
+//! What an outbound TCP connection's original destination is in the config: a
+//! ServiceEntry endpoint's address and port, or nothing (then Istio's outbound traffic
+//! policy decides).
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::TrafficConfig;
+
+/// Istio's `outboundTrafficPolicy.mode`: what redirected outbound traffic to a
+/// destination no ServiceEntry lists gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutboundPolicy {
+    /// Passes through to where it was going (Istio's PassthroughCluster).
+    #[default]
+    #[value(name = "ALLOW_ANY")]
+    AllowAny,
+    /// Refused (Istio's BlackHoleCluster).
+    #[value(name = "REGISTRY_ONLY")]
+    RegistryOnly,
+}
+
+/// Istio's names for the destinations of outbound traffic no service matched.
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+
+/// The first host of the ServiceEntry with an endpoint at `dst` (its address, and its
+/// port: the endpoint's own port numbers, else the entry's service ports).
+pub fn host_for(config: &TrafficConfig, dst: SocketAddr) -> Option<String> {
+    let ip = crate::capture::original_dst::canonical(dst).ip();
+    config.service_entries.iter().find_map(|se| {
+        let listed = se.endpoints.iter().any(|ep| {
+            ep.address.parse::<IpAddr>().is_ok_and(|a| a == ip)
+                && if ep.ports.is_empty() {
+                    se.ports.iter().any(|p| p.number == dst.port())
+                } else {
+                    ep.ports.iter().any(|(_, n)| *n == dst.port())
+                }
+        });
+        if listed { se.hosts.first().cloned() } else { None }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_matched_by_address_and_port() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.internal]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.0.0.5}, {address: 10.0.0.6, ports: {tcp: 6432}}]
+"#;
+        let (config, errors) = crate::config::load::load_str("se.yaml", yaml, "default");
+        assert!(errors.is_empty(), "{errors:?}");
+        let host = |a: &str| host_for(&config, a.parse().unwrap());
+        assert_eq!(host("10.0.0.5:5432").as_deref(), Some("db.internal"));
+        assert_eq!(host("10.0.0.6:6432").as_deref(), Some("db.internal"));
+        assert_eq!(host("10.0.0.6:5432"), None, "the endpoint's own port replaces the service port");
+        assert_eq!(host("10.0.0.5:22"), None);
+        assert_eq!(host("10.0.0.7:5432"), None);
+        assert_eq!(host("[::ffff:10.0.0.5]:5432").as_deref(), Some("db.internal"));
+    }
+}
