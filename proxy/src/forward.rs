@@ -191,6 +191,13 @@ impl Proxy {
                     (None, &*default_route)
                 }
                 None => {
+                    // Redirected here by the capture rules: Istio's outbound traffic policy.
+                    if let Some(original) = req.extensions().get::<crate::capture::OriginalDst>().map(|o| o.0) {
+                        let resp = crate::capture::passthrough::forward(self, worker, req, original, authority).await;
+                        let service = crate::capture::passthrough::service(self);
+                        self.observe(worker, Direction::Outbound, service, "", resp.status().as_u16(), started);
+                        return resp;
+                    }
                     let resp = reply(404, "no route (NR)\n");
                     self.observe(worker, Direction::Outbound, UNKNOWN, "", resp.status().as_u16(), started);
                     return resp;

@@ -92,6 +92,7 @@ pub struct Proxy {
     /// Transparent capture: the app's ports, and what unknown outbound TCP gets.
     pub inbound_apps: crate::capture::inbound::InboundApps,
     pub outbound_policy: crate::capture::OutboundPolicy,
+    pub passthrough: crate::capture::passthrough::Passthrough,
     /// Connections open on the inbound and outbound listeners, across workers.
     inbound_connections: Arc<ConnectionCount>,
     outbound_connections: Arc<ConnectionCount>,
@@ -158,6 +159,7 @@ impl Proxy {
             ingress: Default::default(),
             inbound_apps,
             outbound_policy: Default::default(),
+            passthrough: Default::default(),
             inbound_connections: Default::default(),
             outbound_connections: Default::default(),
             inbound_service,

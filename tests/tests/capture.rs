@@ -359,8 +359,8 @@ spec:
 "#;
 
 #[test]
-fn outbound_calls_by_name_are_routed_by_the_sidecar() {
-    if skip_unless_root("outbound_calls_by_name_are_routed_by_the_sidecar") {
+fn outbound_calls_by_name_and_by_ip_go_through_the_sidecar() {
+    if skip_unless_root("outbound_calls_by_name_and_by_ip_go_through_the_sidecar") {
         return;
     }
     let net = Topology::new("out");
@@ -385,6 +385,19 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
     assert_eq!(seen["peer"], "10.202.0.1");
     let (status, _) = get(&net.pod, None, "http://upstream:8080/teapot", &[]);
     assert_eq!(status, "418", "the fault of the VirtualService did not apply");
+
+    // By IP, with no Host any route or service knows: passed through to where the app
+    // was going (ALLOW_ANY), counted as PassthroughCluster.
+    let (status, body) = get(&net.pod, None, &format!("http://{UPSTREAM_IP}:8080/by-ip"), &[]);
+    assert_eq!(status, "200", "{body}");
+    let seen = json(&body);
+    assert_eq!((seen["path"].as_str(), seen["peer"].as_str()), (Some("/by-ip"), Some("10.202.0.1")), "{seen}");
+    assert!(seen["headers"].get("x-routed-by").is_none(), "{seen}");
+    let stats = net.pod.ok(&["python3", &python(), "get", "http://127.0.0.1:15090/stats/prometheus"]);
+    assert!(
+        sample(&stats, "mixr_proxy_requests_total{", &["destination_service=\"PassthroughCluster\""]) >= 1.0,
+        "{stats}"
+    );
 
     // The sidecar's uid is never captured: the call above got out through the sidecar,
     // which runs as 1337 (captured, its upstream connection would loop back to itself).
@@ -447,6 +460,10 @@ fn outbound_calls_by_name_are_routed_by_the_sidecar() {
     };
     assert!(blackholed.contains("\"port\":9003"), "{blackholed}");
     assert_eq!(tcp(&net.pod, UPSTREAM_IP, 9001, "ping").trim(), "echo 10.202.0.1 ping");
+    let (status, _) = get(&net.pod, None, &format!("http://{UPSTREAM_IP}:8080/by-ip"), &[]);
+    assert_eq!(status, "502", "REGISTRY_ONLY let HTTP for an unknown Host through");
+    let (status, body) = get(&net.pod, None, "http://upstream:8080/a", &[]);
+    assert_eq!((status.as_str(), json(&body)["headers"]["x-routed-by"].as_str()), ("200", Some("mixr-proxy")));
 }
 
 #[test]

@@ -9,12 +9,14 @@
 //! - [`original_dst`], [`transparent`], [`tcp`]: the listeners' side: where a redirected
 //!   connection was going, HTTP or not (sniffed), and TCP proxying with Istio's
 //!   TCP attributes; [`inbound`]: inbound HTTP to the dialled port; [`registry`]:
-//!   outbound TCP against the ServiceEntries, and the outbound traffic policy.
+//!   outbound TCP against the ServiceEntries, and the outbound traffic policy;
+//!   [`passthrough`]: outbound HTTP for unknown Hosts under that policy.
 
 pub mod apply;
 pub mod cli;
 pub mod inbound;
 pub mod original_dst;
+pub mod passthrough;
 pub mod registry;
 pub mod rules;
 pub mod tcp;
