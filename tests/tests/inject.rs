@@ -164,3 +164,67 @@ fn the_injected_command_lines_run() {
     assert!(rules.contains("-A MIXR_INBOUND -p tcp --dport 9443 -j RETURN"), "{rules}");
     assert!(rules.contains("-A MIXR_OUTPUT -d 10.96.0.1/32 -j RETURN"), "{rules}");
 }
+
+fn bookinfo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/bookinfo")
+}
+
+/// The Bookinfo example (deploy/kubernetes/bookinfo) as an operator applies it: rendered
+/// by kustomize where kubectl is installed, injected, valid for the API; its sidecar
+/// rules load in mixr-proxy and its policy in mixr, beside the installed config.
+#[test]
+fn the_bookinfo_example_injects_and_its_configs_load() {
+    let kubectl = Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
+    let rendered = if kubectl {
+        let out = Command::new("kubectl").arg("kustomize").arg(bookinfo()).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    } else {
+        eprintln!("kubectl is not installed: the Bookinfo files are injected without `kubectl kustomize`");
+        ["namespace.yaml", "bookinfo.yaml"]
+            .iter()
+            .map(|f| std::fs::read_to_string(bookinfo().join(f)).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    let out = inject(&["-f", "-"], Some(&rendered));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let injected = text(&out.stdout);
+    let objects = objects(&injected);
+    let deployments: Vec<&yaml_serde::Value> = objects.iter().filter(|o| o["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 6);
+    for d in &deployments {
+        let containers = d["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
+        assert_eq!(containers.last().unwrap()["name"], "mixr-proxy", "{:?}", d["metadata"]["name"]);
+    }
+    if kubectl {
+        let config_map = objects.iter().find(|o| o["kind"] == "ConfigMap").expect("the sidecars' ConfigMap");
+        assert_eq!(config_map["metadata"]["name"], "mixr-proxy-config", "the name the injected pods mount");
+        assert_eq!(config_map["metadata"]["namespace"], "bookinfo");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bookinfo.yaml");
+    std::fs::write(&file, &injected).unwrap();
+    let (ok, report) = validate(&[file]);
+    assert!(ok, "{report}");
+    assert!(report.contains("passed for resource deployment/reviews-v3 "), "{report}");
+
+    let traffic = bookinfo().join("traffic.yaml");
+    let out = Command::new(binary("mixr-proxy"))
+        .args(["validate", "--namespace", "bookinfo"])
+        .arg(&traffic)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("4 ServiceEntry(s)"), "{}", text(&out.stdout));
+
+    let mixr_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/mixr");
+    let out = Command::new(binary("mixr"))
+        .arg("validate")
+        .arg(mixr_config.join("istio-1.4-mixer.yaml"))
+        .arg(mixr_config.join("quota.yaml"))
+        .arg(bookinfo().join("mixr-policy.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
