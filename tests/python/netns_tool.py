@@ -1,8 +1,10 @@
 """Apps and clients for the capture tests (tests/tests/capture.rs), run inside network
 namespaces with `ip netns exec`, where the test process itself cannot open sockets.
 
-  serve-http PORT NAME READY_FILE   answers every request with JSON of what it saw
-  serve-tcp PORT READY_FILE         answers one line with "echo <peer> <line>"
+  serve-http PORT NAME READY_FILE [HOST]   answers every request with JSON of what it saw
+  serve-tcp PORT READY_FILE [HOST]         answers one line with "echo <peer> <line>"
+
+HOST is the address to listen on: 0.0.0.0 (the default), or :: for IPv6 and IPv4 both.
   get URL [NAME:VALUE ...]          prints the status, a newline, the body
   tcp HOST PORT LINE                sends a line, prints what comes back until close
 
@@ -25,7 +27,18 @@ def ready(path):
     os.rename(path + ".tmp", path)
 
 
-def serve_http(port, name, ready_file):
+def server_class(base, host):
+    """`base` listening on `host`: IPv6 (dual-stack) for an IPv6 address."""
+    if ":" not in host:
+        return base
+
+    class V6(base):
+        address_family = socket.AF_INET6
+
+    return V6
+
+
+def serve_http(port, name, ready_file, host="0.0.0.0"):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -47,19 +60,19 @@ def serve_http(port, name, ready_file):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = server_class(http.server.ThreadingHTTPServer, host)((host, port), Handler)
     ready(ready_file)
     server.serve_forever()
 
 
-def serve_tcp(port, ready_file):
+def serve_tcp(port, ready_file, host="0.0.0.0"):
     class Handler(socketserver.StreamRequestHandler):
         def handle(self):
             line = self.rfile.readline().decode().strip()
             self.wfile.write(("echo %s %s\n" % (self.client_address[0], line)).encode())
 
     socketserver.ThreadingTCPServer.allow_reuse_address = True
-    server = socketserver.ThreadingTCPServer(("0.0.0.0", port), Handler)
+    server = server_class(socketserver.ThreadingTCPServer, host)((host, port), Handler)
     ready(ready_file)
     server.serve_forever()
 
@@ -99,9 +112,9 @@ def tcp(host, port, line):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve-http":
-        serve_http(int(args[0]), args[1], args[2])
+        serve_http(int(args[0]), args[1], args[2], *args[3:4])
     elif cmd == "serve-tcp":
-        serve_tcp(int(args[0]), args[1])
+        serve_tcp(int(args[0]), args[1], *args[2:3])
     elif cmd == "get":
         get(args[0], args[1:])
     elif cmd == "tcp":

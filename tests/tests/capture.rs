@@ -55,10 +55,14 @@ fn proxy_bin() -> String {
 
 /// An HTTP app (netns_tool serve-http) on `port` inside `ns`, answering as `name`.
 fn http_app(ns: &Netns, dirs: &Dirs, port: u16, name: &str) -> Proc {
+    http_app_on(ns, dirs, port, name, "0.0.0.0")
+}
+
+fn http_app_on(ns: &Netns, dirs: &Dirs, port: u16, name: &str, host: &str) -> Proc {
     let ready = dirs.path(&format!("{name}.ready"));
     let mut app = ns.spawn(
         None,
-        &["python3", &python(), "serve-http", &port.to_string(), name, ready.to_str().unwrap()],
+        &["python3", &python(), "serve-http", &port.to_string(), name, ready.to_str().unwrap(), host],
         &dirs.path(&format!("{name}.log")),
     );
     app.wait_for(&ready);
@@ -66,10 +70,14 @@ fn http_app(ns: &Netns, dirs: &Dirs, port: u16, name: &str) -> Proc {
 }
 
 fn tcp_app(ns: &Netns, dirs: &Dirs, port: u16) -> Proc {
+    tcp_app_on(ns, dirs, port, "0.0.0.0")
+}
+
+fn tcp_app_on(ns: &Netns, dirs: &Dirs, port: u16, host: &str) -> Proc {
     let ready = dirs.path(&format!("tcp{port}.ready"));
     let mut app = ns.spawn(
         None,
-        &["python3", &python(), "serve-tcp", &port.to_string(), ready.to_str().unwrap()],
+        &["python3", &python(), "serve-tcp", &port.to_string(), ready.to_str().unwrap(), host],
         &dirs.path(&format!("tcp{port}.log")),
     );
     app.wait_for(&ready);
@@ -79,10 +87,14 @@ fn tcp_app(ns: &Netns, dirs: &Dirs, port: u16) -> Proc {
 /// The sidecar as the injector configures it, as uid 1337.
 fn sidecar(pod: &Netns, dirs: &Dirs, name: &str, config: &Path, extra: &[&str]) -> Proc {
     let addrs = dirs.path(&format!("{name}.addrs"));
-    let mut args = vec![
-        proxy_bin(),
-        "--outbound-addr=127.0.0.1:15001".into(),
-        "--inbound-addr=0.0.0.0:15006".into(),
+    // `extra` may replace the listeners' addresses.
+    let listeners = ["--outbound-addr=127.0.0.1:15001", "--inbound-addr=0.0.0.0:15006"]
+        .into_iter()
+        .filter(|d| !extra.iter().any(|e| e.split('=').next() == d.split('=').next()))
+        .map(String::from);
+    let mut args = vec![proxy_bin()];
+    args.extend(listeners);
+    args.extend([
         "--admin-addr=127.0.0.1:15000".into(),
         "--stats-addr=127.0.0.1:15090".into(),
         "--worker-threads=1".into(),
@@ -91,7 +103,7 @@ fn sidecar(pod: &Netns, dirs: &Dirs, name: &str, config: &Path, extra: &[&str]) 
         "--label=app=web".into(),
         format!("--config={}", config.display()),
         format!("--addr-file={}", addrs.display()),
-    ];
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proxy = pod.spawn(Some(1337), &args, &dirs.path(&format!("{name}.log")));
@@ -464,6 +476,73 @@ fn outbound_calls_by_name_and_by_ip_go_through_the_sidecar() {
     assert_eq!(status, "502", "REGISTRY_ONLY let HTTP for an unknown Host through");
     let (status, body) = get(&net.pod, None, "http://upstream:8080/a", &[]);
     assert_eq!((status.as_str(), json(&body)["headers"]["x-routed-by"].as_str()), ("200", Some("mixr-proxy")));
+}
+
+const POD_IP6: &str = "fd00:201::2";
+const UPSTREAM_IP6: &str = "fd00:202::2";
+
+/// Only the upstream's IPv6 TCP port 9001 is in the registry.
+const ROUTES_V6: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: upstream-v6}
+spec:
+  hosts: [upstream-v6]
+  ports: [{number: 9001, name: tcp, protocol: TCP}]
+  endpoints: [{address: "fd00:202::2"}]
+"#;
+
+#[test]
+fn ipv6_is_captured_too_and_a_dual_stack_sidecar_serves_both() {
+    if skip_unless_root("ipv6_is_captured_too_and_a_dual_stack_sidecar_serves_both") {
+        return;
+    }
+    let net = Topology::new("v6");
+    for (ns, dev, addr) in [
+        (&net.pod, "eth0", "fd00:201::2/64"),
+        (&net.client, "eth0", "fd00:201::1/64"),
+        (&net.pod, "eth1", "fd00:202::1/64"),
+        (&net.upstream, "eth0", "fd00:202::2/64"),
+    ] {
+        // No duplicate address detection: the address is usable at once.
+        ns.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    let dirs = Dirs::new();
+    let _app = http_app_on(&net.pod, &dirs, 8080, "web", "::");
+    let _tcp = tcp_app_on(&net.pod, &dirs, 9001, "::");
+    let _listed = tcp_app_on(&net.upstream, &dirs, 9001, "::");
+    let _unlisted = tcp_app_on(&net.upstream, &dirs, 9003, "::");
+    let config = dirs.write("traffic.yaml", ROUTES_V6);
+    // As `inject --ipv6` runs it: dual-stack listeners.
+    let proxy = sidecar(
+        &net.pod,
+        &dirs,
+        "sidecar",
+        &config,
+        &[
+            "--outbound-addr=[::]:15001",
+            "--inbound-addr=[::]:15006",
+            "--app-addr=127.0.0.1:8080",
+            "--outbound-traffic-policy=REGISTRY_ONLY",
+        ],
+    );
+    apply(&net.pod, &["--ipv6"]);
+
+    // Inbound over IPv6: to the app's port on IPv6 loopback (IP6T_SO_ORIGINAL_DST).
+    assert_eq!(tcp(&net.client, POD_IP6, 9001, "ping").trim(), "echo ::1 ping", "{}", proxy.logs());
+    // Over IPv4, through the same dual-stack listener (SO_ORIGINAL_DST of a v4-mapped
+    // connection): to the app on IPv4 loopback.
+    assert_eq!(tcp(&net.client, POD_IP, 9001, "ping").trim(), "echo ::ffff:127.0.0.1 ping");
+    let (status, body) = get(&net.client, None, &format!("http://[{POD_IP6}]:8080/six"), &[]);
+    assert_eq!(status, "200", "{body}");
+    assert_eq!(json(&body)["peer"], "::ffff:127.0.0.1", "{body}");
+
+    // Outbound over IPv6: the listed destination is reached through the sidecar, the
+    // unlisted one refused (REGISTRY_ONLY), so both were captured and their original
+    // destinations read.
+    assert_eq!(tcp(&net.pod, UPSTREAM_IP6, 9001, "ping").trim(), "echo fd00:202::1 ping", "{}", proxy.logs());
+    let refused = tcp(&net.pod, UPSTREAM_IP6, 9003, "ping");
+    assert!(!refused.contains("echo"), "an unlisted IPv6 destination went through: {refused}");
 }
 
 #[test]
