@@ -126,6 +126,7 @@ fn the_injected_command_lines_run() {
     let sidecar = &spec["containers"][1];
     let env = |name: &str| match name {
         "POD_NAMESPACE" => "bookinfo",
+        "SERVICE_ACCOUNT" => "bookinfo-reviews",
         "MIXR_LABEL_0" => "reviews",
         "MIXR_LABEL_1" => "v1",
         _ => "x",

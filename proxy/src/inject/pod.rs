@@ -178,6 +178,7 @@ fn sidecar(workload: &str, labels: &[String], app_port: Option<u16>, options: &O
     args.push(format!("--workload={workload}"));
     // Kubernetes expands $(VAR) in args from the container's env: the downward API below.
     args.push("--namespace=$(POD_NAMESPACE)".into());
+    args.push("--service-account=$(SERVICE_ACCOUNT)".into());
     let mut env = vec![
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),

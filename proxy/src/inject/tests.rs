@@ -59,6 +59,7 @@ fn flags_and_annotations_reach_the_containers() {
         "--app-addr=127.0.0.1:9080",
         "--workload=reviews-v1",
         "--namespace=$(POD_NAMESPACE)",
+        "--service-account=$(SERVICE_ACCOUNT)",
         "--label=app=$(MIXR_LABEL_0)",
         "--label=version=$(MIXR_LABEL_1)",
         "--mixr=mixr.mesh:9091",
