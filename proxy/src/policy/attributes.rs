@@ -37,6 +37,11 @@ pub fn inbound<'a>(
         ("destination.namespace", s(&identity.namespace)),
         ("destination.labels", Value::StringMap(MapVal::Borrowed(labels))),
         ("destination.service.host", s(authority.split(':').next().unwrap_or(authority))),
+        // The service this workload backs, as Kubernetes services select pods by `app`:
+        // what Kiali's graph and Istio's dashboards group by (destination_service_name,
+        // destination_service_namespace), whatever address the caller used.
+        ("destination.service.name", s(backed_service(identity, authority))),
+        ("destination.service.namespace", s(&identity.namespace)),
         ("request.method", s(method)),
         ("request.path", s(path)),
         ("request.url_path", s(path.split('?').next().unwrap_or(path))),
@@ -73,6 +78,27 @@ pub fn inbound<'a>(
         attrs.push(("request.query_params", Value::StringMap(MapVal::from(StringMap::new(params)))));
     }
     attrs
+}
+
+/// The service a workload backs: its `app` label, else the name the caller used.
+fn backed_service<'a>(identity: &'a Identity, authority: &'a str) -> &'a str {
+    match identity.labels.iter().find(|(k, _)| k == "app") {
+        Some((_, app)) => app,
+        None => crate::route::service_name(authority),
+    }
+}
+
+/// The service an outbound request names and its namespace: `reviews.prod.svc...` is
+/// `reviews` in `prod`; a short name (`reviews`) resolves in the caller's own namespace,
+/// as Kubernetes DNS resolves it. An IP address names no service.
+fn named_service<'a>(authority: &'a str, own_namespace: &'a str) -> Option<(&'a str, &'a str)> {
+    let host = authority.split(':').next().unwrap_or(authority);
+    if authority.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let mut labels = host.split('.');
+    let name = labels.next().filter(|n| !n.is_empty())?;
+    Some((name, labels.next().unwrap_or(own_namespace)))
 }
 
 /// This workload's labels as the `destination.labels` map.
@@ -136,7 +162,7 @@ pub fn outbound<'a>(
     authority: &'a str,
 ) -> Vec<(&'static str, Value<'a>)> {
     let s = |v: &'a str| Value::String(Cow::Borrowed(v));
-    vec![
+    let mut attrs = vec![
         ("source.workload.name", s(&identity.workload)),
         ("source.workload.namespace", s(&identity.namespace)),
         (
@@ -152,7 +178,12 @@ pub fn outbound<'a>(
         ("request.time", now()),
         ("context.protocol", s("http")),
         ("context.reporter.kind", s("outbound")),
-    ]
+    ];
+    if let Some((name, namespace)) = named_service(authority, &identity.namespace) {
+        attrs.push(("destination.service.name", s(name)));
+        attrs.push(("destination.service.namespace", s(namespace)));
+    }
+    attrs
 }
 
 #[cfg(test)]
@@ -171,5 +202,18 @@ mod tests {
         assert_eq!(get("source.workload.name").as_deref(), Some("reviews-v2"));
         assert_eq!(get("source.labels").as_deref(), Some("app:reviews"));
         assert!(peer_attributes("not base64!").is_empty());
+    }
+
+    #[test]
+    fn outbound_names_the_service_and_its_namespace() {
+        let id = Identity { workload: "productpage-v1".into(), namespace: "default".into(), labels: vec![] };
+        let get = |authority: &str, name: &str| {
+            outbound(&id, "GET", "/", authority).iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_text())
+        };
+        assert_eq!(get("reviews:9080", "destination.service.name").as_deref(), Some("reviews"));
+        assert_eq!(get("reviews:9080", "destination.service.namespace").as_deref(), Some("default"));
+        assert_eq!(get("ratings.prod.svc.cluster.local", "destination.service.namespace").as_deref(), Some("prod"));
+        assert_eq!(get("10.0.0.7:9080", "destination.service.name"), None);
+        assert_eq!(get("[::1]:9080", "destination.service.name"), None);
     }
 }
