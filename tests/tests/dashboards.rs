@@ -287,6 +287,9 @@ async fn istio_and_mixr_dashboards_show_bookinfo() {
 
     let topo =
         Topology::start(&mixr_e2e::binary("mixr"), &mixr_e2e::binary("mixr-proxy"), Options::default()).await.unwrap();
+    // Sidecars name themselves to callers in the mesh only.
+    let resp = reqwest::get(topo.productpage()).await.unwrap();
+    assert!(resp.headers().get("x-istio-attributes").is_none(), "{:?}", resp.headers());
     let workloads = ["productpage-v1", "details-v1", "reviews-v1", "reviews-v2", "reviews-v3", "ratings-v1"];
     let sidecars: Vec<String> = workloads.iter().map(|w| topo.stats_addr(w).unwrap().to_string()).collect();
     let prom = start_prometheus(&topo.mixr_monitoring, &sidecars);

@@ -154,6 +154,27 @@ pub fn peer_attributes(header: &str) -> Vec<(&'static str, Value<'static>)> {
     PEER_ATTRIBUTES.iter().filter_map(|name| bag.get(name).map(|v| (*name, v.clone().into_owned()))).collect()
 }
 
+/// The callee's identity from the `x-istio-attributes` its sidecar puts on the response
+/// (the same value it sends as a caller), as the destination attributes of the caller's
+/// Report: Istio's source-side telemetry names the destination workload, app and version
+/// (Kiali's graph draws its edges from them), which only the callee knows.
+pub fn callee_attributes(header: &str) -> Vec<(&'static str, Value<'static>)> {
+    peer_attributes(header)
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let name = match name {
+                "source.workload.name" => "destination.workload.name",
+                "source.workload.namespace" => "destination.workload.namespace",
+                "source.namespace" => "destination.namespace",
+                "source.labels" => "destination.labels",
+                "source.uid" => "destination.uid",
+                _ => return None,
+            };
+            Some((name, v))
+        })
+        .collect()
+}
+
 /// Attributes of an outbound request from this workload (for its Report).
 pub fn outbound<'a>(
     identity: &'a Identity,
@@ -202,6 +223,21 @@ mod tests {
         assert_eq!(get("source.workload.name").as_deref(), Some("reviews-v2"));
         assert_eq!(get("source.labels").as_deref(), Some("app:reviews"));
         assert!(peer_attributes("not base64!").is_empty());
+    }
+
+    #[test]
+    fn a_response_names_the_callee() {
+        let id = Identity {
+            workload: "ratings-v1".into(),
+            namespace: "default".into(),
+            labels: vec![("app".into(), "ratings".into()), ("version".into(), "v1".into())],
+        };
+        let attrs = callee_attributes(&identity_header(&id));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_text());
+        assert_eq!(get("destination.workload.name").as_deref(), Some("ratings-v1"));
+        assert_eq!(get("destination.workload.namespace").as_deref(), Some("default"));
+        assert_eq!(get("destination.labels").as_deref(), Some("app:ratings,version:v1"));
+        assert!(attrs.iter().all(|(k, _)| k.starts_with("destination.")), "{attrs:?}");
     }
 
     #[test]
