@@ -332,6 +332,8 @@ async fn istio_and_mixr_dashboards_show_bookinfo() {
     .unwrap();
     assert!(aborted.iter().any(|s| value_of(s) > 0.0), "no 500 from the abort fault: {aborted:?}");
 
+    plot(prom.web);
+
     // Kiali draws Bookinfo's edges from its graph queries' series.
     for edges in &fixture.edges {
         let q = fixture.queries.iter().find(|q| q.panel == edges.query).unwrap();
@@ -340,5 +342,30 @@ async fn istio_and_mixr_dashboards_show_bookinfo() {
             let found = series.iter().any(|s| want.iter().all(|(k, v)| s["metric"][k] == v.as_str()));
             assert!(found, "Kiali's {}: no edge {want:?} among\n{}", edges.query, Value::Array(series.clone()));
         }
+    }
+}
+
+/// Draws mixr's dashboard from this Prometheus (deploy/grafana/plot_dashboard.py), so the
+/// script that makes docs/img/mixr-dashboard.svg keeps working;
+/// `MIXR_DASHBOARD_PLOT=docs/img/mixr-dashboard.svg` keeps the picture.
+fn plot(web: std::net::SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mixr-dashboard.svg");
+    let run = Command::new("python3")
+        .arg(repo("deploy/grafana/plot_dashboard.py"))
+        .arg(format!("http://{web}"))
+        .arg(&out)
+        .args(["--minutes", "1"])
+        .output();
+    let Ok(run) = run else {
+        eprintln!("python3 not installed: the dashboard picture was not drawn");
+        return;
+    };
+    assert!(run.status.success(), "plot_dashboard.py: {}", String::from_utf8_lossy(&run.stderr));
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert!(!svg.contains("no data"), "a main panel has nothing to draw:\n{svg}");
+    assert!(svg.matches("<polyline").count() >= 9, "{svg}");
+    if let Ok(keep) = std::env::var("MIXR_DASHBOARD_PLOT") {
+        std::fs::copy(&out, keep).unwrap();
     }
 }
