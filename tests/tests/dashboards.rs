@@ -26,8 +26,19 @@ enum Expect {
 #[derive(Debug, Deserialize)]
 struct IstioFixture {
     variables: BTreeMap<String, String>,
+    templating: Vec<Templating>,
     edges: Vec<Edges>,
     queries: Vec<FixtureQuery>,
+}
+
+/// A dashboard's templating variable: the values Grafana offers come from `query`.
+#[derive(Debug, Deserialize)]
+struct Templating {
+    dashboard: String,
+    variable: String,
+    query: String,
+    /// The labels its regex takes the value from.
+    labels: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +163,9 @@ fn fixtures_name_their_variables_and_match_the_dashboard() {
             "{dashboard}: no query that must return data"
         );
     }
+    for t in &fixture.templating {
+        assert!(fixture.variables.contains_key(&t.variable), "{}: no value for ${}", t.dashboard, t.variable);
+    }
     for e in &fixture.edges {
         assert!(fixture.queries.iter().any(|q| q.panel == e.query), "edges name an unknown query {}", e.query);
     }
@@ -215,6 +229,22 @@ async fn query(web: std::net::SocketAddr, expr: &str) -> Result<Vec<Value>, Stri
         return Err(format!("{}: {}", body["errorType"], body["error"]));
     }
     Ok(body["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// The values Grafana would offer for `variable`: label_values(L) asks Prometheus for
+/// the label's values; a query's series give theirs.
+async fn variable_values(
+    web: std::net::SocketAddr,
+    t: &Templating,
+    variables: &BTreeMap<String, String>,
+) -> Vec<String> {
+    if let Some(label) = t.query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')) {
+        let url = format!("http://{web}/api/v1/label/{label}/values");
+        let body: Value = serde_json::from_str(&reqwest::get(url).await.unwrap().text().await.unwrap()).unwrap();
+        return body["data"].as_array().unwrap().iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    }
+    let series = query(web, &substitute(&t.query, variables)).await.unwrap_or_default();
+    series.iter().flat_map(|s| t.labels.iter().filter_map(|l| s["metric"][l].as_str().map(str::to_string))).collect()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
@@ -333,6 +363,13 @@ async fn istio_and_mixr_dashboards_show_bookinfo() {
     assert!(aborted.iter().any(|s| value_of(s) > 0.0), "no 500 from the abort fault: {aborted:?}");
 
     plot(prom.web);
+
+    // Grafana offers Bookinfo's values in each dashboard's variables.
+    for t in &fixture.templating {
+        let values = variable_values(prom.web, t, &fixture.variables).await;
+        let want = &fixture.variables[&t.variable];
+        assert!(values.contains(want), "{} ${}: {want} is not among {values:?}", t.dashboard, t.variable);
+    }
 
     // Kiali draws Bookinfo's edges from its graph queries' series.
     for edges in &fixture.edges {
