@@ -210,13 +210,23 @@ impl Proxy {
         // The destination service the request goes to, for the stats: the route's, until
         // a destination of a split is chosen.
         let mut service = route.route.first().map_or(UNKNOWN, |d| d.destination.host.as_str());
-        let resp = self
+        let mut resp = self
             .outbound_route(worker, req, (route_id, route), &tables, (authority, path, scheme), peer, &mut service)
             .await;
+        // The callee's sidecar names itself on the response; it is for us, not the app.
+        let callee = resp.headers_mut().remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
         self.observe(worker, Direction::Outbound, service, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
-            let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, authority);
-            self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
+            let mut attrs = crate::policy::reports::owned(crate::policy::attributes::outbound(
+                &self.identity,
+                method.as_str(),
+                path,
+                authority,
+            ));
+            if let Some(v) = callee.as_ref().and_then(|v| v.to_str().ok()) {
+                attrs.extend(crate::policy::attributes::callee_attributes(v));
+            }
+            self.report(worker, Some((attrs, traceparent)), &resp, started);
         }
         resp
     }

@@ -260,7 +260,9 @@ impl Proxy {
                 labels: &self.identity.labels,
             };
             if let crate::authz::Decision::Deny(by) = tables.authz.decide(&facts) {
-                return self.authz_denied(worker, &parts, peer, authority, &headers, &by, started);
+                let mut resp = self.authz_denied(worker, &parts, peer, authority, &headers, &by, started);
+                self.name_callee(&mut resp, peer_identity.is_some());
+                return resp;
             }
         }
         drop(tables);
@@ -305,6 +307,7 @@ impl Proxy {
                             resp.headers_mut().insert(k, v);
                         }
                     }
+                    self.name_callee(&mut resp, peer_identity.is_some());
                     self.observe(
                         worker,
                         Direction::Inbound,
@@ -341,6 +344,7 @@ impl Proxy {
             }
         };
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
+        self.name_callee(&mut resp, peer_identity.is_some());
         self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
         self.report(worker, report, &resp, started);
         resp
@@ -393,6 +397,18 @@ impl Proxy {
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
         }
         resp
+    }
+
+    /// Names this workload on an inbound response to a caller that named itself (a
+    /// sidecar in the mesh), as it names itself on its outbound requests, so the caller's
+    /// sidecar reports who answered. Callers outside the mesh learn nothing, and an app's
+    /// own header of that name never passes: only the sidecar speaks for the workload.
+    fn name_callee<B>(&self, resp: &mut Response<B>, caller_in_mesh: bool) {
+        let headers = resp.headers_mut();
+        headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
+        if caller_in_mesh && self.policy.is_some() {
+            headers.insert(crate::policy::attributes::ISTIO_ATTRIBUTES, self.identity_header.clone());
+        }
     }
 
     /// Queues a Report of this request and its response; never waits.

@@ -291,3 +291,38 @@ fn rust_sources(dir: &Path) -> String {
     }
     all
 }
+
+/// Grafana's provisioning, read as Grafana would: its datasource is compose's Prometheus,
+/// and its dashboard provider reads the directory compose mounts mixr's dashboard into.
+#[test]
+fn grafana_is_provisioned_with_prometheus_and_the_mixr_dashboard() {
+    let compose = compose();
+    let grafana = service(&compose, "grafana");
+    let (provisioning, read_only) =
+        mount(grafana, "/etc/grafana/provisioning").expect("grafana mounts its provisioning directory");
+    assert!(read_only, "{provisioning}");
+    let provisioning = repo().join(provisioning.trim_start_matches("./"));
+    let read =
+        |p: &str| -> Yaml { yaml_serde::from_str(&std::fs::read_to_string(provisioning.join(p)).unwrap()).unwrap() };
+
+    let datasources = read("datasources/prometheus.yaml");
+    let ds = &datasources["datasources"][0];
+    // Istio's dashboards ask for a datasource named Prometheus.
+    assert_eq!(ds["name"].as_str(), Some("Prometheus"));
+    assert_eq!(ds["type"].as_str(), Some("prometheus"));
+    let url = ds["url"].as_str().unwrap();
+    let (host, port) = url.strip_prefix("http://").and_then(|h| h.split_once(':')).expect("http://HOST:PORT");
+    let prometheus = service(&compose, "prometheus");
+    assert_eq!(host, "prometheus");
+    assert!(strings(&prometheus["ports"]).iter().any(|p| p.ends_with(&format!(":{port}"))), "{url}");
+
+    let providers = read("dashboards/mixr.yaml");
+    let dir = providers["providers"][0]["options"]["path"].as_str().unwrap();
+    let (dashboard, _) =
+        mount(grafana, &format!("{dir}/mixr.json")).expect("mixr.json is mounted where the provider looks");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join(dashboard.trim_start_matches("./"))).unwrap())
+            .expect("the dashboard is JSON");
+    assert_eq!(json["uid"], "mixr");
+    assert!(strings(&grafana["depends_on"]).contains(&"prometheus".to_string()));
+}

@@ -37,6 +37,11 @@ pub fn inbound<'a>(
         ("destination.namespace", s(&identity.namespace)),
         ("destination.labels", Value::StringMap(MapVal::Borrowed(labels))),
         ("destination.service.host", s(authority.split(':').next().unwrap_or(authority))),
+        // The service this workload backs, as Kubernetes services select pods by `app`:
+        // what Kiali's graph and Istio's dashboards group by (destination_service_name,
+        // destination_service_namespace), whatever address the caller used.
+        ("destination.service.name", s(backed_service(identity, authority))),
+        ("destination.service.namespace", s(&identity.namespace)),
         ("request.method", s(method)),
         ("request.path", s(path)),
         ("request.url_path", s(path.split('?').next().unwrap_or(path))),
@@ -73,6 +78,27 @@ pub fn inbound<'a>(
         attrs.push(("request.query_params", Value::StringMap(MapVal::from(StringMap::new(params)))));
     }
     attrs
+}
+
+/// The service a workload backs: its `app` label, else the name the caller used.
+fn backed_service<'a>(identity: &'a Identity, authority: &'a str) -> &'a str {
+    match identity.labels.iter().find(|(k, _)| k == "app") {
+        Some((_, app)) => app,
+        None => crate::route::service_name(authority),
+    }
+}
+
+/// The service an outbound request names and its namespace: `reviews.prod.svc...` is
+/// `reviews` in `prod`; a short name (`reviews`) resolves in the caller's own namespace,
+/// as Kubernetes DNS resolves it. An IP address names no service.
+fn named_service<'a>(authority: &'a str, own_namespace: &'a str) -> Option<(&'a str, &'a str)> {
+    let host = authority.split(':').next().unwrap_or(authority);
+    if authority.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let mut labels = host.split('.');
+    let name = labels.next().filter(|n| !n.is_empty())?;
+    Some((name, labels.next().unwrap_or(own_namespace)))
 }
 
 /// This workload's labels as the `destination.labels` map.
@@ -128,6 +154,27 @@ pub fn peer_attributes(header: &str) -> Vec<(&'static str, Value<'static>)> {
     PEER_ATTRIBUTES.iter().filter_map(|name| bag.get(name).map(|v| (*name, v.clone().into_owned()))).collect()
 }
 
+/// The callee's identity from the `x-istio-attributes` its sidecar puts on the response
+/// (the same value it sends as a caller), as the destination attributes of the caller's
+/// Report: Istio's source-side telemetry names the destination workload, app and version
+/// (Kiali's graph draws its edges from them), which only the callee knows.
+pub fn callee_attributes(header: &str) -> Vec<(&'static str, Value<'static>)> {
+    peer_attributes(header)
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let name = match name {
+                "source.workload.name" => "destination.workload.name",
+                "source.workload.namespace" => "destination.workload.namespace",
+                "source.namespace" => "destination.namespace",
+                "source.labels" => "destination.labels",
+                "source.uid" => "destination.uid",
+                _ => return None,
+            };
+            Some((name, v))
+        })
+        .collect()
+}
+
 /// Attributes of an outbound request from this workload (for its Report).
 pub fn outbound<'a>(
     identity: &'a Identity,
@@ -136,7 +183,7 @@ pub fn outbound<'a>(
     authority: &'a str,
 ) -> Vec<(&'static str, Value<'a>)> {
     let s = |v: &'a str| Value::String(Cow::Borrowed(v));
-    vec![
+    let mut attrs = vec![
         ("source.workload.name", s(&identity.workload)),
         ("source.workload.namespace", s(&identity.namespace)),
         (
@@ -152,7 +199,12 @@ pub fn outbound<'a>(
         ("request.time", now()),
         ("context.protocol", s("http")),
         ("context.reporter.kind", s("outbound")),
-    ]
+    ];
+    if let Some((name, namespace)) = named_service(authority, &identity.namespace) {
+        attrs.push(("destination.service.name", s(name)));
+        attrs.push(("destination.service.namespace", s(namespace)));
+    }
+    attrs
 }
 
 #[cfg(test)]
@@ -171,5 +223,33 @@ mod tests {
         assert_eq!(get("source.workload.name").as_deref(), Some("reviews-v2"));
         assert_eq!(get("source.labels").as_deref(), Some("app:reviews"));
         assert!(peer_attributes("not base64!").is_empty());
+    }
+
+    #[test]
+    fn a_response_names_the_callee() {
+        let id = Identity {
+            workload: "ratings-v1".into(),
+            namespace: "default".into(),
+            labels: vec![("app".into(), "ratings".into()), ("version".into(), "v1".into())],
+        };
+        let attrs = callee_attributes(&identity_header(&id));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_text());
+        assert_eq!(get("destination.workload.name").as_deref(), Some("ratings-v1"));
+        assert_eq!(get("destination.workload.namespace").as_deref(), Some("default"));
+        assert_eq!(get("destination.labels").as_deref(), Some("app:ratings,version:v1"));
+        assert!(attrs.iter().all(|(k, _)| k.starts_with("destination.")), "{attrs:?}");
+    }
+
+    #[test]
+    fn outbound_names_the_service_and_its_namespace() {
+        let id = Identity { workload: "productpage-v1".into(), namespace: "default".into(), labels: vec![] };
+        let get = |authority: &str, name: &str| {
+            outbound(&id, "GET", "/", authority).iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_text())
+        };
+        assert_eq!(get("reviews:9080", "destination.service.name").as_deref(), Some("reviews"));
+        assert_eq!(get("reviews:9080", "destination.service.namespace").as_deref(), Some("default"));
+        assert_eq!(get("ratings.prod.svc.cluster.local", "destination.service.namespace").as_deref(), Some("prod"));
+        assert_eq!(get("10.0.0.7:9080", "destination.service.name"), None);
+        assert_eq!(get("[::1]:9080", "destination.service.name"), None);
     }
 }
