@@ -2,7 +2,7 @@
 # User-space instructions per proxied HTTP/1.1 request, counted by callgrind: unlike
 # requests/s, the count repeats from run to run whatever else the machine does. For
 # mixr-proxy (outbound routing, inbound, inbound with policy answered from the check
-# cache) and nginx (one worker, keep-alive upstream), each serving 2,000 and then 12,000
+# cache, the same with Reports to mixr) and nginx (one worker, keep-alive upstream), each serving 2,000 and then 12,000
 # requests from h2load (8 connections); the difference over 10,000 leaves start-up out.
 # Kernel work (the same system calls for both) and waiting are not counted.
 #
@@ -67,8 +67,11 @@ inbound=$(per_request http://127.0.0.1:18482/ TERM "${proxy[@]}")
   --config "$WORK/empty.yaml" &
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/18483) 2>/dev/null && break; sleep 0.1; done
 policy=$(per_request http://127.0.0.1:18482/ TERM "${proxy[@]}" --mixr 127.0.0.1:18483 --disable-report-calls)
+telemetry=$(per_request http://127.0.0.1:18482/ TERM "${proxy[@]}" --mixr 127.0.0.1:18483)
 printf '%-20s %8s %8s\n' target instr/req "x nginx"
 printf '%-20s %8d %8.2f\n' nginx "$nginx" 1
 printf '%-20s %8d %8.2f\n' "mixr-proxy routing" "$routing" "$(echo "$routing / $nginx" | bc -l)"
 printf '%-20s %8d %8.2f\n' "mixr-proxy inbound" "$inbound" "$(echo "$inbound / $nginx" | bc -l)"
 printf '%-20s %8d %8.2f\n' "+ policy, cache hit" "$policy" "$(echo "$policy / $nginx" | bc -l)"
+printf '%-20s %8d %8.2f  (%.2fx policy alone)\n' "+ reports" "$telemetry" "$(echo "$telemetry / $nginx" | bc -l)" \
+  "$(echo "$telemetry / $policy" | bc -l)"
