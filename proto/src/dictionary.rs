@@ -1,6 +1,6 @@
 //! Istio's global dictionary: word index `i >= 0` on the wire means `GLOBAL_WORDS[i]`.
 
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 use std::sync::OnceLock;
 
 include!(concat!(env!("OUT_DIR"), "/global_words.rs"));
@@ -12,12 +12,14 @@ pub fn words() -> &'static [&'static str] {
 
 /// Index of `word` in the global dictionary, if it is there.
 pub fn index_of(word: &str) -> Option<i32> {
-    static INDEX: OnceLock<HashMap<&'static str, i32>> = OnceLock::new();
+    // Every attribute name and many values of every Report entry come through here; the
+    // table is fixed, so a fast hash is safe.
+    static INDEX: OnceLock<FastMap<&'static str, i32>> = OnceLock::new();
     INDEX
         .get_or_init(|| {
             // Istio's list holds "0", "1" and "200" twice (quoted and unquoted YAML); the first
             // position wins, as in Istio's own encoder.
-            let mut index = HashMap::with_capacity(GLOBAL_WORDS.len());
+            let mut index = FastMap::with_capacity_and_hasher(GLOBAL_WORDS.len(), Default::default());
             for (i, w) in GLOBAL_WORDS.iter().enumerate() {
                 index.entry(*w).or_insert(i as i32);
             }

@@ -11,9 +11,10 @@
 //! - [`ENVOY_FILE_DESCRIPTOR_SET`]: descriptors of Envoy's ext_authz and rate-limit APIs
 //!   for reflection (the code is envoy-types').
 //! - [`dictionary`]: Istio's global word list used for attribute compression, compiled in
-//!   from `global_dictionary.yaml` in its exact order.
+//!   from `global_dictionary.yaml` in its exact order, looked up through [`fasthash`].
 
 pub mod dictionary;
+pub mod fasthash;
 
 #[allow(clippy::all, missing_docs)]
 pub mod google {

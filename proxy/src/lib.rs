@@ -31,7 +31,7 @@ pub mod capture;
 pub mod certs;
 pub mod cli;
 pub mod config;
-pub mod fasthash;
+pub use mixr_proto::fasthash;
 pub mod forward;
 pub mod http1;
 pub mod identity;

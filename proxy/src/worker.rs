@@ -33,8 +33,12 @@ impl Worker {
         pool.start_sweeper();
         let mixr = proxy.policy.as_ref().map(|p| MixerClient::new(p.endpoint.connect_lazy()));
         let reports = proxy.policy.as_ref().is_some_and(|p| p.reports());
-        let reporter =
-            mixr.clone().filter(|_| reports).map(|c| Reporter::start(c, proxy.stats.reports_dropped.clone()));
+        // Reports get a connection of their own: a batch on the wire never delays a Check.
+        let reporter = proxy
+            .policy
+            .as_ref()
+            .filter(|_| reports)
+            .map(|p| Reporter::start(p.endpoint.connect_lazy(), proxy.stats.reports_dropped.clone()));
         Worker { pool, mixr, reporter, metrics: Default::default() }
     }
 }

@@ -1,15 +1,20 @@
 //! Reports, batched as Istio's sidecar did (100 entries or 1 s after the first), sent in the
 //! background so no response waits; a bounded buffer counts what it drops; flushed on
 //! graceful shutdown.
+//!
+//! A batch is encoded straight to the wire (`Encoder::encode_wire`) and sent as those
+//! bytes: building prost's map-based messages and encoding them again had cost more than
+//! proxying the request (callgrind, `bench/scripts/proxy-instructions.sh`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mixr_proto::istio::mixer::v1::ReportRequest;
-use mixr_proto::istio::mixer::v1::mixer_client::MixerClient;
+use bytes::Bytes;
+use mixr_proto::istio::mixer::v1::ReportResponse;
 use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
 use mixr_rules::bag::Encoder;
+use mixr_rules::bag::encode::wire;
 use mixr_rules::value::OwnedValue;
 use prometheus::IntCounter;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -47,8 +52,39 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// A message already encoded (a whole `ReportRequest`), sent as it is.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Encoded(Bytes);
+
+impl prost::Message for Encoded {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever sent, never read.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+const REPORT_PATH: &str = "/istio.mixer.v1.Mixer/Report";
+
 impl Reporter {
-    pub fn start(client: MixerClient<Channel>, dropped: IntCounter) -> Reporter {
+    pub fn start(client: Channel, dropped: IntCounter) -> Reporter {
         let (tx, rx) = mpsc::channel(BUFFER);
         tokio::spawn(run(client, rx));
         Reporter { tx, dropped }
@@ -79,31 +115,41 @@ struct Batch {
 }
 
 /// Sends one batch in the background, waiting only while `IN_FLIGHT` are already out.
-async fn send(client: &MixerClient<Channel>, pending: &mut Batch, state: &Arc<Sender>) {
+async fn send(client: &Channel, pending: &mut Batch, state: &Arc<Sender>) {
     let batch = &mut pending.entries;
     if batch.is_empty() {
         return;
     }
     let traceparent = pending.traceparent.take();
     let mut enc = Encoder::new();
-    let attributes = batch.iter().map(|e| enc.encode(e.iter().map(|(n, v)| (*n, v)))).collect();
-    let req = ReportRequest {
-        attributes,
-        default_words: enc.into_words(),
-        global_word_count: Encoder::global_word_count(),
-        repeated_attributes_semantics: RepeatedAttributesSemantics::IndependentEncoding as i32,
-    };
+    let mut wired = Vec::with_capacity(batch.len());
+    for entry in batch.iter() {
+        let mut out = Vec::with_capacity(256);
+        enc.encode_wire(entry.iter().map(|(n, v)| (*n, v)), &mut out);
+        wired.push(out);
+    }
+    let body = wire::report_request(
+        &wired,
+        &enc.into_words(),
+        Encoder::global_word_count(),
+        RepeatedAttributesSemantics::IndependentEncoding as i32,
+    );
     batch.clear();
     let Ok(permit) = state.slots.clone().acquire_owned().await else { return };
-    let mut client = client.clone();
+    let mut grpc = tonic::client::Grpc::new(client.clone());
     let state = state.clone();
     tokio::spawn(async move {
         // Reports are not retried (as in Istio); a failure is logged once per streak.
-        let mut call = tonic::Request::new(req);
+        let mut call = tonic::Request::new(Encoded(body.into()));
         if let Some(tp) = traceparent.and_then(|t| t.parse().ok()) {
             call.metadata_mut().insert("traceparent", tp);
         }
-        match tokio::time::timeout(Duration::from_secs(5), client.report(call)).await {
+        let report = async {
+            grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let codec = tonic_prost::ProstCodec::<Encoded, ReportResponse>::default();
+            grpc.unary(call, tonic::codegen::http::uri::PathAndQuery::from_static(REPORT_PATH), codec).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), report).await {
             Ok(Ok(_)) => state.failing.store(false, Ordering::Relaxed),
             other => {
                 if !state.failing.swap(true, Ordering::Relaxed) {
@@ -127,7 +173,7 @@ impl Sender {
     }
 }
 
-async fn run(client: MixerClient<Channel>, mut rx: mpsc::Receiver<Msg>) {
+async fn run(client: Channel, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Batch::default();
     let state = Arc::new(Sender { slots: Arc::new(Semaphore::new(IN_FLIGHT)), failing: AtomicBool::new(false) });
     loop {

@@ -12,7 +12,9 @@ use crate::value::Value;
 /// entries (`default_words`).
 #[derive(Debug, Default)]
 pub struct Encoder {
-    words: Vec<String>,
+    /// The message's own words, by their (negative) index. SipHash stays: these words come
+    /// from callers (paths, header values), and a table they could flood with colliding
+    /// keys would cost every request in the batch.
     local: HashMap<String, i32>,
 }
 
@@ -33,8 +35,7 @@ impl Encoder {
         if let Some(&i) = self.local.get(w) {
             return i;
         }
-        self.words.push(w.to_string());
-        let i = -(self.words.len() as i32);
+        let i = -(self.local.len() as i32) - 1;
         self.local.insert(w.to_string(), i);
         i
     }
@@ -89,7 +90,143 @@ impl Encoder {
     }
 
     pub fn into_words(self) -> Vec<String> {
-        self.words
+        let mut words: Vec<(i32, String)> = self.local.into_iter().map(|(w, i)| (i, w)).collect();
+        // -1, -2, ...: the word list is in that order.
+        words.sort_unstable_by_key(|(i, _)| -i);
+        words.into_iter().map(|(_, w)| w).collect()
+    }
+
+    /// Encodes attributes straight to the wire form of a `CompressedAttributes` message
+    /// (its fields, without a length prefix), sharing this encoder's words as
+    /// [`Encoder::encode`] does. For Reports: no maps are built and nothing is hashed
+    /// but the words, which is most of what encoding a batch cost.
+    pub fn encode_wire<'v>(&mut self, attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>, out: &mut Vec<u8>) {
+        for (name, value) in attrs {
+            let k = self.word(name);
+            match value {
+                Value::String(s) => {
+                    let v = self.word(s);
+                    wire::map_entry(out, 2, k, |e| wire::sint32_field(e, 2, v));
+                }
+                Value::Int64(v) => wire::map_entry(out, 3, k, |e| wire::varint_field(e, 2, *v as u64)),
+                Value::Double(v) => wire::map_entry(out, 4, k, |e| wire::double_field(e, 2, *v)),
+                Value::Bool(v) => wire::map_entry(out, 5, k, |e| wire::varint_field(e, 2, u64::from(*v))),
+                Value::Timestamp(t) => wire::map_entry(out, 6, k, |e| wire::time_field(e, 2, t.seconds, t.nanos)),
+                Value::Duration(d) => wire::map_entry(out, 7, k, |e| wire::time_field(e, 2, d.seconds, d.nanos)),
+                Value::Bytes(b) => wire::map_entry(out, 8, k, |e| wire::bytes_field(e, 2, b)),
+                Value::StringMap(m) => {
+                    let pairs: Vec<(i32, i32)> = m.iter().map(|(mk, mv)| (self.word(mk), self.word(mv))).collect();
+                    wire::map_entry(out, 9, k, |e| {
+                        wire::nested(e, 2, |sm| {
+                            for (a, b) in &pairs {
+                                wire::map_entry(sm, 1, *a, |x| wire::sint32_field(x, 2, *b));
+                            }
+                        })
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Protobuf's wire format, as much of it as `CompressedAttributes` needs. Fields holding
+/// their default value are left out, as proto3 encoders do.
+pub mod wire {
+    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+        varint(out, (u64::from(field) << 3) | u64::from(wire_type));
+    }
+
+    pub fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+        if v != 0 {
+            tag(out, field, 0);
+            varint(out, v);
+        }
+    }
+
+    pub fn sint32_field(out: &mut Vec<u8>, field: u32, v: i32) {
+        varint_field(out, field, u64::from(((v << 1) ^ (v >> 31)) as u32));
+    }
+
+    pub fn double_field(out: &mut Vec<u8>, field: u32, v: f64) {
+        if v.to_bits() != 0 {
+            tag(out, field, 1);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    pub fn bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+        if !b.is_empty() {
+            tag(out, field, 2);
+            varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+    }
+
+    /// A length-delimited field written by `body`: the length is patched in afterwards
+    /// (moving the body when it needs more than one length byte, which is rare here).
+    pub fn nested(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+        tag(out, field, 2);
+        let at = out.len();
+        out.push(0);
+        body(out);
+        let len = out.len() - at - 1;
+        if len < 0x80 {
+            out[at] = len as u8;
+        } else {
+            let mut prefix = Vec::with_capacity(5);
+            varint(&mut prefix, len as u64);
+            out.splice(at..=at, prefix);
+        }
+    }
+
+    /// One entry of a `map<sint32, V>` field: the key, then what `value` writes as field 2.
+    pub fn map_entry(out: &mut Vec<u8>, field: u32, key: i32, value: impl FnOnce(&mut Vec<u8>)) {
+        nested(out, field, |e| {
+            sint32_field(e, 1, key);
+            value(e);
+        });
+    }
+
+    /// A `google.protobuf.Timestamp` or `Duration` as field `field`.
+    pub fn time_field(out: &mut Vec<u8>, field: u32, seconds: i64, nanos: i32) {
+        nested(out, field, |t| {
+            varint_field(t, 1, seconds as u64);
+            varint_field(t, 2, i64::from(nanos) as u64);
+        });
+    }
+
+    /// A `ReportRequest` around attribute messages already on the wire.
+    pub fn report_request(
+        entries: &[Vec<u8>],
+        default_words: &[String],
+        global_word_count: u32,
+        semantics: i32,
+    ) -> Vec<u8> {
+        let size = entries.iter().map(|e| e.len() + 6).sum::<usize>()
+            + default_words.iter().map(|w| w.len() + 3).sum::<usize>()
+            + 16;
+        let mut out = Vec::with_capacity(size);
+        for e in entries {
+            tag(&mut out, 1, 2);
+            varint(&mut out, e.len() as u64);
+            out.extend_from_slice(e);
+        }
+        for w in default_words {
+            tag(&mut out, 2, 2);
+            varint(&mut out, w.len() as u64);
+            out.extend_from_slice(w.as_bytes());
+        }
+        varint_field(&mut out, 3, u64::from(global_word_count));
+        varint_field(&mut out, 4, semantics as u64);
+        out
     }
 }
 
@@ -119,5 +256,53 @@ mod tests {
         for (name, value) in &attrs {
             assert_eq!(bag.get(name), Some(value), "{name}");
         }
+    }
+
+    #[test]
+    fn the_wire_form_is_the_messages_encoding() {
+        use crate::value::{Duration, Timestamp};
+        use mixr_proto::istio::mixer::v1::ReportRequest;
+        use prost::Message;
+        let long = "x".repeat(300);
+        let entries = [
+            vec![
+                ("request.path", Value::String("/reviews/1".into())),
+                ("custom.name", Value::String(long.as_str().into())),
+                ("request.size", Value::Int64(-7)),
+                ("response.code", Value::Int64(0)),
+                ("check.latency", Value::Double(0.25)),
+                ("connection.mtls", Value::Bool(true)),
+                ("quota.cache_hit", Value::Bool(false)),
+                ("request.time", Value::Timestamp(Timestamp { seconds: 1_796_000_000, nanos: 5 })),
+                ("response.duration", Value::Duration(Duration { seconds: -1, nanos: -500 })),
+                ("source.ip", Value::Bytes(vec![10, 0, 0, 1].into())),
+                (
+                    "request.headers",
+                    Value::StringMap(MapVal::from(StringMap::new(vec![
+                        ("x-user".into(), "jason".into()),
+                        (":path".into(), "/reviews/1".into()),
+                    ]))),
+                ),
+            ],
+            vec![("request.path", Value::String("/other".into())), ("custom.name", Value::String("again".into()))],
+        ];
+        let mut by_struct = Encoder::new();
+        let want = ReportRequest {
+            attributes: entries.iter().map(|e| by_struct.encode(e.iter().map(|(n, v)| (*n, v)))).collect(),
+            default_words: by_struct.into_words(),
+            global_word_count: Encoder::global_word_count(),
+            repeated_attributes_semantics: 1,
+        };
+        let mut by_wire = Encoder::new();
+        let wired: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| {
+                let mut out = Vec::new();
+                by_wire.encode_wire(e.iter().map(|(n, v)| (*n, v)), &mut out);
+                out
+            })
+            .collect();
+        let bytes = wire::report_request(&wired, &by_wire.into_words(), Encoder::global_word_count(), 1);
+        assert_eq!(ReportRequest::decode(bytes.as_slice()).unwrap(), want);
     }
 }

@@ -1,5 +1,6 @@
-//! A fast hash for keys the proxy builds itself from config (pool keys, destinations), looked
-//! up on every request. Not for anything a caller controls: it has no defence against
+//! A fast hash for tables whose keys callers do not choose: the global dictionary (fixed at
+//! build time) and the sidecar's pool keys and destinations (from config), looked up on
+//! every request. Not for tables a caller can insert into: it has no defence against
 //! chosen collisions, which SipHash (std's default) has.
 
 use std::hash::{BuildHasherDefault, Hasher};
