@@ -216,7 +216,7 @@ impl Proxy {
 
     /// Sends a routed request on; `service` becomes the destination service it goes to.
     #[allow(clippy::too_many_arguments)]
-    async fn outbound_route<'r>(
+    pub(crate) async fn outbound_route<'r>(
         &self,
         worker: &Worker,
         mut req: Request<ProxyBody>,

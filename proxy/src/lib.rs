@@ -20,6 +20,12 @@
 //!   request spans over OTLP and `traceparent` propagation.
 //! - [`admin`], [`stats`], [`reload`]: the admin and stats ports and hot reload.
 //!
+//! Roles, over that one pipeline: the sidecar's inbound side (`proxy::Proxy::inbound`,
+//! to the local app), its outbound side (`Proxy::outbound`, routed by the mesh's
+//! VirtualServices) and the [`gateway`] (`--role gateway`: Istio's ingress gateway, with
+//! TLS termination, routed by the VirtualServices bound to its Gateways). The gateway
+//! depends on the pipeline's modules; none of them depends on it.
+//!
 //! The crate depends on `mixr-proto`, `mixr-rules` and `mixr-otlp`, never on the server.
 
 pub mod admin;
@@ -28,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod fasthash;
 pub mod forward;
+pub mod gateway;
 pub mod http1;
 pub mod identity;
 pub mod ingress;

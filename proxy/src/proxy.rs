@@ -93,6 +93,18 @@ pub struct Proxy {
     /// `destination_service` of inbound requests' metrics: the service this workload
     /// backs (its `app` label), never a caller's Host.
     inbound_service: String,
+    /// Which VirtualServices this proxy applies: a sidecar's (the mesh's) by default, a
+    /// gateway's (`gateway`) when it runs as one.
+    pub role: Role,
+}
+
+/// What a proxy is to the mesh. Its routes follow: a sidecar applies the VirtualServices
+/// bound to the mesh, a gateway those bound to the Gateways that select its labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Sidecar,
+    Gateway,
 }
 
 impl Proxy {
@@ -149,6 +161,7 @@ impl Proxy {
             inbound_connections: Default::default(),
             outbound_connections: Default::default(),
             inbound_service,
+            role: Role::Sidecar,
         };
         proxy.reload()?;
         Ok(proxy)
@@ -175,7 +188,13 @@ impl Proxy {
             return Err(errors);
         }
         let generation = self.tables.load().generation + 1;
-        let routes = RouteTable::build(&config);
+        let binding = match self.role {
+            Role::Sidecar => crate::route::Binding::Mesh,
+            Role::Gateway => crate::route::Binding::Gateways(
+                config.gateways.iter().filter(|g| g.selects(&self.identity.labels)).map(|g| g.key()).collect(),
+            ),
+        };
+        let routes = RouteTable::build_for(&config, &binding);
         for w in crate::route::analyze::analyze(&config, &routes) {
             tracing::warn!(warning = %w, "traffic config");
         }

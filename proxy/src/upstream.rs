@@ -471,10 +471,14 @@ mod tests {
             Arc::new(Cluster::new("c".into(), ups(1), policy))
         };
         let now = Instant::now();
-        let ejects_after = |c: &Cluster, outcomes: &[Outcome]| outcomes.iter().any(|o| c.record_at(&c.endpoints[0], *o, now));
+        let ejects_after =
+            |c: &Cluster, outcomes: &[Outcome]| outcomes.iter().any(|o| c.record_at(&c.endpoints[0], *o, now));
         let c = load("consecutiveErrors: 2");
         assert!(!ejects_after(&c, &[Outcome::Status(500); 6]), "a 500 is not a gateway error");
-        assert!(!ejects_after(&c, &[Outcome::Status(503), Outcome::Status(500), Outcome::Status(504)]), "a 500 resets it");
+        assert!(
+            !ejects_after(&c, &[Outcome::Status(503), Outcome::Status(500), Outcome::Status(504)]),
+            "a 500 resets it"
+        );
         assert!(ejects_after(&c, &[Outcome::Status(502)]), "504 then 502");
         let c = load("consecutiveErrors: 2");
         assert!(ejects_after(&c, &[Outcome::Failure, Outcome::Status(503)]), "no response counts as a 503");

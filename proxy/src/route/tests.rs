@@ -190,7 +190,10 @@ fn subsets_resolve_to_endpoints_and_policies() {
     assert_eq!(p.load_balancer, LoadBalancer::LeastRequest, "LEAST_CONN is LEAST_REQUEST");
     assert_eq!(p.connection_pool.max_connections, Some(1));
     let od = p.outlier_detection.unwrap();
-    assert_eq!((od.consecutive_5xx_errors, od.consecutive_gateway_errors, od.max_ejection_percent), (None, Some(3), 100));
+    assert_eq!(
+        (od.consecutive_5xx_errors, od.consecutive_gateway_errors, od.max_ejection_percent),
+        (None, Some(3), 100)
+    );
     assert_eq!(t.policy(&d(Some("v2"))).load_balancer, LoadBalancer::Random, "a subset's policy wins");
 }
 
