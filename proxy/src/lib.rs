@@ -15,7 +15,8 @@
 //!   inbound path; [`forward`]: the outbound pipeline (route, redirect, fault, pool limits,
 //!   retries, mirror); [`upgrade`]: WebSocket and other upgrades.
 //! - [`config`], [`route`]: the networking YAML (compiled at load) and the route table;
-//!   [`upstream`]: clusters with load balancing, circuit breaking and outlier detection.
+//!   [`upstream`]: clusters with load balancing, circuit breaking and outlier detection;
+//!   [`dns`]: ServiceEntry names resolved off the request path.
 //! - [`policy`]: attributes, the check cache, quotas and the report batcher; [`trace`]:
 //!   request spans over OTLP and `traceparent` propagation.
 //! - [`admin`], [`stats`], [`reload`]: the admin and stats ports and hot reload.
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod fasthash;
 pub mod forward;
 pub mod gateway;

@@ -65,6 +65,9 @@ pub struct Tables {
     pub config: TrafficConfig,
     pub generation: u64,
     fingerprint: u64,
+    /// Names of `resolution: DNS` ServiceEntries to look up (`dns`), as the files have
+    /// them: `config` holds the addresses found in their place.
+    pub dns_names: Vec<String>,
 }
 
 pub struct Proxy {
@@ -96,6 +99,8 @@ pub struct Proxy {
     /// Which VirtualServices this proxy applies: a sidecar's (the mesh's) by default, a
     /// gateway's (`gateway`) when it runs as one.
     pub role: Role,
+    /// Addresses of the names of `resolution: DNS` ServiceEntries.
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 /// What a proxy is to the mesh. Its routes follow: a sidecar applies the VirtualServices
@@ -116,6 +121,7 @@ impl Proxy {
     ) -> Result<Proxy, Vec<String>> {
         let namespace = identity.namespace.clone();
         let stats = Stats::new();
+        let stats_registry = stats.registry.clone();
         let policy = match mixr {
             Some((addr, options)) => {
                 // QuotaSpecs live beside the traffic rules, in Mixer's config format.
@@ -162,6 +168,7 @@ impl Proxy {
             outbound_connections: Default::default(),
             inbound_service,
             role: Role::Sidecar,
+            dns: Arc::new(crate::dns::Dns::new(&stats_registry, crate::dns::DEFAULT_REFRESH)),
         };
         proxy.reload()?;
         Ok(proxy)
@@ -179,7 +186,7 @@ impl Proxy {
     /// Loads the config again; an invalid one is rejected and the last good one stays.
     pub fn reload(&self) -> Result<u64, Vec<String>> {
         let fingerprint = fingerprint(&self.config_paths);
-        let (config, errors) = load_paths(&self.config_paths, &self.namespace);
+        let (mut config, errors) = load_paths(&self.config_paths, &self.namespace);
         if !errors.is_empty() {
             let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
             for e in &errors {
@@ -188,6 +195,8 @@ impl Proxy {
             return Err(errors);
         }
         let generation = self.tables.load().generation + 1;
+        let dns_names = crate::dns::names(&config);
+        crate::dns::expand(&mut config, &self.dns.resolved.load());
         let binding = match self.role {
             Role::Sidecar => crate::route::Binding::Mesh,
             Role::Gateway => crate::route::Binding::Gateways(
@@ -200,7 +209,15 @@ impl Proxy {
         }
         let clusters = Clusters::default();
         let route_clusters = clusters.resolve(&routes);
-        self.tables.store(Arc::new(Tables { routes, clusters, route_clusters, config, generation, fingerprint }));
+        self.tables.store(Arc::new(Tables {
+            routes,
+            clusters,
+            route_clusters,
+            config,
+            generation,
+            fingerprint,
+            dns_names,
+        }));
         tracing::info!(generation, "traffic config loaded");
         Ok(generation)
     }

@@ -435,3 +435,72 @@ async fn istio_ingress_policies_apply_at_the_gateway() {
     assert_eq!(a.status, 403, "the client certificate's identity is source.principal: {}", a.body);
     assert_eq!(productpage.hits(), hits + 2, "denied requests never reach the service");
 }
+
+#[tokio::test]
+async fn dns_service_entries_are_resolved_and_failures_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = backend::start("external").await;
+    let port = app.port();
+    let config = format!(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: external}}
+spec:
+  hosts: [external.example.com]
+  ports: [{{number: 80, name: http}}]
+  resolution: DNS
+  endpoints: [{{address: localhost, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: nowhere}}
+spec:
+  hosts: [nowhere.invalid]
+  ports: [{{number: {port}, name: http}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: external}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - match: [{{uri: {{prefix: /nowhere}}}}]
+    route: [{{destination: {{host: nowhere.invalid}}}}]
+  - route: [{{destination: {{host: external.example.com}}}}]
+"#
+    );
+    std::fs::write(dir.path().join("dns.yaml"), config).unwrap();
+    let gw = MixrGateway::start(&[dir.path()], &[80], &["-l", "istio=ingressgateway"]);
+    let http = gw.addr(80);
+    // The name is looked up off the request path, and the config loaded again with its
+    // address: generations 1 and 2 are the start's (sidecar, then gateway role), 3 the lookup's.
+    let resolved = eventually(Duration::from_secs(10), || async {
+        let dump = reqwest::get(format!("http://{}/config_dump", gw.admin)).await.unwrap().text().await.unwrap();
+        serde_json::from_str::<serde_json::Value>(&dump).unwrap()["generation"] == 3
+    })
+    .await;
+    let (code, body) = http_get(http, "external.example.com", "/x", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("external path=/x"), "{body}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gw.metrics().await.contains("mixr_proxy_dns_failures_total{host=\"nowhere.invalid\"}")
+        })
+        .await,
+        "{}",
+        gw.metrics().await
+    );
+    assert_ne!(http_get(http, "external.example.com", "/nowhere", &[]).await.0, 200);
+    let dump = reqwest::get(format!("http://{}/config_dump", gw.admin)).await.unwrap().text().await.unwrap();
+    assert!(resolved, "{dump}");
+}

@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// from the right (Envoy's xff_num_trusted_hops); 0: the peer is the client.
     #[arg(long, default_value = "0")]
     trusted_hops: usize,
+    /// How often the names of `resolution: DNS` ServiceEntries are looked up again, in
+    /// seconds (held between 5 and 300: the system resolver gives no TTLs).
+    #[arg(long, default_value_t = crate::dns::DEFAULT_REFRESH.as_secs())]
+    dns_refresh_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,6 +198,9 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
         .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
     proxy.limits = limits;
     proxy.ingress = crate::ingress::Options { normalize_path: !cli.no_normalize_path };
+    if let Some(dns) = Arc::get_mut(&mut proxy.dns) {
+        dns.set_refresh(std::time::Duration::from_secs(cli.dns_refresh_secs));
+    }
     if let Some(endpoint) = &cli.otlp_endpoint {
         if !(0.0..=1.0).contains(&cli.trace_sampling) {
             return Err(format!("--trace-sampling {}: expected a number from 0 to 1", cli.trace_sampling));
@@ -222,6 +229,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     }
     let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
+    tokio::spawn(crate::reload::resolve(proxy.clone(), rx.clone()));
     let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
     tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
@@ -247,6 +255,7 @@ async fn run_gateway(cli: RunArgs, proxy: Arc<Proxy>, workers: usize) -> Result<
     let gateway = crate::gateway::Gateway::new(proxy.clone(), options);
     let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
+    tokio::spawn(crate::reload::resolve(proxy.clone(), rx.clone()));
     let (threads, senders) = crate::gateway::listen::spawn_workers(gateway.clone(), rx.clone())?;
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
     tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
