@@ -67,7 +67,7 @@ impl InFlight {
     pub fn target(&self) -> Target<'_> {
         Target {
             key: PoolKey { cluster: self.0.id, endpoint: self.1 },
-            owner: &self.0,
+            owner: &self.0.alive,
             address: self.endpoint().authority(),
             settings: self.0.settings,
         }
@@ -116,6 +116,9 @@ pub struct Cluster {
     max_retries: u32,
     retries_in_flight: AtomicU32,
     pub overflows: AtomicU32,
+    /// Held only here: the pool keeps it weakly, to sweep the connections of clusters a
+    /// reload replaced without knowing what a cluster is.
+    alive: Arc<()>,
 }
 
 /// How an attempt ended, for outlier detection.
@@ -149,6 +152,7 @@ impl Cluster {
             connections,
             pending,
             overflows: AtomicU32::new(0),
+            alive: Arc::new(()),
             policy,
         }
     }

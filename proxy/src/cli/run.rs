@@ -217,7 +217,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
         return run_gateway(cli, Arc::new(proxy), workers).await;
     }
     let proxy = Arc::new(proxy);
-    let (listeners, outbound, inbound) = crate::worker::bind_all(cli.outbound_addr, cli.inbound_addr, workers)?;
+    let (listeners, outbound, inbound) = crate::sidecar::bind_all(cli.outbound_addr, cli.inbound_addr, workers)?;
     let admin = bind(cli.admin_addr).await?;
     let stats = bind(cli.stats_addr).await?;
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -230,7 +230,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     let _watcher = crate::reload::watch(proxy.clone());
     let (tx, rx) = watch::channel(false);
     tokio::spawn(crate::reload::resolve(proxy.clone(), rx.clone()));
-    let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
+    let threads = crate::sidecar::spawn_all(proxy.clone(), listeners, rx.clone())?;
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
     tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
     wait_for_signals(&proxy).await?;

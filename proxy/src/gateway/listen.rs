@@ -46,7 +46,7 @@ pub fn spawn_workers(gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) -> Resul
             .name(format!("mixr-gateway-worker-{n}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    let worker = Arc::new(Worker::start(&gw.proxy));
+                    let worker = Arc::new(Worker::start(&gw.proxy.stats, gw.proxy.policy.as_deref()));
                     loop {
                         tokio::select! {
                             bind = rx.recv() => match bind {
