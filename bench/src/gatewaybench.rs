@@ -19,6 +19,17 @@ impl Drop for Proc {
     }
 }
 
+/// nginx's master process: stopped with SIGTERM so that it takes its worker with it (a
+/// SIGKILL would leave the worker running).
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_for(path: &Path, child: &mut Child, ready: impl Fn(&str) -> bool) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -164,7 +175,7 @@ spec:
     Ok((Proc(child), field(&text, "gateway.443")?))
 }
 
-fn start_nginx(dir: &Path, origin: &str) -> Result<(Proc, u32, String), String> {
+fn start_nginx(dir: &Path, origin: &str) -> Result<(Nginx, u32, String), String> {
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let d = dir.display();
@@ -195,7 +206,7 @@ fn start_nginx(dir: &Path, origin: &str) -> Result<(Proc, u32, String), String> 
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next()?.trim().parse().ok())
         .unwrap_or(nginx.id());
-    Ok((Proc(nginx), worker, addr))
+    Ok((Nginx(nginx), worker, addr))
 }
 
 /// Runs the four loads `rounds` times, interleaved, and prints each one's median round.

@@ -129,6 +129,20 @@ async fn a_gateway_serves_the_routes_bound_to_it_and_only_those() {
     assert!(!body.contains("Zm9yZ2Vk"), "{body}");
     assert!(body.contains("x-forwarded-for=127.0.0.1") && body.contains("x-forwarded-proto=http"), "{body}");
 
+    // HTTP2 and GRPC servers: h2c with prior knowledge on the plain port.
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req =
+        hyper::Request::get("http://bookinfo.example.com/productpage").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).starts_with("productpage path=/productpage "));
+
     // A sidecar with the same files applies the mesh's routes only.
     let sidecar = MixrProxy::start(&[dir.path()], &[]);
     let resp = reqwest::Client::new()

@@ -53,12 +53,17 @@ pub struct Plain {
     pub open: Arc<OpenConnection>,
 }
 
-impl crate::http1::server::Handle for Plain {
+/// A connection's requests on the fast path (plain TCP, or TLS once terminated), hyper
+/// for the rest.
+impl<IO> crate::http1::server::Handle<IO> for Plain
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     async fn handle(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
         self.conn.handle(req).await
     }
 
-    async fn fallback(&self, io: crate::http1::server::Rewind) {
+    async fn fallback(&self, io: crate::http1::server::Rewind<IO>) {
         let conn = self.conn.clone();
         crate::listener::conn::serve_hyper(io, conn.gw.proxy.limits, self.open.clone(), move |req| {
             let conn = conn.clone();

@@ -145,12 +145,15 @@ async fn serve_tls(mut conn: super::handle::Conn, sock: TcpStream, open: OpenCon
         }
     };
     conn.tls = Some(Arc::new(info));
-    let conn = Arc::new(conn);
-    crate::listener::conn::serve_hyper(stream, limits, Arc::new(open), move |req| {
-        let conn = conn.clone();
-        async move { conn.handle(req).await }
-    })
-    .await;
+    // HTTP/1.1 takes the fast path as on plain ports; h2 (ALPN) is handed to hyper by its
+    // preface.
+    let timeouts = crate::http1::server::Timeouts {
+        head: limits.head_timeout,
+        idle: limits.idle_timeout,
+        body: limits.body_timeout,
+    };
+    let handler = super::handle::Plain { conn: Arc::new(conn), open: Arc::new(open) };
+    crate::http1::server::serve(stream, &handler, &timeouts).await;
 }
 
 /// Keeps the gateway's listeners in step with its plan until `shutdown`: checks the
