@@ -250,6 +250,9 @@ impl Conn {
                 &mut service,
             )
             .await;
+        // A mesh identity a callee's sidecar put on its response is the mesh's, never
+        // the outside client's to see.
+        resp.headers_mut().remove(ISTIO_ATTRIBUTES);
         crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
         proxy.observe(&self.worker, Direction::Outbound, service, route_name, resp.status().as_u16(), started);
         proxy.report(&self.worker, report, &resp, started);
