@@ -5,6 +5,7 @@
 //! the load generator runs here, pinned to CPU 0, so server CPU is read cleanly from
 //! `/proc/<pid>/stat`.
 
+mod gatewaybench;
 mod load;
 mod noop;
 mod procstat;
@@ -71,6 +72,9 @@ enum Command {
         /// Interleaved rounds; each target's median is printed.
         #[arg(long, default_value = "3")]
         rounds: usize,
+        /// Only the gateway row (HTTPS termination against nginx).
+        #[arg(long)]
+        gateway_only: bool,
     },
     /// The origin for `proxy`: a tiny HTTP server.
     OriginServer {
@@ -89,11 +93,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::NoopServer { addr_file } => noop::run(&addr_file),
         Command::OriginServer { addr_file } => proxybench::origin_server(&addr_file),
-        Command::Proxy { seconds, connections, rounds } => {
+        Command::Proxy { seconds, connections, rounds, gateway_only } => {
             let Ok(exe) = std::env::current_exe() else { return ExitCode::FAILURE };
             let bin_dir = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
             let Ok(dir) = tempfile::tempdir() else { return ExitCode::FAILURE };
-            match proxybench::run(seconds, connections, rounds, &bin_dir, dir.path()) {
+            let sidecar =
+                if gateway_only { Ok(()) } else { proxybench::run(seconds, connections, rounds, &bin_dir, dir.path()) };
+            match sidecar.and_then(|()| gatewaybench::run(seconds, connections, rounds, &bin_dir, dir.path())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mixr-bench: {e}");

@@ -17,6 +17,10 @@ struct Cli {
     /// Denials task), so that v3 shows its red stars.
     #[arg(long)]
     no_denier: bool,
+    /// Istio's ingress policy mixr applies at the gateway: none, deny-ip
+    /// (mixer-rule-deny-ip) or ingress-denial (mixer-rule-ingress-denial).
+    #[arg(long, default_value = "none")]
+    ingress_policy: String,
     /// The mixr binary (default: next to this one).
     #[arg(long)]
     mixr: Option<PathBuf>,
@@ -44,7 +48,15 @@ fn main() -> ExitCode {
     };
     let mixr = cli.mixr.unwrap_or_else(|| sibling("mixr"));
     let proxy = cli.proxy.unwrap_or_else(|| sibling("mixr-proxy"));
-    let options = Options { deny_reviews_v3: !cli.no_denier };
+    let Some(ingress_policy) = mixr_bookinfo::gateway::IngressPolicy::parse(&cli.ingress_policy) else {
+        eprintln!(
+            "bookinfo: unknown ingress policy {:?} ({})",
+            cli.ingress_policy,
+            mixr_bookinfo::gateway::IngressPolicy::NAMES
+        );
+        return ExitCode::FAILURE;
+    };
+    let options = Options { deny_reviews_v3: !cli.no_denier, ingress_policy };
     rt.block_on(async move {
         // Installed before anything starts: a signal during startup must also end in the
         // cleanup below, not in the default action that would leave processes and files.
@@ -93,6 +105,14 @@ fn print_urls(topo: &Topology, scenario: Scenario, options: Options) {
     println!("  product page (open it in a browser; sign in as jason): {page}");
     println!("  as jason, from the shell: curl -H 'end-user: jason' {page}");
     println!("  rate-limited API:    curl {}", page.replace("/productpage", "/api/v1/products"));
+    let gw = &topo.gateway;
+    println!("  through the ingress gateway: curl -H 'host: bookinfo.example.com' http://{}/productpage", gw.http);
+    println!(
+        "  over HTTPS:          curl --cacert {}/gateway-certs/ca.crt --resolve bookinfo.example.com:{}:127.0.0.1 \\\n                         https://bookinfo.example.com:{}/productpage",
+        topo.config_dir().display(),
+        gw.https.port(),
+        gw.https.port()
+    );
     println!("  mixr metrics:        curl http://{}/metrics", topo.mixr_monitoring);
     if let Some(s) = topo.stats_addr("productpage-v1") {
         println!("  productpage sidecar: curl http://{s}/metrics");

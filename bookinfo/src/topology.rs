@@ -47,12 +47,24 @@ pub struct Options {
     /// Istio's Denials task: reviews v3 may not call ratings, so v3 shows "Ratings service
     /// is currently unavailable" instead of red stars.
     pub deny_reviews_v3: bool,
+    /// Which of Istio's ingress policies mixr applies at the gateway.
+    pub ingress_policy: crate::gateway::IngressPolicy,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { deny_reviews_v3: true }
+        Options { deny_reviews_v3: true, ingress_policy: Default::default() }
     }
+}
+
+/// The ingress gateway: where its HTTP and HTTPS ports listen, and the CA that signed its
+/// certificate (for `bookinfo.example.com`).
+pub struct IngressGateway {
+    _process: Process,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub ca_pem: String,
+    pub stats: SocketAddr,
 }
 
 /// The sample telemetry (Istio's request metrics, trace spans), compiled in so that the
@@ -165,6 +177,7 @@ impl Drop for Task {
 /// drop in declaration order).
 pub struct Topology {
     _services: Vec<Task>,
+    pub gateway: IngressGateway,
     sidecars: Vec<Sidecar>,
     _mixr: Process,
     pub mixr_grpc: String,
@@ -209,6 +222,9 @@ impl Topology {
         let mut policy = RATE_LIMIT.to_string();
         if options.deny_reviews_v3 {
             policy = format!("{DENY_REVIEWS_V3}---{policy}");
+        }
+        if let Some(ingress) = options.ingress_policy.config() {
+            policy = format!("{ingress}---{policy}");
         }
         let policy = write("policy.yaml", &policy)?;
         let telemetry = write("telemetry.yaml", TELEMETRY)?;
@@ -283,8 +299,17 @@ impl Topology {
             .zip(&sidecars)
             .map(|((svc, app), s)| Task(tokio::spawn(serve(svc, app, s.outbound))))
             .collect();
-        let topo =
-            Topology { _services: services, sidecars, _mixr: mixr_child, mixr_grpc, mixr_monitoring, traffic, dir };
+        let gateway = start_gateway(proxy, dir.path(), &traffic, &mixr_grpc).await?;
+        let topo = Topology {
+            _services: services,
+            gateway,
+            sidecars,
+            _mixr: mixr_child,
+            mixr_grpc,
+            mixr_monitoring,
+            traffic,
+            dir,
+        };
         topo.apply(Scenario::Routing).await?;
         Ok(topo)
     }
@@ -362,6 +387,53 @@ impl Topology {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Starts the ingress gateway on the traffic rules (for the services' endpoints) and its
+/// own Gateway config, with a certificate made now; waits until both ports listen.
+async fn start_gateway(proxy: &Path, dir: &Path, traffic: &Path, mixr: &str) -> Result<IngressGateway, String> {
+    let certs = dir.join("gateway-certs");
+    std::fs::create_dir_all(&certs).map_err(|e| e.to_string())?;
+    let (ca_pem, cert, key) = crate::gateway::certificates()?;
+    for (name, text) in [("ca.crt", &ca_pem), ("tls.crt", &cert), ("tls.key", &key)] {
+        std::fs::write(certs.join(name), text).map_err(|e| e.to_string())?;
+    }
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, crate::gateway::config(&certs)).map_err(|e| e.to_string())?;
+    let addr_file = dir.join("gateway.addrs");
+    let mut cmd = Command::new(proxy);
+    cmd.args(["--role", "gateway", "--gateway-bind", "127.0.0.1", "--gateway-ephemeral-ports"]);
+    cmd.args(["--admin-addr", "127.0.0.1:0", "--stats-addr", "127.0.0.1:0", "--log-level", "warn"]);
+    cmd.args(["--workload", "istio-ingressgateway", "--namespace", "default", "--mixr", mixr]);
+    cmd.args(["-l", "istio=ingressgateway", "-l", "app=istio-ingressgateway"]);
+    cmd.arg("--config").arg(traffic).arg("--config").arg(&config);
+    let mut child = Process(
+        cmd.arg("--addr-file")
+            .arg(&addr_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start the gateway: {e}"))?,
+    );
+    // The address file is rewritten as ports open: wait for both.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let t = read_addrs(&addr_file, &mut child, "the gateway").await?;
+        if t.contains("gateway.80=") && t.contains("gateway.443=") {
+            break t;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the gateway did not open its ports: {t}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let parse = |k: &str| -> Result<SocketAddr, String> { field(&text, k)?.parse().map_err(|e| format!("{k}: {e}")) };
+    Ok(IngressGateway {
+        http: parse("gateway.80")?,
+        https: parse("gateway.443")?,
+        stats: parse("stats")?,
+        ca_pem,
+        _process: child,
+    })
 }
 
 /// The header match of Istio's request-routing task.

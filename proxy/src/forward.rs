@@ -2,7 +2,7 @@
 //! with timeout and retries, apply header operations.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -10,12 +10,12 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 
 use crate::body::{ProxyBody, empty, full, reply};
-use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch, WeightedDestination};
+use crate::config::{Abort, Destination, HeaderOps, HttpRoute, RetryOn, StringMatch};
 use crate::http1::field_values;
 use crate::pool::{Pool, PoolError};
-use crate::proxy::{Direction, Proxy, UNKNOWN};
+use crate::proxy::Proxy;
 use crate::rand;
-use crate::route::{RequestInfo, RouteId, pick_weighted_index, total_weight};
+use crate::route::{RouteId, pick_weighted_index, total_weight};
 use crate::upstream::{InFlight, Outcome, backoff, hash_of};
 use crate::worker::Worker;
 use hyper::http::request::Parts;
@@ -26,45 +26,7 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// Requests with bodies up to this size are kept so they can be retried.
 const RETRY_BUFFER_LIMIT: u64 = 1 << 20;
 
-/// Headers as text pairs, for matching and attributes; values that are not text are left out.
-pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(&str, &str)> {
-    headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect()
-}
-
-/// The authority a request names: its URI's, else its Host header's. It shares the
-/// request's bytes, so it outlives the request without a copy.
-#[derive(Debug, Clone)]
-pub enum RequestAuthority {
-    Uri(hyper::http::uri::Authority),
-    Host(HeaderValue),
-    Missing,
-}
-
-impl RequestAuthority {
-    /// Empty when missing, or when the Host header is not text.
-    pub fn as_str(&self) -> &str {
-        match self {
-            RequestAuthority::Uri(a) => a.as_str(),
-            RequestAuthority::Host(h) => h.to_str().unwrap_or(""),
-            RequestAuthority::Missing => "",
-        }
-    }
-}
-
-pub fn authority_of<B>(req: &Request<B>) -> RequestAuthority {
-    match (req.uri().authority(), req.headers().get(hyper::header::HOST)) {
-        (Some(a), _) => RequestAuthority::Uri(a.clone()),
-        (None, Some(h)) => RequestAuthority::Host(h.clone()),
-        (None, None) => RequestAuthority::Missing,
-    }
-}
-
-pub fn is_grpc_headers(headers: &hyper::HeaderMap) -> bool {
-    field_values(headers, &hyper::header::CONTENT_TYPE)
-        .next()
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
+pub use crate::request::{RequestAuthority, authority_of, header_pairs, is_grpc_headers};
 
 /// Sends a request to the endpoint `target` over the worker's pool: HTTP/1.1 in origin
 /// form with a Host header, or HTTP/2 with the caller's authority. The head is borrowed,
@@ -160,80 +122,9 @@ impl SendBody {
 }
 
 impl Proxy {
-    /// Handles one request on the outbound listener (the local app calling out).
-    pub async fn outbound(&self, worker: &Worker, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let tables = self.tables.load_full();
-        let authority = authority_of(&req);
-        let authority = authority.as_str();
-        // Shared with the request (no copies): it is moved on before these are done with.
-        let path_and_query = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let path = path_and_query.as_str();
-        let scheme = if req.uri().scheme() == Some(&hyper::http::uri::Scheme::HTTPS) { "https" } else { "http" };
-        let method = req.method().clone();
-        let info = RequestInfo { authority, path, method: method.as_str(), scheme, headers: req.headers(), port: None };
-        let default_route;
-        let (route_id, route) = match tables.routes.find(&info, &self.identity.labels) {
-            Some((id, r)) => (Some(id), r),
-            // A known service without a VirtualService gets all its traffic. It is named
-            // as the config names it, not as the caller did (`reviews.anything` finds
-            // `reviews` too): one cluster per service, whatever callers send.
-            None => match tables.routes.service_key(authority) {
-                Some(service) => {
-                    default_route = Box::new(HttpRoute {
-                        route: vec![WeightedDestination {
-                            destination: Destination { host: service.to_string(), subset: None, port: None },
-                            weight: 100,
-                            headers: Default::default(),
-                        }],
-                        ..Default::default()
-                    });
-                    (None, &*default_route)
-                }
-                None => {
-                    // Redirected here by the capture rules: Istio's outbound traffic policy.
-                    if let Some(original) = req.extensions().get::<crate::capture::OriginalDst>().map(|o| o.0) {
-                        let resp = crate::capture::passthrough::forward(self, worker, req, original, authority).await;
-                        let service = crate::capture::passthrough::service(self);
-                        self.observe(worker, Direction::Outbound, service, "", resp.status().as_u16(), started);
-                        return resp;
-                    }
-                    let resp = reply(404, "no route (NR)\n");
-                    self.observe(worker, Direction::Outbound, UNKNOWN, "", resp.status().as_u16(), started);
-                    return resp;
-                }
-            },
-        };
-        let route_name = route.name.as_deref().unwrap_or("");
-        let traceparent =
-            worker.reporter.as_ref().and_then(|_| req.headers().get("traceparent")?.to_str().ok()).map(str::to_string);
-        // The destination service the request goes to, for the stats: the route's, until
-        // a destination of a split is chosen.
-        let mut service = route.route.first().map_or(UNKNOWN, |d| d.destination.host.as_str());
-        let mut resp = self
-            .outbound_route(worker, req, (route_id, route), &tables, (authority, path, scheme), peer, &mut service)
-            .await;
-        // The callee's sidecar names itself on the response; it is for us, not the app.
-        let callee = resp.headers_mut().remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
-        self.observe(worker, Direction::Outbound, service, route_name, resp.status().as_u16(), started);
-        if worker.reporter.is_some() {
-            let mut attrs = crate::policy::reports::owned(crate::policy::attributes::outbound(
-                &self.identity,
-                method.as_str(),
-                path,
-                authority,
-            ));
-            if let Some(v) = callee.as_ref().and_then(|v| v.to_str().ok()) {
-                attrs.extend(crate::policy::attributes::callee_attributes(v));
-            }
-            self.report(worker, Some((attrs, traceparent)), &resp, started);
-        }
-        resp
-    }
-
     /// Sends a routed request on; `service` becomes the destination service it goes to.
     #[allow(clippy::too_many_arguments)]
-    async fn outbound_route<'r>(
+    pub(crate) async fn outbound_route<'r>(
         &self,
         worker: &Worker,
         mut req: Request<ProxyBody>,

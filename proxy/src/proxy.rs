@@ -2,58 +2,24 @@
 //! listeners. Outbound traffic is routed by the traffic config; inbound traffic goes to
 //! the local app.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper::Response;
 
-use crate::body::{ProxyBody, reply};
 use crate::config::{TrafficConfig, load_paths};
 use crate::identity::Identity;
-use crate::listener::conn::{ClientBody, ConnState, Tracked};
-use crate::listener::{ConnectionCount, OpenConnection};
+use crate::listener::ConnectionCount;
 use crate::route::RouteTable;
 use crate::stats::Stats;
 use crate::upstream::{Cluster, Clusters, RouteClusters};
 use crate::worker::Worker;
 use mixr_rules::config::fingerprint;
 
-/// The `destination_service` of requests that resolved to no service.
-pub const UNKNOWN: &str = "unknown";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn reporter(self) -> &'static str {
-        match self {
-            Direction::Inbound => "destination",
-            Direction::Outbound => "source",
-        }
-    }
-
-    /// `context.reporter.kind`.
-    pub fn reporter_kind(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
+pub use crate::role::{Direction, UNKNOWN};
 
 /// One config generation: routes and the clusters built from them.
 #[derive(Debug, Default)]
@@ -67,6 +33,9 @@ pub struct Tables {
     pub authz: crate::authz::Authz,
     pub generation: u64,
     fingerprint: u64,
+    /// Names of `resolution: DNS` ServiceEntries to look up (`dns`), as the files have
+    /// them: `config` holds the addresses found in their place.
+    pub dns_names: Vec<String>,
 }
 
 pub struct Proxy {
@@ -98,11 +67,25 @@ pub struct Proxy {
     outbound_connections: Arc<ConnectionCount>,
     /// `destination_service` of inbound requests' metrics: the service this workload
     /// backs (its `app` label), never a caller's Host.
-    inbound_service: String,
+    pub(crate) inbound_service: String,
     /// The app's port: the destination port authorization rules name.
-    app_port: Option<u16>,
+    pub(crate) app_port: Option<u16>,
     /// This workload's certificate from mixr's CA, when `--ca-token-file` is given.
     pub certs: Arc<crate::certs::CertStore>,
+    /// Which VirtualServices this proxy applies: a sidecar's (the mesh's) by default, a
+    /// gateway's (`gateway`) when it runs as one.
+    pub role: Role,
+    /// Addresses of the names of `resolution: DNS` ServiceEntries.
+    pub dns: Arc<crate::dns::Dns>,
+}
+
+/// What a proxy is to the mesh. Its routes follow: a sidecar applies the VirtualServices
+/// bound to the mesh, a gateway those bound to the Gateways that select its labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Sidecar,
+    Gateway,
 }
 
 impl Proxy {
@@ -114,6 +97,7 @@ impl Proxy {
     ) -> Result<Proxy, Vec<String>> {
         let namespace = identity.namespace.clone();
         let stats = Stats::new();
+        let stats_registry = stats.registry.clone();
         let policy = match mixr {
             Some((addr, options)) => {
                 // QuotaSpecs live beside the traffic rules, in Mixer's config format.
@@ -165,6 +149,8 @@ impl Proxy {
             inbound_service,
             app_port: app_addr.map(|a| a.port()),
             certs: Default::default(),
+            role: Role::Sidecar,
+            dns: Arc::new(crate::dns::Dns::new(&stats_registry, crate::dns::DEFAULT_REFRESH)),
         };
         proxy.reload()?;
         Ok(proxy)
@@ -182,7 +168,7 @@ impl Proxy {
     /// Loads the config again; an invalid one is rejected and the last good one stays.
     pub fn reload(&self) -> Result<u64, Vec<String>> {
         let fingerprint = fingerprint(&self.config_paths);
-        let (config, mut errors) = load_paths(&self.config_paths, &self.namespace);
+        let (mut config, mut errors) = load_paths(&self.config_paths, &self.namespace);
         let (authz, authz_errors) = crate::authz::load_paths(&self.config_paths, &self.namespace);
         errors.extend(authz_errors);
         if !errors.is_empty() {
@@ -193,7 +179,15 @@ impl Proxy {
             return Err(errors);
         }
         let generation = self.tables.load().generation + 1;
-        let routes = RouteTable::build(&config);
+        let dns_names = crate::dns::names(&config);
+        crate::dns::expand(&mut config, &self.dns.resolved.load());
+        let binding = match self.role {
+            Role::Sidecar => crate::route::Binding::Mesh,
+            Role::Gateway => crate::route::Binding::Gateways(
+                config.gateways.iter().filter(|g| g.selects(&self.identity.labels)).map(|g| g.key()).collect(),
+            ),
+        };
+        let routes = RouteTable::build_for(&config, &binding);
         for w in crate::route::analyze::analyze(&config, &routes) {
             tracing::warn!(warning = %w, "traffic config");
         }
@@ -209,6 +203,7 @@ impl Proxy {
             authz,
             generation,
             fingerprint,
+            dns_names,
         }));
         tracing::info!(generation, "traffic config loaded");
         Ok(generation)
@@ -227,187 +222,10 @@ impl Proxy {
         self.stats.record_request(&worker.metrics, labels, started.elapsed().as_secs_f64());
     }
 
-    fn connections(&self, dir: Direction) -> &Arc<ConnectionCount> {
+    pub(crate) fn connections(&self, dir: Direction) -> &Arc<ConnectionCount> {
         match dir {
             Direction::Inbound => &self.inbound_connections,
             Direction::Outbound => &self.outbound_connections,
-        }
-    }
-
-    /// Handles one request on the inbound listener: checked with mixr, then to the local app.
-    pub async fn inbound(&self, worker: &Worker, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let authority = crate::forward::authority_of(&req);
-        let authority = authority.as_str();
-        let dialled = req.extensions().get::<crate::capture::OriginalDst>().map(|o| o.0.port());
-        let app = crate::capture::inbound::app_for(self.app.as_ref(), &self.inbound_apps, dialled);
-        let Some(app) = app else { return reply(503, "no --app-addr configured\n") };
-        let (mut parts, body) = req.into_parts();
-        // The caller's identity is for us, not for the app.
-        let peer_identity = parts.headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
-        let tables = self.tables.load();
-        if !tables.authz.is_empty() {
-            let headers = crate::forward::header_pairs(&parts.headers);
-            let facts = crate::authz::Facts {
-                principal: None,
-                namespace: None,
-                source_ip: Some(peer.ip()),
-                host: authority,
-                port: self.app_port,
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                headers: &headers,
-                labels: &self.identity.labels,
-            };
-            if let crate::authz::Decision::Deny(by) = tables.authz.decide(&facts) {
-                let mut resp = self.authz_denied(worker, &parts, peer, authority, &headers, &by, started);
-                self.name_callee(&mut resp, peer_identity.is_some());
-                return resp;
-            }
-        }
-        drop(tables);
-        let mut response_ops = Vec::new();
-        let mut report = None;
-        let checker = self.policy.as_ref().filter(|p| p.checks()).zip(worker.mixr.as_ref());
-        if checker.is_some() || worker.reporter.is_some() {
-            let headers = crate::forward::header_pairs(&parts.headers);
-            let mut attrs = self.inbound_attributes(&parts, peer, authority, &headers);
-            if let Some(v) = peer_identity.as_ref().and_then(|v| v.to_str().ok()) {
-                attrs.extend(crate::policy::attributes::peer_attributes(v));
-            }
-            let verdict = match checker {
-                Some((policy, mixr)) => {
-                    // The service this workload backs: its `app` label, as Kubernetes
-                    // services select pods; else the name the caller used.
-                    let service = match self.identity.labels.iter().find(|(k, _)| k == "app") {
-                        Some((_, app)) => app.as_str(),
-                        None => crate::route::service_name(authority),
-                    };
-                    let quotas = policy.quotas_for(service, &self.identity.namespace, &attrs);
-                    let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-                    let dedup = header("x-request-id").unwrap_or_default();
-                    // Boxed, as are other large, conditional steps: futures are sized for
-                    // their largest state, and every request's future is moved.
-                    match policy.cached(&attrs, &quotas) {
-                        Some(hit) => Some(hit),
-                        None => Some(Box::pin(policy.ask(mixr, &attrs, &quotas, dedup, header("traceparent"))).await),
-                    }
-                }
-                None => None,
-            };
-            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
-            let entry = worker.reporter.as_ref().map(|_| (crate::policy::reports::owned(attrs), traceparent));
-            match verdict {
-                Some(crate::policy::Verdict::Deny { http_status, body, headers: extra }) => {
-                    let mut resp = reply(http_status, body);
-                    for (k, v) in extra {
-                        if let (Ok(k), Ok(v)) =
-                            (hyper::header::HeaderName::try_from(k), hyper::header::HeaderValue::try_from(v))
-                        {
-                            resp.headers_mut().insert(k, v);
-                        }
-                    }
-                    self.name_callee(&mut resp, peer_identity.is_some());
-                    self.observe(
-                        worker,
-                        Direction::Inbound,
-                        &self.inbound_service,
-                        "",
-                        resp.status().as_u16(),
-                        started,
-                    );
-                    self.report(worker, entry, &resp, started);
-                    return resp;
-                }
-                Some(crate::policy::Verdict::Allow { request_headers, response_headers }) => {
-                    crate::policy::apply_header_ops(&mut parts.headers, &request_headers);
-                    response_ops = response_headers;
-                    report = entry;
-                }
-                None => report = entry,
-            }
-        }
-        let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
-        if crate::upgrade::wants_upgrade(&parts.headers) {
-            let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
-            self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
-            return resp;
-        }
-        let http2 = crate::forward::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
-        let result = crate::forward::send_upstream(&worker.pool, &target, &parts, body, http2, authority).await;
-        drop(target);
-        let mut resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "local app unreachable");
-                reply(503, "upstream connect error (local app)\n")
-            }
-        };
-        crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
-        self.name_callee(&mut resp, peer_identity.is_some());
-        self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
-        self.report(worker, report, &resp, started);
-        resp
-    }
-
-    /// An inbound request's attributes, for its Check and Report.
-    fn inbound_attributes<'a>(
-        &'a self,
-        parts: &'a hyper::http::request::Parts,
-        peer: SocketAddr,
-        authority: &'a str,
-        headers: &[(&'a str, &'a str)],
-    ) -> Vec<(&'static str, mixr_rules::value::Value<'a>)> {
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let grpc = crate::forward::is_grpc_headers(&parts.headers);
-        crate::policy::attributes::inbound(
-            &self.identity,
-            &self.destination_labels,
-            peer,
-            parts.method.as_str(),
-            path,
-            authority,
-            headers,
-            grpc,
-        )
-    }
-
-    /// Answers a request authorization refused (403, as Envoy's RBAC filter does), counts
-    /// it by what decided, and reports it with that name.
-    #[allow(clippy::too_many_arguments)]
-    fn authz_denied(
-        &self,
-        worker: &Worker,
-        parts: &hyper::http::request::Parts,
-        peer: SocketAddr,
-        authority: &str,
-        headers: &[(&str, &str)],
-        by: &str,
-        started: Instant,
-    ) -> Response<ProxyBody> {
-        let resp = reply(403, "RBAC: access denied");
-        // `by` is a policy's name from the config or one of two fixed reasons: bounded.
-        self.stats.authz_denied.with_label_values(&[by]).inc();
-        tracing::debug!(policy = by, path = parts.uri.path(), "authorization denied");
-        self.observe(worker, Direction::Inbound, &self.inbound_service, "", 403, started);
-        if worker.reporter.is_some() {
-            let mut attrs = self.inbound_attributes(parts, peer, authority, headers);
-            attrs.push(("rbac.effective_policy_id", mixr_rules::value::Value::String(by.into())));
-            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
-            self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
-        }
-        resp
-    }
-
-    /// Names this workload on an inbound response to a caller that named itself (a
-    /// sidecar in the mesh), as it names itself on its outbound requests, so the caller's
-    /// sidecar reports who answered. Callers outside the mesh learn nothing, and an app's
-    /// own header of that name never passes: only the sidecar speaks for the workload.
-    fn name_callee<B>(&self, resp: &mut Response<B>, caller_in_mesh: bool) {
-        let headers = resp.headers_mut();
-        headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
-        if caller_in_mesh && self.policy.is_some() {
-            headers.insert(crate::policy::attributes::ISTIO_ATTRIBUTES, self.identity_header.clone());
         }
     }
 
@@ -432,131 +250,5 @@ impl Proxy {
             entry.push(("response.size", mixr_rules::value::Value::Int64(size)));
         }
         reporter.report(entry, traceparent);
-    }
-}
-
-/// Serves HTTP/1.1 and h2c on `listener` until `shutdown` turns true.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    worker: Arc<Worker>,
-    listener: TcpListener,
-    dir: Direction,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut backoff = crate::listener::accept::Backoff::default();
-    let timeouts = crate::http1::server::Timeouts {
-        head: proxy.limits.head_timeout,
-        idle: proxy.limits.idle_timeout,
-        body: proxy.limits.body_timeout,
-    };
-    loop {
-        let (sock, peer) = tokio::select! {
-            a = crate::listener::accept::next(&listener, &mut backoff, dir.reporter_kind()) => a,
-            _ = shutdown.changed() => return,
-        };
-        // Past the ceiling a connection is closed at once: the caller sees it end rather
-        // than wait in the backlog, and the ones being served go on.
-        let Some(open) = proxy.connections(dir).try_open(proxy.limits.max_connections) else {
-            proxy.stats.connections_refused.with_label_values(&[dir.reporter_kind()]).inc();
-            drop(sock);
-            continue;
-        };
-        let _ = sock.set_nodelay(true);
-        let handler =
-            Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer, open: Arc::new(open), original: None };
-        tokio::spawn(async move {
-            // A connection the capture rules redirected here that is not HTTP is proxied as TCP.
-            let mut handler = handler;
-            let Some((sock, original)) =
-                crate::capture::transparent::claim(&handler.proxy, &handler.worker, dir, sock, peer).await
-            else {
-                return;
-            };
-            handler.original = original;
-            crate::http1::server::serve(sock, &handler, &timeouts).await
-        });
-    }
-}
-
-/// One accepted connection's requests, whichever path serves them.
-#[derive(Clone)]
-struct Listener {
-    proxy: Arc<Proxy>,
-    worker: Arc<Worker>,
-    dir: Direction,
-    peer: SocketAddr,
-    /// Counts the connection against `--max-connections` while any clone lives: an
-    /// upgraded connection's splice keeps one.
-    open: Arc<OpenConnection>,
-    /// Where the connection was going, when the capture rules redirected it here.
-    original: Option<SocketAddr>,
-}
-
-impl crate::http1::server::Handle for Listener {
-    async fn handle(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
-        let Listener { proxy, worker, dir, peer, .. } = self;
-        if let Err(why) = crate::ingress::admit(&mut req, proxy.ingress) {
-            tracing::debug!(error = %why, "request refused");
-            let mut resp = reply(400, format!("bad request: {why}\n"));
-            resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-            proxy.observe(worker, *dir, UNKNOWN, "", 400, Instant::now());
-            return resp;
-        }
-        if let Some(original) = self.original {
-            req.extensions_mut().insert(crate::capture::OriginalDst(original));
-        }
-        let mut resp = crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
-            match dir {
-                Direction::Outbound => proxy.outbound(worker, req, *peer).await,
-                Direction::Inbound => proxy.inbound(worker, req, *peer).await,
-            }
-        })
-        .await;
-        let status = resp.status();
-        crate::http1::strip_bodiless_framing(status, resp.headers_mut());
-        resp
-    }
-
-    /// hyper serves h2c, upgrades and whatever else the fast path leaves to it, under the
-    /// same limits (`listener::conn`).
-    async fn fallback(&self, io: crate::http1::server::Rewind) {
-        let limits = self.proxy.limits;
-        let state = ConnState::new();
-        let listener = self.clone();
-        let conn = state.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let listener = listener.clone();
-            let conn = conn.clone();
-            async move {
-                let busy = conn.begin();
-                let mut req = req;
-                if req.headers().contains_key(hyper::header::UPGRADE) {
-                    // An upgraded connection outlives this one's task; it counts until it ends.
-                    req.extensions_mut().insert(listener.open.clone());
-                }
-                // HTTP/2 fails a stream alone; an HTTP/1.1 body fault ends the connection.
-                let h1 = req.version() != hyper::Version::HTTP_2;
-                let req = req.map(|b| ClientBody::new(b, limits.body_timeout, h1.then(|| conn.clone())).boxed_unsync());
-                // Boxed: the request's future is several kilobytes, and hyper moves it.
-                let mut resp = Box::pin(listener.handle(req)).await;
-                if let Some(fault) = conn.fault().filter(|_| h1) {
-                    resp = fault.response();
-                }
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
-            }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // hyper's timer runs from when it starts waiting for a head, idle time included.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.head_timeout.min(limits.idle_timeout));
-        let serve = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::select! {
-            biased;
-            result = serve => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended");
-                }
-            }
-            () = state.idle(limits.idle_timeout) => tracing::debug!("idle connection closed"),
-        }
     }
 }

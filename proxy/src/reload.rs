@@ -27,3 +27,19 @@ pub fn watch(proxy: Arc<Proxy>) -> Option<notify::RecommendedWatcher> {
         }
     }
 }
+
+/// Keeps the addresses of `resolution: DNS` ServiceEntries current (`dns`), loading the
+/// config again when they change, until `shutdown`.
+pub async fn resolve(proxy: Arc<Proxy>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let wanted = {
+        let proxy = proxy.clone();
+        move || proxy.tables.load().dns_names.clone()
+    };
+    let changed = {
+        let proxy = proxy.clone();
+        move || {
+            let _ = proxy.reload();
+        }
+    };
+    crate::dns::run(proxy.dns.clone(), wanted, changed, shutdown).await;
+}

@@ -15,7 +15,7 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use crate::body::ProxyBody;
-use crate::proxy::Direction;
+use crate::role::Direction;
 
 /// A W3C trace context: `00-<trace id>-<parent id>-<flags>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +164,7 @@ where
         req.headers_mut().insert(TRACEPARENT, h);
     }
     let method = req.method().clone();
-    let authority = crate::forward::authority_of(&req);
+    let authority = crate::request::authority_of(&req);
     let path = req.uri().path().to_string();
     let resp = handle(req).await;
     tracer.finish(span, dir, method.as_str(), authority.as_str(), &path, resp.status().as_u16());

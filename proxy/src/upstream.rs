@@ -20,7 +20,9 @@ pub struct EndpointState {
     /// `host:port`, to connect to and for absolute URIs.
     authority: String,
     in_flight: AtomicU32,
+    /// Envoy's two counters: any 5xx, and gateway errors (502, 503, 504, no response).
     consecutive_errors: AtomicU32,
+    consecutive_gateway_errors: AtomicU32,
     ejections: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
 }
@@ -37,6 +39,7 @@ impl EndpointState {
             upstream,
             in_flight: AtomicU32::new(0),
             consecutive_errors: AtomicU32::new(0),
+            consecutive_gateway_errors: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
         }
@@ -64,7 +67,7 @@ impl InFlight {
     pub fn target(&self) -> Target<'_> {
         Target {
             key: PoolKey { cluster: self.0.id, endpoint: self.1 },
-            owner: &self.0,
+            owner: &self.0.alive,
             address: self.endpoint().authority(),
             settings: self.0.settings,
         }
@@ -113,6 +116,9 @@ pub struct Cluster {
     max_retries: u32,
     retries_in_flight: AtomicU32,
     pub overflows: AtomicU32,
+    /// Held only here: the pool keeps it weakly, to sweep the connections of clusters a
+    /// reload replaced without knowing what a cluster is.
+    alive: Arc<()>,
 }
 
 /// How an attempt ended, for outlier detection.
@@ -146,6 +152,7 @@ impl Cluster {
             connections,
             pending,
             overflows: AtomicU32::new(0),
+            alive: Arc::new(()),
             policy,
         }
     }
@@ -248,21 +255,29 @@ impl Cluster {
 
     pub fn record_at(&self, endpoint: &EndpointState, outcome: Outcome, now: Instant) -> bool {
         let Some(od) = &self.policy.outlier_detection else { return false };
+        // As Envoy counts them: a request that got no response counts as a 503 for both.
         let gateway = matches!(outcome, Outcome::Failure | Outcome::Status(502..=504));
         let error = gateway || matches!(outcome, Outcome::Status(500..=599));
-        if !error {
-            endpoint.consecutive_errors.store(0, Ordering::Relaxed);
-            return false;
-        }
-        let n = endpoint.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let limit_hit =
-            n >= od.consecutive_5xx_errors || od.consecutive_gateway_errors.is_some_and(|g| gateway && n >= g);
+        let count = |counter: &AtomicU32, hit: bool| {
+            if hit {
+                counter.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                counter.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        let n5xx = count(&endpoint.consecutive_errors, error);
+        let ngw = count(&endpoint.consecutive_gateway_errors, gateway);
+        // A limit of 0 turns its detector off.
+        let reached = |limit: Option<u32>, n: u32| limit.is_some_and(|l| l > 0 && n >= l);
+        let limit_hit = reached(od.consecutive_5xx_errors, n5xx) || reached(od.consecutive_gateway_errors, ngw);
         if !limit_hit || !self.may_eject(od, now) {
             return false;
         }
         let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         *endpoint.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(now + od.base_ejection_time * times);
         endpoint.consecutive_errors.store(0, Ordering::Relaxed);
+        endpoint.consecutive_gateway_errors.store(0, Ordering::Relaxed);
         tracing::info!(cluster = %self.name, endpoint = %endpoint.authority(), for_secs = (od.base_ejection_time * times).as_secs(), "endpoint ejected");
         true
     }
@@ -396,7 +411,7 @@ mod tests {
     fn od(consecutive: u32, max_percent: u32) -> TrafficPolicy {
         TrafficPolicy {
             outlier_detection: Some(OutlierDetection {
-                consecutive_5xx_errors: consecutive,
+                consecutive_5xx_errors: Some(consecutive),
                 consecutive_gateway_errors: None,
                 interval: Duration::from_secs(1),
                 base_ejection_time: Duration::from_secs(30),
@@ -445,6 +460,38 @@ mod tests {
             c.record_at(e1, Outcome::Status(500), now);
         }
         assert_eq!(c.ejected_count(), 1);
+    }
+
+    #[test]
+    fn istio_1_4_consecutive_errors_count_only_gateway_errors() {
+        let load = |od: &str| {
+            let text = format!(
+                "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: r}}\n\
+                 spec:\n  host: r\n  trafficPolicy:\n    outlierDetection: {{{od}, maxEjectionPercent: 100}}\n"
+            );
+            let (cfg, errors) = crate::config::load_str("r.yaml", &text, "default");
+            assert!(errors.is_empty(), "{errors:?}");
+            let policy = cfg.destination_rules[0].traffic_policy.clone();
+            Arc::new(Cluster::new("c".into(), ups(1), policy))
+        };
+        let now = Instant::now();
+        let ejects_after =
+            |c: &Cluster, outcomes: &[Outcome]| outcomes.iter().any(|o| c.record_at(&c.endpoints[0], *o, now));
+        let c = load("consecutiveErrors: 2");
+        assert!(!ejects_after(&c, &[Outcome::Status(500); 6]), "a 500 is not a gateway error");
+        assert!(
+            !ejects_after(&c, &[Outcome::Status(503), Outcome::Status(500), Outcome::Status(504)]),
+            "a 500 resets it"
+        );
+        assert!(ejects_after(&c, &[Outcome::Status(502)]), "504 then 502");
+        let c = load("consecutiveErrors: 2");
+        assert!(ejects_after(&c, &[Outcome::Failure, Outcome::Status(503)]), "no response counts as a 503");
+        let c = load("consecutive5xxErrors: 3");
+        assert!(!ejects_after(&c, &[Outcome::Status(500), Outcome::Status(501)]));
+        assert!(ejects_after(&c, &[Outcome::Status(503)]), "Envoy's consecutive_5xx counts every 5xx");
+        let c = load("consecutiveGatewayErrors: 2, consecutive5xxErrors: 0");
+        assert!(!ejects_after(&c, &[Outcome::Status(500); 6]), "0 turns the 5xx detector off");
+        assert!(ejects_after(&c, &[Outcome::Status(502), Outcome::Status(502)]));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! `cargo test --workspace` builds it; `MIXR_BIN` overrides the path.
 
 pub mod backend;
+pub mod gateway;
 pub mod kube_api;
 pub mod kube_schema;
 pub mod netns;

@@ -118,7 +118,7 @@ fn assert_stars(dom: &str, color: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_product_page_in_a_browser() {
     // Without Istio's Denials task, so that reviews v3 reaches ratings and shows its stars.
-    let options = Options { deny_reviews_v3: false };
+    let options = Options { deny_reviews_v3: false, ..Options::default() };
     let topo = Topology::start(&mixr_e2e::binary("mixr"), &mixr_e2e::binary("mixr-proxy"), options).await.unwrap();
     let page = topo.productpage();
 

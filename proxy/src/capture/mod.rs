@@ -19,8 +19,6 @@ pub mod original_dst;
 pub mod passthrough;
 pub mod registry;
 pub mod rules;
-pub mod tcp;
-pub mod transparent;
 
 pub use registry::OutboundPolicy;
 pub use rules::{Capture, CaptureError, Family, IpRanges};

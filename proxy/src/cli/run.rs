@@ -117,6 +117,31 @@ pub struct RunArgs {
     /// slashes or decoding of unreserved escapes (on by default, as in Istio).
     #[arg(long)]
     no_normalize_path: bool,
+    /// What this proxy is: a workload's sidecar (outbound and inbound listeners), or an
+    /// ingress gateway serving the Gateway resources its --label's select.
+    #[arg(long, value_enum, default_value = "sidecar")]
+    role: RoleArg,
+    /// The address a gateway's server ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    gateway_bind: std::net::IpAddr,
+    /// A gateway listens on a free port for each server port instead of the port itself
+    /// (tests, unprivileged runs); --addr-file lists them as `gateway.PORT=ADDRESS`.
+    #[arg(long)]
+    gateway_ephemeral_ports: bool,
+    /// Proxies in front of a gateway whose X-Forwarded-For entries are trusted, counted
+    /// from the right (Envoy's xff_num_trusted_hops); 0: the peer is the client.
+    #[arg(long, default_value = "0")]
+    trusted_hops: usize,
+    /// How often the names of `resolution: DNS` ServiceEntries are looked up again, in
+    /// seconds (held between 5 and 300: the system resolver gives no TTLs).
+    #[arg(long, default_value_t = crate::dns::DEFAULT_REFRESH.as_secs())]
+    dns_refresh_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    Sidecar,
+    Gateway,
 }
 
 const fn ms(d: std::time::Duration) -> u64 {
@@ -195,6 +220,9 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     proxy.limits = limits;
     proxy.ingress = crate::ingress::Options { normalize_path: !cli.no_normalize_path };
     proxy.outbound_policy = cli.outbound_traffic_policy;
+    if let Some(dns) = Arc::get_mut(&mut proxy.dns) {
+        dns.set_refresh(std::time::Duration::from_secs(cli.dns_refresh_secs));
+    }
     if let Some(endpoint) = &cli.otlp_endpoint {
         if !(0.0..=1.0).contains(&cli.trace_sampling) {
             return Err(format!("--trace-sampling {}: expected a number from 0 to 1", cli.trace_sampling));
@@ -218,10 +246,15 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
         }
         None => None,
     };
-    let proxy = Arc::new(proxy);
     let workers =
         cli.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let (listeners, outbound, inbound) = crate::worker::bind_all(cli.outbound_addr, cli.inbound_addr, workers)?;
+    if cli.role == RoleArg::Gateway {
+        proxy.role = crate::proxy::Role::Gateway;
+        proxy.reload().map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
+        return run_gateway(cli, Arc::new(proxy), workers).await;
+    }
+    let proxy = Arc::new(proxy);
+    let (listeners, outbound, inbound) = crate::sidecar::bind_all(cli.outbound_addr, cli.inbound_addr, workers)?;
     let admin = bind(cli.admin_addr).await?;
     let stats = bind(cli.stats_addr).await?;
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -234,13 +267,57 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
         std::fs::write(&tmp, &summary).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
     }
     let (tx, rx) = watch::channel(false);
-    let threads = crate::worker::spawn_all(proxy.clone(), listeners, rx.clone())?;
+    tokio::spawn(crate::reload::resolve(proxy.clone(), rx.clone()));
+    let threads = crate::sidecar::spawn_all(proxy.clone(), listeners, rx.clone())?;
     if let Some(opts) = certs {
         tokio::spawn(crate::certs::run(opts, proxy.certs.clone(), rx.clone()));
     }
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
     tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
+    wait_for_signals(&proxy).await?;
+    let _ = tx.send(true);
+    stop(&proxy, threads).await;
+    Ok(())
+}
 
+/// The gateway role: the listeners are the Gateways' server ports (`gateway::listen`).
+async fn run_gateway(cli: RunArgs, proxy: Arc<Proxy>, workers: usize) -> Result<(), String> {
+    let admin = bind(cli.admin_addr).await?;
+    let stats = bind(cli.stats_addr).await?;
+    let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let options = crate::gateway::Options {
+        bind: cli.gateway_bind,
+        ephemeral_ports: cli.gateway_ephemeral_ports,
+        trusted_hops: cli.trusted_hops,
+        addr_file: cli.addr_file.clone(),
+        addr_summary: format!("admin={}\nstats={}\n", addr(&admin), addr(&stats)),
+        workers,
+    };
+    let gateway = crate::gateway::Gateway::new(proxy.clone(), options);
+    let _watcher = crate::reload::watch(proxy.clone());
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(crate::reload::resolve(proxy.clone(), rx.clone()));
+    let (threads, senders) = crate::gateway::listen::spawn_workers(gateway.clone(), rx.clone())?;
+    tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
+    tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
+    let control = tokio::spawn(crate::gateway::listen::control(gateway, senders, rx.clone()));
+    tokio::select! {
+        r = wait_for_signals(&proxy) => r?,
+        r = control => {
+            // The first ports could not be opened: nothing to serve.
+            if let Ok(Err(e)) = r {
+                let _ = tx.send(true);
+                return Err(e);
+            }
+        }
+    }
+    let _ = tx.send(true);
+    stop(&proxy, threads).await;
+    Ok(())
+}
+
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads the config.
+async fn wait_for_signals(proxy: &Proxy) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int, mut hup) =
         match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
@@ -254,12 +331,14 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
             _ = hup.recv() => { let _ = proxy.reload(); }
         }
     }
-    let _ = tx.send(true);
+    Ok(())
+}
+
+async fn stop(proxy: &Proxy, threads: Vec<std::thread::JoinHandle<()>>) {
     // Each worker flushes its reports before it ends.
     let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
     if let Some(t) = &proxy.tracer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t.flush()).await;
     }
     tracing::info!("stopped");
-    Ok(())
 }

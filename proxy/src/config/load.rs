@@ -1,42 +1,73 @@
 //! Loading networking config from files, directories and text.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-use mixr_rules::config::{ConfigError, Document, Param, read_documents, read_documents_str};
+use mixr_rules::config::{ConfigError, Document, Loc, Param, read_documents, read_documents_str};
 
+use super::gateway::Gateway;
 use super::model::{
     DestinationRule, ServiceEntry, TrafficPolicy, VirtualService, endpoint, http_route, service_port, subset,
     traffic_policy,
 };
 
-/// Every VirtualService, DestinationRule and ServiceEntry found.
+/// Every VirtualService, DestinationRule, ServiceEntry and Gateway found.
 #[derive(Debug, Clone, Default)]
 pub struct TrafficConfig {
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
+    pub gateways: Vec<Gateway>,
+}
+
+/// Where each resource was first defined, by kind, namespace and name: a second one is an
+/// error naming both places, as the server reports duplicate names.
+#[derive(Default)]
+struct Seen(HashMap<(String, String, String), Loc>);
+
+impl Seen {
+    fn check(&mut self, loc: &Loc, namespace: &str) -> Result<(), ConfigError> {
+        let key = (loc.kind.clone(), namespace.to_string(), loc.name.clone());
+        if let Some(first) = self.0.get(&key) {
+            return Err(ConfigError::new(
+                loc,
+                "metadata.name",
+                format!("duplicate name: {} {namespace}/{} is already defined at {first}", loc.kind, loc.name),
+            ));
+        }
+        self.0.insert(key, loc.clone());
+        Ok(())
+    }
 }
 
 /// Loads `*.yaml`/`*.yml` under `paths`; returns what loaded and every error.
 pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> (TrafficConfig, Vec<ConfigError>) {
     let mut cfg = TrafficConfig::default();
-    let errors = read_documents(paths, default_namespace, |d| document(&mut cfg, d));
+    let mut seen = Seen::default();
+    let errors = read_documents(paths, default_namespace, |d| document(&mut cfg, &mut seen, d));
     (cfg, errors)
 }
 
 pub fn load_str(file: &str, text: &str, default_namespace: &str) -> (TrafficConfig, Vec<ConfigError>) {
     let mut cfg = TrafficConfig::default();
-    let errors = read_documents_str(file, text, default_namespace, |d| document(&mut cfg, d));
+    let mut seen = Seen::default();
+    let errors = read_documents_str(file, text, default_namespace, |d| document(&mut cfg, &mut seen, d));
     (cfg, errors)
 }
 
-fn document(cfg: &mut TrafficConfig, d: Document) -> Result<(), ConfigError> {
+fn document(cfg: &mut TrafficConfig, seen: &mut Seen, d: Document) -> Result<(), ConfigError> {
     // Policy and telemetry kinds belong to the server.
-    if !matches!(d.kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry") {
+    if !matches!(d.kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry" | "Gateway") {
         return Ok(());
     }
     let Document { loc, kind, namespace, spec } = d;
+    seen.check(&loc, &namespace)?;
     let name = loc.name.clone();
+    if kind == "Gateway" {
+        let gw = super::gateway::gateway(Param::new(&spec, &loc, "spec"), name, namespace)?;
+        cfg.gateways.push(gw);
+        return Ok(());
+    }
     let o = Param::new(&spec, &loc, "spec").obj()?;
     match kind.as_str() {
         "VirtualService" => {
@@ -50,11 +81,26 @@ fn document(cfg: &mut TrafficConfig, d: Document) -> Result<(), ConfigError> {
                     Ok(out)
                 })?
                 .unwrap_or_default();
-            for k in ["gateways", "tcp", "tls", "exportTo"] {
+            let host_patterns = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    super::hosts::HostPattern::parse(h)
+                        .map_err(|e| ConfigError::new(&loc, format!("spec.hosts[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // `name` is a Gateway of this namespace; `ns/name` names its namespace.
+            let gateways = o
+                .get("gateways", |p| p.string_list())?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| if g == "mesh" || g.contains('/') { g } else { format!("{namespace}/{g}") })
+                .collect();
+            for k in ["tcp", "tls", "exportTo"] {
                 let _ = o.raw(k);
             }
             o.finish()?;
-            cfg.virtual_services.push(VirtualService { name, namespace, hosts, http });
+            cfg.virtual_services.push(VirtualService { name, namespace, hosts, host_patterns, gateways, http });
         }
         "DestinationRule" => {
             let host = o.require("host", |p| p.text())?;
@@ -99,6 +145,56 @@ fn document(cfg: &mut TrafficConfig, d: Document) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_resource_of_the_same_kind_namespace_and_name_is_an_error_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let vs = r#"apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+"#;
+        std::fs::write(dir.path().join("a.yaml"), vs).unwrap();
+        let other_ns = vs.replace("{name: reviews}", "{name: reviews, namespace: test}");
+        std::fs::write(dir.path().join("b.yaml"), format!("{other_ns}---\n{vs}")).unwrap();
+        let (cfg, errors) = load_paths(&[dir.path().to_path_buf()], "default");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = errors[0].to_string();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        assert!(e.starts_with(&format!("{}:", b.display())), "{e}");
+        assert!(
+            e.contains(&format!(
+                "document 2 (VirtualService reviews): metadata.name: duplicate name: VirtualService \
+                 default/reviews is already defined at {}: document 1 (VirtualService reviews)",
+                a.display()
+            )),
+            "{e}"
+        );
+        // The same name in another namespace, or of another kind, is another resource.
+        assert_eq!(cfg.virtual_services.len(), 2);
+    }
+
+    #[test]
+    fn virtual_service_gateways_are_qualified_with_its_namespace() {
+        let text = r#"apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: bookinfo, namespace: web}
+spec:
+  hosts: ['*']
+  gateways: [bookinfo-gateway, istio-system/shared, mesh]
+  http:
+  - route:
+    - destination: {host: productpage}
+"#;
+        let (cfg, errors) = load_str("vs.yaml", text, "default");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cfg.virtual_services[0].gateways, ["web/bookinfo-gateway", "istio-system/shared", "mesh"]);
+    }
 
     #[test]
     fn the_compose_sidecar_config_loads() {

@@ -193,7 +193,24 @@ pub struct VirtualService {
     pub name: String,
     pub namespace: String,
     pub hosts: Vec<String>,
+    /// `hosts`, compiled (wildcards).
+    pub host_patterns: Vec<super::hosts::HostPattern>,
+    /// Gateways it is bound to, `namespace/name`, and `mesh` for the sidecars; empty is
+    /// the sidecars only.
+    pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
+}
+
+impl VirtualService {
+    /// Whether it applies to the sidecars.
+    pub fn binds_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+
+    /// Whether it applies to the gateway `key` (`namespace/name`).
+    pub fn binds_gateway(&self, key: &str) -> bool {
+        self.gateways.iter().any(|g| g == key)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -225,7 +242,9 @@ pub struct ConnectionPool {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutlierDetection {
-    pub consecutive_5xx_errors: u32,
+    /// Envoy's `consecutive_5xx`: any 5xx counts. `None` or 0: off.
+    pub consecutive_5xx_errors: Option<u32>,
+    /// Envoy's `consecutive_gateway_failure`: 502, 503, 504 and no response count.
     pub consecutive_gateway_errors: Option<u32>,
     pub interval: Duration,
     pub base_ejection_time: Duration,
@@ -607,13 +626,19 @@ pub(crate) fn traffic_policy(p: Param<'_>) -> Result<TrafficPolicy, ConfigError>
             let v = p.i64()?;
             u32::try_from(v).map_err(|_| p.error(format!("{v} must not be negative")))
         };
-        let consecutive = match d.get("consecutive5xxErrors", n)? {
-            Some(v) => Some(v),
-            None => d.get("consecutiveErrors", n)?,
+        let five_xx = d.get("consecutive5xxErrors", n)?;
+        let gateway = d.get("consecutiveGatewayErrors", n)?;
+        // Istio 1.4's `consecutiveErrors` counted 502, 503 and 504 only (Envoy's gateway
+        // failures, with its 5xx detector off); it is also the default (5) when no count is
+        // given. The newer fields, when given, mean what Envoy's do.
+        let legacy = d.get("consecutiveErrors", n)?;
+        let (consecutive_5xx_errors, consecutive_gateway_errors) = match (five_xx, gateway) {
+            (None, None) => (None, Some(legacy.unwrap_or(5))),
+            (five_xx, gateway) => (five_xx, gateway.or(legacy)),
         };
         let od = OutlierDetection {
-            consecutive_5xx_errors: consecutive.unwrap_or(5),
-            consecutive_gateway_errors: d.get("consecutiveGatewayErrors", n)?,
+            consecutive_5xx_errors,
+            consecutive_gateway_errors,
             interval: d.get("interval", duration)?.unwrap_or(Duration::from_secs(10)),
             base_ejection_time: d.get("baseEjectionTime", duration)?.unwrap_or(Duration::from_secs(30)),
             max_ejection_percent: d.get("maxEjectionPercent", n)?.unwrap_or(10).min(100),

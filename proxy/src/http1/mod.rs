@@ -47,41 +47,8 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing,
-/// authentication, request modifiers, how to process the content, and anything
-/// hop-by-hop. A peer's trailers lose them before they go on, whichever protocol brought
-/// them, so a trailer can never be read as framing or as the Host by whoever is next.
-pub fn forbidden_in_trailers(name: &HeaderName) -> bool {
-    const OTHERS: [&str; 4] = ["keep-alive", "proxy-connection", "www-authenticate", "proxy-authenticate"];
-    name == header::CONTENT_LENGTH
-        || name == header::TRANSFER_ENCODING
-        || name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::UPGRADE
-        || name == header::HOST
-        || name == header::CONTENT_TYPE
-        || name == header::CONTENT_ENCODING
-        || name == header::CONTENT_RANGE
-        || name == header::AUTHORIZATION
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::CACHE_CONTROL
-        || name == header::EXPECT
-        || name == header::MAX_FORWARDS
-        || name == header::SET_COOKIE
-        || OTHERS.contains(&name.as_str())
-}
-
-/// Takes the fields trailers may not carry out of `trailers`.
-pub fn strip_trailer_fields(trailers: &mut HeaderMap) {
-    if !trailers.keys().any(forbidden_in_trailers) {
-        return;
-    }
-    let forbidden: Vec<HeaderName> = trailers.keys().filter(|k| forbidden_in_trailers(k)).cloned().collect();
-    for name in forbidden {
-        trailers.remove(name);
-    }
-}
+// The trailer rules live with the bodies that carry trailers; both HTTP/1.1 sides use them.
+pub use crate::body::{forbidden_in_trailers, strip_trailer_fields};
 
 /// 1xx, 204 and 304 responses have no content, so no framing either (RFC 9110 §8.6,
 /// RFC 9112 §6.1): an upstream's `Content-Length` on them goes, whichever side serves

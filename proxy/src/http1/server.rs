@@ -36,21 +36,22 @@ const WRITE_CHUNK: usize = 64 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What serves the requests of one listener.
-pub trait Handle: Send + Sync + 'static {
+/// What serves the requests of one listener's connections, plain TCP by default (a
+/// gateway's TLS streams too).
+pub trait Handle<IO = TcpStream>: Send + Sync + 'static {
     fn handle(&self, req: Request<ProxyBody>) -> impl Future<Output = Response<ProxyBody>> + Send;
 
     /// Serves the rest of a connection the fast path does not take.
-    fn fallback(&self, io: Rewind) -> impl Future<Output = ()> + Send;
+    fn fallback(&self, io: Rewind<IO>) -> impl Future<Output = ()> + Send;
 }
 
 /// A connection with bytes already read from it, replayed before the socket's own.
-pub struct Rewind {
+pub struct Rewind<IO = TcpStream> {
     read: Bytes,
-    io: TcpStream,
+    io: IO,
 }
 
-impl AsyncRead for Rewind {
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.read.is_empty() {
             let n = self.read.len().min(buf.remaining());
@@ -66,7 +67,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -243,7 +244,11 @@ pub struct Timeouts {
 /// of their first byte, after at most the idle timeout of waiting for it; a body must not
 /// pause for longer than the body timeout. A caller that runs out of time gets 408 if it
 /// had started a request, and the connection closes.
-pub async fn serve<H: Handle>(mut io: TcpStream, handler: &H, timeouts: &Timeouts) {
+pub async fn serve<IO, H>(mut io: IO, handler: &H, timeouts: &Timeouts)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handle<IO>,
+{
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // Allocated by the first response written here, not for connections handed on.
     let mut out = BytesMut::new();
@@ -360,7 +365,12 @@ impl Clock<'_> {
 }
 
 /// Reads into `buf` unless `deadline` passes first.
-async fn read_by(io: &mut TcpStream, buf: &mut BytesMut, clock: &mut Clock<'_>, deadline: Instant) -> Read {
+async fn read_by<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    clock: &mut Clock<'_>,
+    deadline: Instant,
+) -> Read {
     if deadline < clock.timer.deadline() {
         clock.move_to(deadline);
     }
@@ -376,7 +386,7 @@ async fn read_by(io: &mut TcpStream, buf: &mut BytesMut, clock: &mut Clock<'_>, 
     .await
 }
 
-async fn refuse(io: &mut TcpStream, status: StatusCode) {
+async fn refuse<IO: AsyncWrite + Unpin>(io: &mut IO, status: StatusCode) {
     let text = format!(
         "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
         status.as_u16(),
@@ -388,8 +398,8 @@ async fn refuse(io: &mut TcpStream, status: StatusCode) {
 
 /// Writes a response; `Ok(false)` when the connection cannot carry another (either side
 /// said `Connection: close`, or the body failed or did not match its length).
-async fn write_response(
-    io: &mut TcpStream,
+async fn write_response<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
     out: &mut BytesMut,
     resp: Response<ProxyBody>,
     head_only: bool,

@@ -251,3 +251,56 @@ impl Body for ClientBody {
         self.inner.size_hint()
     }
 }
+
+/// Serves a connection with hyper (HTTP/1.1, or HTTP/2 by its preface or ALPN) under
+/// `limits`, as the listeners' fallback does: idle connections close, request bodies are
+/// timed and a failed HTTP/1.1 body ends the connection with 400 or 408. `open` rides on
+/// upgrade requests, so a spliced connection counts until it ends. For connections that
+/// do not start on a listener's fast path (TLS, where the gateway terminates it).
+pub async fn serve_hyper<IO, H, F>(
+    io: IO,
+    limits: crate::listener::Limits,
+    open: Arc<crate::listener::OpenConnection>,
+    handle: H,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<ProxyBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send,
+{
+    use http_body_util::BodyExt;
+    let state = ConnState::new();
+    let conn = state.clone();
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let handle = handle.clone();
+        let conn = conn.clone();
+        let open = open.clone();
+        async move {
+            let busy = conn.begin();
+            if req.headers().contains_key(header::UPGRADE) {
+                req.extensions_mut().insert(open);
+            }
+            let h1 = req.version() != hyper::Version::HTTP_2;
+            let req = req.map(|b| ClientBody::new(b, limits.body_timeout, h1.then(|| conn.clone())).boxed_unsync());
+            let mut resp = Box::pin(handle(req)).await;
+            if let Some(fault) = conn.fault().filter(|_| h1) {
+                resp = fault.response();
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, busy)))
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.head_timeout.min(limits.idle_timeout));
+    let serve = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::select! {
+        biased;
+        result = serve => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        }
+        () = state.idle(limits.idle_timeout) => tracing::debug!("idle connection closed"),
+    }
+}

@@ -27,7 +27,6 @@ pub fn inbound<'a>(
     grpc: bool,
 ) -> Vec<(&'static str, Value<'a>)> {
     let s = |v: &'a str| Value::String(Cow::Borrowed(v));
-    let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
     let mut attrs = Vec::with_capacity(24);
     attrs.extend([
         ("source.ip", Value::Bytes(Cow::Owned(ip_to_bytes(peer.ip())))),
@@ -42,14 +41,32 @@ pub fn inbound<'a>(
         // destination_service_namespace), whatever address the caller used.
         ("destination.service.name", s(backed_service(identity, authority))),
         ("destination.service.namespace", s(&identity.namespace)),
+        ("context.reporter.kind", s("inbound")),
+    ]);
+    request_attributes(&mut attrs, method, path, authority, headers, grpc, "http");
+    attrs
+}
+
+/// The `request.*` attributes and `context.protocol`, the same on every side.
+fn request_attributes<'a>(
+    attrs: &mut Vec<(&'static str, Value<'a>)>,
+    method: &'a str,
+    path: &'a str,
+    authority: &'a str,
+    headers: &[(&'a str, &'a str)],
+    grpc: bool,
+    scheme: &'static str,
+) {
+    let s = |v: &'a str| Value::String(Cow::Borrowed(v));
+    let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    attrs.extend([
         ("request.method", s(method)),
         ("request.path", s(path)),
         ("request.url_path", s(path.split('?').next().unwrap_or(path))),
         ("request.host", s(authority)),
-        ("request.scheme", s("http")),
+        ("request.scheme", Value::String(Cow::Borrowed(scheme))),
         ("request.time", now()),
         ("context.protocol", s(if grpc { "grpc" } else { "http" })),
-        ("context.reporter.kind", s("inbound")),
         (
             "request.headers",
             Value::StringMap(MapVal::from(StringMap::new(
@@ -77,6 +94,64 @@ pub fn inbound<'a>(
             .collect();
         attrs.push(("request.query_params", Value::StringMap(MapVal::from(StringMap::new(params)))));
     }
+}
+
+/// A request as the gateway saw it, for its attributes.
+#[derive(Debug)]
+pub struct GatewayRequest<'a> {
+    pub identity: &'a Identity,
+    /// The gateway's labels as a map, built once.
+    pub labels: &'a StringMap<'a>,
+    /// The client: the connection's peer, or the address trusted hops forwarded for.
+    pub client: std::net::IpAddr,
+    pub peer: SocketAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub grpc: bool,
+    /// For TLS connections: the SNI, and the verified client certificate's identity.
+    pub tls: Option<(Option<&'a str>, Option<&'a str>)>,
+    /// The route's destination: host, short name, namespace.
+    pub destination: (&'a str, &'a str, &'a str),
+}
+
+/// Attributes of a request at the gateway, as Istio 1.4's ingress gateway sent them: the
+/// gateway is the source (its workload, namespace and labels, `istio: ingressgateway`),
+/// the client's address is `source.ip`, the routed service is the destination, and the
+/// reporter kind is `outbound` (the gateway's Envoy ran the mixer filter as a client).
+pub fn gateway<'a>(r: &GatewayRequest<'a>) -> Vec<(&'static str, Value<'a>)> {
+    let s = |v: &'a str| Value::String(Cow::Borrowed(v));
+    let uid = Value::String(Cow::Owned(r.identity.uid()));
+    let mut attrs = Vec::with_capacity(32);
+    attrs.extend([
+        ("source.ip", Value::Bytes(Cow::Owned(ip_to_bytes(r.client)))),
+        ("source.uid", uid.clone()),
+        ("source.workload.name", s(&r.identity.workload)),
+        ("source.workload.namespace", s(&r.identity.namespace)),
+        ("source.namespace", s(&r.identity.namespace)),
+        ("source.labels", Value::StringMap(MapVal::Borrowed(r.labels))),
+        ("destination.service.host", s(r.destination.0)),
+        ("destination.service.name", s(r.destination.1)),
+        ("destination.service.namespace", s(r.destination.2)),
+        ("context.reporter.kind", s("outbound")),
+        ("context.reporter.uid", uid),
+        ("connection.mtls", Value::Bool(r.tls.is_some_and(|(_, p)| p.is_some()))),
+    ]);
+    if r.client == r.peer.ip() {
+        attrs.push(("source.port", Value::Int64(r.peer.port() as i64)));
+    }
+    if let Some((sni, principal)) = r.tls {
+        if let Some(sni) = sni {
+            attrs.push(("connection.requested_server_name", s(sni)));
+        }
+        if let Some(p) = principal {
+            attrs.push(("source.principal", s(p)));
+            attrs.push(("source.user", s(p)));
+        }
+    }
+    let scheme = if r.tls.is_some() { "https" } else { "http" };
+    request_attributes(&mut attrs, r.method, r.path, r.authority, r.headers, r.grpc, scheme);
     attrs
 }
 

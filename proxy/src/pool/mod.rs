@@ -22,7 +22,6 @@ pub mod h1;
 pub mod h2;
 use crate::config::ConnectionPool;
 use crate::fasthash::FastMap;
-use crate::upstream::Cluster;
 
 /// Istio's defaults where the DestinationRule is silent.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,7 +91,7 @@ struct IdleH1 {
 }
 
 struct Slot<T> {
-    owner: Weak<Cluster>,
+    owner: Weak<()>,
     idle_timeout: Duration,
     conns: T,
 }
@@ -120,8 +119,9 @@ impl std::fmt::Debug for Pool {
 /// Where and how to send one request.
 pub struct Target<'a> {
     pub key: PoolKey,
-    /// Keeps the pool's entries for this cluster alive; when it is gone they are swept.
-    pub owner: &'a Arc<Cluster>,
+    /// The cluster's liveness: while it lives the pool's entries for the cluster do;
+    /// once it is gone they are swept.
+    pub owner: &'a Arc<()>,
     /// `host:port` to connect to.
     pub address: &'a str,
     pub settings: PoolSettings,
@@ -265,7 +265,7 @@ impl Pool {
 pub struct Checkin {
     pool: Weak<Mutex<Shared>>,
     key: PoolKey,
-    owner: Weak<Cluster>,
+    owner: Weak<()>,
     idle_timeout: Duration,
     uses: u32,
 }

@@ -5,6 +5,7 @@ use super::*;
 use crate::body::empty;
 use crate::config::TrafficPolicy;
 use crate::route::Upstream;
+use crate::upstream::Cluster;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioExecutor;
 

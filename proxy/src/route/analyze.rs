@@ -33,7 +33,8 @@ pub fn analyze(config: &TrafficConfig, table: &RouteTable) -> Vec<Warning> {
     let mut out = Vec::new();
     for vs in &config.virtual_services {
         let resource = format!("VirtualService {}/{}", vs.namespace, vs.name);
-        if !vs.hosts.iter().any(|h| table.service(h).is_some()) {
+        let wildcard = vs.host_patterns.iter().any(|h| !matches!(h, crate::config::hosts::HostPattern::Exact(_)));
+        if !wildcard && !vs.hosts.iter().any(|h| table.service(h).is_some()) {
             out.push(Warning {
                 resource: resource.clone(),
                 at: "hosts".into(),

@@ -10,8 +10,10 @@ mod tests;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use crate::config::hosts::HostPattern;
 use crate::config::{
-    Destination, DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficConfig, TrafficPolicy, WeightedDestination,
+    Destination, DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficConfig, TrafficPolicy, VirtualService,
+    WeightedDestination,
 };
 
 /// What the route table needs to know about a request.
@@ -55,10 +57,31 @@ pub struct Upstream {
 
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    /// Virtual services by each of their hosts (lower-case, no port).
-    by_host: HashMap<String, usize>,
+    /// Virtual services by each of their exact hosts (lower-case, no port), in config
+    /// order: the first one a caller may use wins.
+    by_host: HashMap<String, Vec<usize>>,
+    /// Virtual services by their wildcard hosts, the most specific first (`*` last).
+    wildcards: Vec<(HostPattern, usize)>,
     virtual_services: Vec<crate::config::VirtualService>,
     services: HashMap<String, Service>,
+}
+
+/// Which VirtualServices a proxy applies, by their `gateways` (Istio's binding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// A sidecar: those without `gateways`, or listing `mesh`.
+    Mesh,
+    /// A gateway proxy: those listing one of these Gateways (`namespace/name`).
+    Gateways(Vec<String>),
+}
+
+impl Binding {
+    pub fn applies(&self, vs: &VirtualService) -> bool {
+        match self {
+            Binding::Mesh => vs.binds_mesh(),
+            Binding::Gateways(keys) => keys.iter().any(|k| vs.binds_gateway(k)),
+        }
+    }
 }
 
 /// Host without port, lower-case (`[::1]:80` is `::1`); borrowed when already lower-case.
@@ -102,15 +125,29 @@ fn host_keys(host: &str) -> Vec<String> {
 }
 
 impl RouteTable {
+    /// The sidecars' table ([`Binding::Mesh`]).
     pub fn build(cfg: &TrafficConfig) -> RouteTable {
-        let mut table = RouteTable { virtual_services: cfg.virtual_services.clone(), ..Default::default() };
-        for (i, vs) in cfg.virtual_services.iter().enumerate() {
-            for h in &vs.hosts {
-                for k in host_keys(h) {
-                    table.by_host.entry(k).or_insert(i);
+        RouteTable::build_for(cfg, &Binding::Mesh)
+    }
+
+    /// The table of the VirtualServices `binding` applies; every service is known.
+    pub fn build_for(cfg: &TrafficConfig, binding: &Binding) -> RouteTable {
+        let virtual_services: Vec<_> = cfg.virtual_services.iter().filter(|vs| binding.applies(vs)).cloned().collect();
+        let mut table = RouteTable { virtual_services, ..Default::default() };
+        for (i, vs) in table.virtual_services.iter().enumerate() {
+            for h in &vs.host_patterns {
+                match h {
+                    HostPattern::Exact(e) => {
+                        for k in host_keys(e) {
+                            table.by_host.entry(k).or_default().push(i);
+                        }
+                    }
+                    wildcard => table.wildcards.push((wildcard.clone(), i)),
                 }
             }
         }
+        // Stable: among equally specific hosts, config order.
+        table.wildcards.sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
         for se in &cfg.service_entries {
             for h in &se.hosts {
                 let rule =
@@ -130,14 +167,56 @@ impl RouteTable {
 
     /// The route a request takes, with where it sits in the table.
     pub fn find(&self, req: &RequestInfo<'_>, source_labels: &Labels) -> Option<(RouteId, &HttpRoute)> {
-        let host = normalize_host(req.authority);
-        let vs = self.by_host.get(host.as_ref()).or_else(|| self.by_host.get(host.split('.').next().unwrap_or("")))?;
-        self.virtual_services[*vs]
+        self.find_allowed(req, source_labels, |_| true)
+    }
+
+    /// The virtual service a host picks among those `allowed` (a gateway admits only the
+    /// ones bound to the server the request came to): an exact host, then wildcards from
+    /// the most specific, then a short name (`reviews` for `reviews.default.svc`), then
+    /// `*`. A Host holding `*` itself picks none.
+    pub fn virtual_service_for(&self, authority: &str, allowed: impl Fn(&VirtualService) -> bool) -> Option<usize> {
+        let host = normalize_host(authority);
+        let host = host.as_ref();
+        if host.is_empty() || host.contains('*') {
+            return None;
+        }
+        let ok = |i: &usize| allowed(&self.virtual_services[*i]);
+        if let Some(i) = self.by_host.get(host).and_then(|v| v.iter().copied().find(ok)) {
+            return Some(i);
+        }
+        let mut wildcards = self.wildcards.iter().filter(|(p, i)| p.matches(host) && ok(i));
+        let specific = wildcards.clone().find(|(p, _)| *p != HostPattern::Any);
+        if let Some((_, i)) = specific {
+            return Some(*i);
+        }
+        let short = host.split('.').next().unwrap_or("");
+        if let Some(i) = self.by_host.get(short).and_then(|v| v.iter().copied().find(ok)) {
+            return Some(i);
+        }
+        wildcards.next().map(|(_, i)| *i)
+    }
+
+    /// As [`find`](Self::find), among the virtual services `allowed`. Once a host picked a
+    /// virtual service, a request none of its routes match has no route: others are not
+    /// tried, as Envoy does not leave a virtual host.
+    pub fn find_allowed(
+        &self,
+        req: &RequestInfo<'_>,
+        source_labels: &Labels,
+        allowed: impl Fn(&VirtualService) -> bool,
+    ) -> Option<(RouteId, &HttpRoute)> {
+        let vs = self.virtual_service_for(req.authority, allowed)?;
+        self.virtual_services[vs]
             .http
             .iter()
             .enumerate()
             .find(|(_, r)| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req, source_labels)))
-            .map(|(i, r)| (RouteId { virtual_service: *vs, route: i }, r))
+            .map(|(i, r)| (RouteId { virtual_service: vs, route: i }, r))
+    }
+
+    /// The virtual service a route belongs to.
+    pub fn virtual_service(&self, id: RouteId) -> Option<&VirtualService> {
+        self.virtual_services.get(id.virtual_service)
     }
 
     /// Every route, in table order.

@@ -190,7 +190,10 @@ fn subsets_resolve_to_endpoints_and_policies() {
     assert_eq!(p.load_balancer, LoadBalancer::LeastRequest, "LEAST_CONN is LEAST_REQUEST");
     assert_eq!(p.connection_pool.max_connections, Some(1));
     let od = p.outlier_detection.unwrap();
-    assert_eq!((od.consecutive_5xx_errors, od.max_ejection_percent), (3, 100));
+    assert_eq!(
+        (od.consecutive_5xx_errors, od.consecutive_gateway_errors, od.max_ejection_percent),
+        (None, Some(3), 100)
+    );
     assert_eq!(t.policy(&d(Some("v2"))).load_balancer, LoadBalancer::Random, "a subset's policy wins");
 }
 
@@ -267,4 +270,84 @@ fn route_destinations_resolve_at_load_to_one_cluster_per_destination() {
     // No ServiceEntry for ratings: the route keeps the error, for its requests' 503.
     let (ratings, _) = t.find(&req("ratings", "/ratings/1?debug=1", &none), &[]).unwrap();
     assert!(matches!(resolved.get(ratings, 0), Some(Err(RouteError::UnknownHost(h))) if h == "ratings"));
+}
+
+const BINDINGS: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: mesh-only}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: mesh}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: gateway-only}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - route:
+    - destination: {host: productpage}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: both}
+spec:
+  hosts: [ratings, "*.example.com"]
+  gateways: [istio-system/other, mesh]
+  http:
+  - route:
+    - destination: {host: ratings}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: specific}
+spec:
+  hosts: ["*.api.example.com", "exact.example.com"]
+  gateways: [istio-system/other]
+  http:
+  - route:
+    - destination: {host: details}
+"#;
+
+fn destination_of(t: &RouteTable, authority: &str) -> Option<String> {
+    let h = headers(&[]);
+    t.route(&req(authority, "/", &h), &[]).map(|r| r.route[0].destination.host.clone())
+}
+
+#[test]
+fn virtual_services_bind_to_the_mesh_or_to_the_gateways_they_name() {
+    let (cfg, errors) = load_str("b.yaml", BINDINGS, "default");
+    assert!(errors.is_empty(), "{errors:#?}");
+    let mesh = RouteTable::build(&cfg);
+    assert_eq!(destination_of(&mesh, "reviews"), Some("reviews".into()));
+    assert_eq!(destination_of(&mesh, "ratings:9080"), Some("ratings".into()));
+    // Bound to a gateway only: the sidecars never apply it, even for a host only it names.
+    assert_eq!(destination_of(&mesh, "anything.org"), None);
+    let gw = RouteTable::build_for(&cfg, &Binding::Gateways(vec!["default/bookinfo-gateway".into()]));
+    assert_eq!(destination_of(&gw, "bookinfo.example.org"), Some("productpage".into()));
+    assert_eq!(destination_of(&gw, "reviews"), Some("productpage".into()), "the gateway has no mesh routes");
+    // `other` is in istio-system: `bookinfo-gateway` of default is not it.
+    let other = RouteTable::build_for(&cfg, &Binding::Gateways(vec!["istio-system/other".into()]));
+    assert_eq!(destination_of(&other, "a.example.com"), Some("ratings".into()));
+    assert_eq!(destination_of(&other, "v1.api.example.com"), Some("details".into()), "longest suffix wins");
+    assert_eq!(destination_of(&other, "exact.example.com"), Some("details".into()));
+    assert_eq!(destination_of(&other, "example.com"), None);
+    assert_eq!(destination_of(&other, "bookinfo.example.org"), None);
+    let none = RouteTable::build_for(&cfg, &Binding::Gateways(vec!["default/unknown".into()]));
+    assert_eq!(destination_of(&none, "reviews"), None);
+}
+
+#[test]
+fn a_literal_star_host_is_no_route_even_where_star_routes_everything() {
+    let (cfg, _) = load_str("b.yaml", BINDINGS, "default");
+    let gw = RouteTable::build_for(&cfg, &Binding::Gateways(vec!["default/bookinfo-gateway".into()]));
+    assert_eq!(destination_of(&gw, "x"), Some("productpage".into()));
+    assert_eq!(destination_of(&gw, "*"), None);
+    assert_eq!(destination_of(&gw, "*:80"), None);
+    assert_eq!(destination_of(&gw, "*.example.com"), None);
+    assert_eq!(destination_of(&gw, ""), None);
 }

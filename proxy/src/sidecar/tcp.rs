@@ -14,7 +14,7 @@ use mixr_rules::value::{MapVal, Value, ip_to_bytes};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::registry::{self, OutboundPolicy};
+use crate::capture::registry::{self, OutboundPolicy};
 use crate::policy::Verdict;
 use crate::proxy::{Direction, Proxy};
 use crate::worker::Worker;

@@ -81,7 +81,7 @@ pub async fn claim(
     sock: TcpStream,
     peer: SocketAddr,
 ) -> Option<(TcpStream, Option<SocketAddr>)> {
-    let Some(original) = super::original_dst::redirected(&sock) else { return Some((sock, None)) };
+    let Some(original) = crate::capture::original_dst::redirected(&sock) else { return Some((sock, None)) };
     match sniff(&sock).await {
         Sniffed::Http => Some((sock, Some(original))),
         Sniffed::Tcp => {

@@ -1,0 +1,190 @@
+//! The sidecar's inbound side: a caller's request to this workload, checked through mixr
+//! (with the caller's identity from `x-istio-attributes`), then sent to the local app.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use hyper::{Request, Response};
+
+use crate::body::{ProxyBody, reply};
+use crate::proxy::{Direction, Proxy};
+use crate::worker::Worker;
+
+impl Proxy {
+    /// Handles one request on the inbound listener: checked with mixr, then to the local app.
+    pub async fn inbound(&self, worker: &Worker, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let authority = crate::request::authority_of(&req);
+        let authority = authority.as_str();
+        let dialled = req.extensions().get::<crate::capture::OriginalDst>().map(|o| o.0.port());
+        let app = crate::capture::inbound::app_for(self.app.as_ref(), &self.inbound_apps, dialled);
+        let Some(app) = app else { return reply(503, "no --app-addr configured\n") };
+        let (mut parts, body) = req.into_parts();
+        // The caller's identity is for us, not for the app.
+        let peer_identity = parts.headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
+        let tables = self.tables.load();
+        if !tables.authz.is_empty() {
+            let headers = crate::request::header_pairs(&parts.headers);
+            let facts = crate::authz::Facts {
+                principal: None,
+                namespace: None,
+                source_ip: Some(peer.ip()),
+                host: authority,
+                port: self.app_port,
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                headers: &headers,
+                labels: &self.identity.labels,
+            };
+            if let crate::authz::Decision::Deny(by) = tables.authz.decide(&facts) {
+                let mut resp = self.authz_denied(worker, &parts, peer, authority, &headers, &by, started);
+                self.name_callee(&mut resp, peer_identity.is_some());
+                return resp;
+            }
+        }
+        drop(tables);
+        let mut response_ops = Vec::new();
+        let mut report = None;
+        let checker = self.policy.as_ref().filter(|p| p.checks()).zip(worker.mixr.as_ref());
+        if checker.is_some() || worker.reporter.is_some() {
+            let headers = crate::request::header_pairs(&parts.headers);
+            let mut attrs = self.inbound_attributes(&parts, peer, authority, &headers);
+            if let Some(v) = peer_identity.as_ref().and_then(|v| v.to_str().ok()) {
+                attrs.extend(crate::policy::attributes::peer_attributes(v));
+            }
+            let verdict = match checker {
+                Some((policy, mixr)) => {
+                    // The service this workload backs: its `app` label, as Kubernetes
+                    // services select pods; else the name the caller used.
+                    let service = match self.identity.labels.iter().find(|(k, _)| k == "app") {
+                        Some((_, app)) => app.as_str(),
+                        None => crate::route::service_name(authority),
+                    };
+                    let quotas = policy.quotas_for(service, &self.identity.namespace, &attrs);
+                    let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+                    let dedup = header("x-request-id").unwrap_or_default();
+                    // Boxed, as are other large, conditional steps: futures are sized for
+                    // their largest state, and every request's future is moved.
+                    match policy.cached(&attrs, &quotas) {
+                        Some(hit) => Some(hit),
+                        None => Some(Box::pin(policy.ask(mixr, &attrs, &quotas, dedup, header("traceparent"))).await),
+                    }
+                }
+                None => None,
+            };
+            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
+            let entry = worker.reporter.as_ref().map(|_| (crate::policy::reports::owned(attrs), traceparent));
+            match verdict {
+                Some(crate::policy::Verdict::Deny { http_status, body, headers: extra }) => {
+                    let mut resp = reply(http_status, body);
+                    for (k, v) in extra {
+                        if let (Ok(k), Ok(v)) =
+                            (hyper::header::HeaderName::try_from(k), hyper::header::HeaderValue::try_from(v))
+                        {
+                            resp.headers_mut().insert(k, v);
+                        }
+                    }
+                    self.name_callee(&mut resp, peer_identity.is_some());
+                    self.observe(
+                        worker,
+                        Direction::Inbound,
+                        &self.inbound_service,
+                        "",
+                        resp.status().as_u16(),
+                        started,
+                    );
+                    self.report(worker, entry, &resp, started);
+                    return resp;
+                }
+                Some(crate::policy::Verdict::Allow { request_headers, response_headers }) => {
+                    crate::policy::apply_header_ops(&mut parts.headers, &request_headers);
+                    response_ops = response_headers;
+                    report = entry;
+                }
+                None => report = entry,
+            }
+        }
+        let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
+        if crate::upgrade::wants_upgrade(&parts.headers) {
+            let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
+            self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
+            return resp;
+        }
+        let http2 = crate::request::is_grpc_headers(&parts.headers) || parts.version == hyper::Version::HTTP_2;
+        let result = crate::forward::send_upstream(&worker.pool, &target, &parts, body, http2, authority).await;
+        drop(target);
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "local app unreachable");
+                reply(503, "upstream connect error (local app)\n")
+            }
+        };
+        crate::policy::apply_header_ops(resp.headers_mut(), &response_ops);
+        self.name_callee(&mut resp, peer_identity.is_some());
+        self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
+        self.report(worker, report, &resp, started);
+        resp
+    }
+
+    /// An inbound request's attributes, for its Check and Report.
+    fn inbound_attributes<'a>(
+        &'a self,
+        parts: &'a hyper::http::request::Parts,
+        peer: SocketAddr,
+        authority: &'a str,
+        headers: &[(&'a str, &'a str)],
+    ) -> Vec<(&'static str, mixr_rules::value::Value<'a>)> {
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let grpc = crate::request::is_grpc_headers(&parts.headers);
+        crate::policy::attributes::inbound(
+            &self.identity,
+            &self.destination_labels,
+            peer,
+            parts.method.as_str(),
+            path,
+            authority,
+            headers,
+            grpc,
+        )
+    }
+
+    /// Answers a request authorization refused (403, as Envoy's RBAC filter does), counts
+    /// it by what decided, and reports it with that name.
+    #[allow(clippy::too_many_arguments)]
+    fn authz_denied(
+        &self,
+        worker: &Worker,
+        parts: &hyper::http::request::Parts,
+        peer: SocketAddr,
+        authority: &str,
+        headers: &[(&str, &str)],
+        by: &str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let resp = reply(403, "RBAC: access denied");
+        // `by` is a policy's name from the config or one of two fixed reasons: bounded.
+        self.stats.authz_denied.with_label_values(&[by]).inc();
+        tracing::debug!(policy = by, path = parts.uri.path(), "authorization denied");
+        self.observe(worker, Direction::Inbound, &self.inbound_service, "", 403, started);
+        if worker.reporter.is_some() {
+            let mut attrs = self.inbound_attributes(parts, peer, authority, headers);
+            attrs.push(("rbac.effective_policy_id", mixr_rules::value::Value::String(by.into())));
+            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
+            self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
+        }
+        resp
+    }
+
+    /// Names this workload on an inbound response to a caller that named itself (a
+    /// sidecar in the mesh), as it names itself on its outbound requests, so the caller's
+    /// sidecar reports who answered. Callers outside the mesh learn nothing, and an app's
+    /// own header of that name never passes: only the sidecar speaks for the workload.
+    fn name_callee<B>(&self, resp: &mut Response<B>, caller_in_mesh: bool) {
+        let headers = resp.headers_mut();
+        headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
+        if caller_in_mesh && self.policy.is_some() {
+            headers.insert(crate::policy::attributes::ISTIO_ATTRIBUTES, self.identity_header.clone());
+        }
+    }
+}
