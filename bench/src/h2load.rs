@@ -383,13 +383,17 @@ pub fn run(opts: &Options) -> Result<(), String> {
     };
     let rls =
         |name, group, server, redis| Target { name, group, server, path: RLS_PATH, body: rls_body.clone(), redis };
-    if wanted("rls") {
+    // A group's no-op row is measured whenever one of its mixr rows is (the ratios).
+    const RLS_ROWS: [&str; 3] = ["mixr rls memquota", "mixr rls redis fixed", "mixr rls redis rolling"];
+    if RLS_ROWS.iter().any(|n| wanted(n)) {
         targets.push(rls("noop rls", "rls", noop, false));
-        let cfg = rls_config(d, "memquota", None, &opts.redis).map_err(|e| e.to_string())?;
-        let s = add_server(&mut servers, "mixr memquota", mixr_server(cfg))?;
-        targets.push(rls("mixr rls memquota", "rls", s, false));
-        for (algo, name) in [("FIXED_WINDOW", "mixr rls redis fixed"), ("ROLLING_WINDOW", "mixr rls redis rolling")] {
-            if !wanted(name) && !opts.only.iter().any(|o| o == "rls") {
+        if wanted(RLS_ROWS[0]) {
+            let cfg = rls_config(d, "memquota", None, &opts.redis).map_err(|e| e.to_string())?;
+            let s = add_server(&mut servers, "mixr memquota", mixr_server(cfg))?;
+            targets.push(rls(RLS_ROWS[0], "rls", s, false));
+        }
+        for (algo, name) in [("FIXED_WINDOW", RLS_ROWS[1]), ("ROLLING_WINDOW", RLS_ROWS[2])] {
+            if !wanted(name) {
                 continue;
             }
             let cfg = rls_config(d, "redisquota", Some(algo), &opts.redis).map_err(|e| e.to_string())?;
@@ -401,10 +405,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
             targets.push(rls(name, "rls", s, true));
         }
     }
-    if wanted("authz") || wanted("check") {
+    if wanted("mixr ext_authz") || wanted("mixr check") {
         let cfg = check_config(d).map_err(|e| e.to_string())?;
         let s = add_server(&mut servers, "mixr check", mixr_server(cfg))?;
-        if wanted("authz") {
+        if wanted("mixr ext_authz") {
             targets.push(Target {
                 name: "noop ext_authz",
                 group: "ext_authz",
@@ -422,7 +426,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
                 redis: false,
             });
         }
-        if wanted("check") {
+        if wanted("mixr check") {
             targets.push(Target {
                 name: "noop check",
                 group: "check",

@@ -92,8 +92,8 @@ enum Command {
         /// Redis for the redisquota rows (its CPU is read from `INFO cpu`).
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
-        /// Only targets whose name contains one of these words (rls, memquota, redis,
-        /// fixed, rolling, authz, check).
+        /// Only mixr rows whose name contains one of these words (rls, memquota, redis,
+        /// fixed, rolling, authz, check), with their group's no-op row.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Write the request bodies and configs into this directory and exit
