@@ -6,6 +6,7 @@
 //! `/proc/<pid>/stat`.
 
 mod gatewaybench;
+mod h2load;
 mod load;
 mod noop;
 mod procstat;
@@ -76,6 +77,34 @@ enum Command {
         #[arg(long)]
         gateway_only: bool,
     },
+    /// The gRPC hot path under h2load (RLS, ext_authz, Mixer Check): one connection, 64
+    /// streams in flight, each server pinned to CPU 0 with one tokio worker, h2load on
+    /// CPU 1; the no-op server and mixr in interleaved rounds, medians printed.
+    H2load {
+        /// Calls per measured run (each run is bounded by this count).
+        #[arg(long, default_value = "60000")]
+        requests: u64,
+        /// Calls sent to each target before the first measured round.
+        #[arg(long, default_value = "5000")]
+        warmup: u64,
+        #[arg(long, default_value = "3")]
+        rounds: usize,
+        #[arg(long, default_value = "64")]
+        streams: u32,
+        #[arg(long)]
+        mixr: Option<PathBuf>,
+        /// Redis for the redisquota rows (its CPU is read from `INFO cpu`).
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Only mixr rows whose name contains one of these words (rls, memquota, redis,
+        /// fixed, rolling, authz, check), with their group's no-op row.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Write the request bodies and configs into this directory and exit
+        /// (bench/scripts/grpc-instructions.sh uses them).
+        #[arg(long)]
+        write_files: Option<PathBuf>,
+    },
     /// The origin for `proxy`: a tiny HTTP server.
     OriginServer {
         #[arg(long)]
@@ -100,6 +129,23 @@ fn main() -> ExitCode {
             let sidecar =
                 if gateway_only { Ok(()) } else { proxybench::run(seconds, connections, rounds, &bin_dir, dir.path()) };
             match sidecar.and_then(|()| gatewaybench::run(seconds, connections, rounds, &bin_dir, dir.path())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mixr-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::H2load { requests, warmup, rounds, streams, mixr, redis, only, write_files } => {
+            let mixr = match mixr.map_or_else(|| scenario::sibling("mixr"), Ok) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("mixr-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = h2load::Options { requests, warmup, rounds, streams, mixr, redis, only, write_files };
+            match h2load::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mixr-bench: {e}");

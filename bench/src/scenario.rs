@@ -91,7 +91,7 @@ fn serve_args(configs: &[PathBuf], addr_file: &Path) -> Vec<String> {
     args
 }
 
-fn sibling(name: &str) -> Result<PathBuf, String> {
+pub fn sibling(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let p = exe.with_file_name(name);
     if p.exists() {
@@ -194,7 +194,7 @@ fn labels(pairs: &[(&str, &str)]) -> Value<'static> {
 }
 
 /// A request shaped like an Istio sidecar's: ~20 attributes, a dozen headers.
-fn sidecar_request(service: &str, user: &str, version: &str) -> CheckRequest {
+pub fn sidecar_request(service: &str, user: &str, version: &str) -> CheckRequest {
     let s = |v: &str| Value::String(Cow::Owned(v.to_string()));
     let attrs: Vec<(&str, Value<'static>)> = vec![
         (

@@ -1,5 +1,7 @@
 //! mixr's own metrics, registered once in the registry served on `/metrics`.
 
+use std::sync::OnceLock;
+
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Debug, Clone)]
@@ -154,11 +156,96 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    /// Records one adapter call.
-    pub fn adapter_call(&self, handler: &str, variety: &str, ok: bool, started: std::time::Instant) {
-        self.adapter_calls.with_label_values(&[handler, variety, if ok { "ok" } else { "error" }]).inc();
-        self.adapter_seconds.with_label_values(&[handler, variety]).observe(started.elapsed().as_secs_f64());
+/// What a handler was called for (the `variety` label of adapter metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterVariety {
+    Check,
+    Quota,
+    Generate,
+    Report,
+}
+
+impl AdapterVariety {
+    pub fn label(self) -> &'static str {
+        match self {
+            AdapterVariety::Check => "check",
+            AdapterVariety::Quota => "quota",
+            AdapterVariety::Generate => "generate",
+            AdapterVariety::Report => "report",
+        }
+    }
+}
+
+/// A quota allocation's result (the `result` label of `mixr_quota_allocations_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    Granted,
+    Denied,
+    Error,
+}
+
+impl Allocation {
+    fn label(self) -> &'static str {
+        match self {
+            Allocation::Granted => "granted",
+            Allocation::Denied => "denied",
+            Allocation::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct VarietySeries {
+    ok: OnceLock<IntCounter>,
+    error: OnceLock<IntCounter>,
+    seconds: OnceLock<Histogram>,
+}
+
+/// One handler's self-metric series, kept with the config generation that defines the
+/// handler. `with_label_values` hashes every label value and takes the vector's lock on
+/// each call (three times per adapter call, and its display name was formatted each
+/// time): per call on the Check and quota paths, that was measurable. Each series is
+/// resolved on its first use, not up front, so `/metrics` still lists a series only once
+/// the handler was called for it.
+#[derive(Debug)]
+pub struct HandlerMetrics {
+    /// The handler's display name (`name.namespace`), the metrics' `handler` label.
+    pub name: String,
+    calls: IntCounterVec,
+    seconds: HistogramVec,
+    allocations: IntCounterVec,
+    by_variety: [VarietySeries; 4],
+    by_allocation: [OnceLock<IntCounter>; 3],
+}
+
+impl HandlerMetrics {
+    pub fn new(metrics: &Metrics, name: String) -> HandlerMetrics {
+        HandlerMetrics {
+            name,
+            calls: metrics.adapter_calls.clone(),
+            seconds: metrics.adapter_seconds.clone(),
+            allocations: metrics.quota_allocations.clone(),
+            by_variety: Default::default(),
+            by_allocation: Default::default(),
+        }
+    }
+
+    /// Records one adapter call that started at `started`.
+    pub fn call(&self, variety: AdapterVariety, ok: bool, started: std::time::Instant) {
+        let series = &self.by_variety[variety as usize];
+        let (cell, result) = if ok { (&series.ok, "ok") } else { (&series.error, "error") };
+        cell.get_or_init(|| self.calls.with_label_values(&[self.name.as_str(), variety.label(), result])).inc();
+        series
+            .seconds
+            .get_or_init(|| self.seconds.with_label_values(&[self.name.as_str(), variety.label()]))
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records one quota allocation's result.
+    pub fn allocation(&self, result: Allocation) {
+        self.by_allocation[result as usize]
+            .get_or_init(|| self.allocations.with_label_values(&[self.name.as_str(), result.label()]))
+            .inc();
     }
 }
 
@@ -188,4 +275,36 @@ impl MethodMetrics {
 /// gRPC code names, for metric labels and the CLI.
 pub fn code_name(code: i32) -> &'static str {
     mixr_proto::grpc_code_name(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics.render(Vec::new()).lines().filter(|l| l.starts_with(name)).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn handler_series_appear_on_first_use_and_count_like_labelled_lookups() {
+        let metrics = Metrics::new();
+        let h = HandlerMetrics::new(&metrics, "deny.istio-system".into());
+        assert!(lines(&metrics, "mixr_adapter_calls_total").is_empty(), "no series before a call");
+        let started = std::time::Instant::now();
+        h.call(AdapterVariety::Check, true, started);
+        h.call(AdapterVariety::Check, true, started);
+        h.call(AdapterVariety::Check, false, started);
+        h.call(AdapterVariety::Quota, true, started);
+        h.allocation(Allocation::Granted);
+        h.allocation(Allocation::Denied);
+        h.allocation(Allocation::Denied);
+        let calls = |variety: &str, result: &str| {
+            metrics.adapter_calls.with_label_values(&["deny.istio-system", variety, result]).get()
+        };
+        assert_eq!((calls("check", "ok"), calls("check", "error"), calls("quota", "ok")), (2, 1, 1));
+        assert_eq!(lines(&metrics, "mixr_adapter_calls_total").len(), 3, "only the series used");
+        assert_eq!(metrics.adapter_seconds.with_label_values(&["deny.istio-system", "check"]).get_sample_count(), 3);
+        let alloc = |r: &str| metrics.quota_allocations.with_label_values(&["deny.istio-system", r]).get();
+        assert_eq!((alloc("granted"), alloc("denied"), alloc("error")), (1, 2, 0));
+    }
 }

@@ -11,7 +11,7 @@ use mixr_adapters::{BuildContext, HandlerSet, Registry};
 use mixr_rules::config::{ConfigError, add_lines, fingerprint, load_paths};
 use mixr_rules::snapshot::{Snapshot, build};
 
-use crate::metrics::Metrics;
+use crate::metrics::{HandlerMetrics, Metrics};
 
 #[derive(Debug)]
 pub struct Runtime {
@@ -19,6 +19,8 @@ pub struct Runtime {
     pub handlers: HandlerSet,
     pub generation: u64,
     pub loaded_at: SystemTime,
+    /// Self-metric series of each handler, by the snapshot's handler index.
+    handler_metrics: Vec<HandlerMetrics>,
     fingerprint: u64,
 }
 
@@ -30,7 +32,23 @@ impl Runtime {
             handlers: HandlerSet::default(),
             generation: 0,
             loaded_at: SystemTime::now(),
+            handler_metrics: Vec::new(),
             fingerprint: 0,
+        }
+    }
+
+    /// The self-metric series of the snapshot's handler `h` (every handler has them: they
+    /// are built with the snapshot).
+    pub fn handler_metrics(&self, h: usize) -> Option<&HandlerMetrics> {
+        self.handler_metrics.get(h)
+    }
+
+    /// The display name (`name.namespace`) of the snapshot's handler `h`, without
+    /// formatting it again.
+    pub fn handler_name(&self, h: usize) -> std::borrow::Cow<'_, str> {
+        match self.handler_metrics.get(h) {
+            Some(m) => std::borrow::Cow::Borrowed(m.name.as_str()),
+            None => std::borrow::Cow::Owned(self.snapshot.handlers[h].display_name()),
         }
     }
 }
@@ -143,11 +161,14 @@ impl ConfigStore {
                     instances = snapshot.instances.len(),
                     "config loaded"
                 );
+                let handler_metrics =
+                    snapshot.handlers.iter().map(|h| HandlerMetrics::new(&self.metrics, h.display_name())).collect();
                 self.current.store(Arc::new(Runtime {
                     snapshot,
                     handlers,
                     generation,
                     loaded_at: SystemTime::now(),
+                    handler_metrics,
                     fingerprint: fp,
                 }));
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();

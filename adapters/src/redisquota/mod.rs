@@ -1,7 +1,7 @@
 //! `redisquota`: quotas shared by every mixr replica through Redis (or Redis Cluster).
 //!
 //! Each allocation is one Lua script (EVALSHA, loaded again on NOSCRIPT) using Redis's own
-//! clock. Every key of a counter carries the same hash tag, so a counter lives in one
+//! clock, touching one counter key (and a dedup record when the call has an id). Every key of a counter carries the same hash tag, so a counter lives in one
 //! Cluster slot. When Redis is unreachable or slower than `timeout`, the handler answers by
 //! its explicit policy (`failOpen`), counts it, and keeps reconnecting by itself.
 
@@ -129,7 +129,6 @@ impl RedisQuota {
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(format!("mixr:{{{key}}}:c"))
-            .key(format!("mixr:{{{key}}}:b"))
             .key(format!("mixr:{{{key}}}:d:{}", args.dedup_id))
             .arg(algorithm)
             .arg(limit.max_amount)

@@ -126,7 +126,8 @@ async fn keys_share_one_cluster_slot() {
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let run = d.maps[0].1[0].1.to_text();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("mixr:*{run}*")).query_async(&mut con).await.unwrap();
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    // The rolling counter (one hash of its buckets) and the dedup record.
+    assert_eq!(keys.len(), 2, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tag = |k: &str| -> String {
         let open = k.find('{').expect("hash tag");
@@ -312,4 +313,76 @@ async fn works_on_redis_cluster() {
         assert_eq!(take(&*q, &d, 2, false, "").await, 0);
         assert_eq!(take(&*q, &d, 2, true, "").await, 1);
     }
+}
+
+/// The key of the one counter a handler made for `d` (its dimension `weird` is unique).
+async fn counter_key(con: &mut redis::aio::MultiplexedConnection, run: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("mixr:*{run}*:c")).query_async(con).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].clone()
+}
+
+#[tokio::test]
+async fn rolling_counters_of_the_earlier_two_key_layout_keep_counting() {
+    // Earlier versions kept a rolling counter's ticks in a sorted set beside the hash; the
+    // hash (`sum`, `b<tick>`) is read whole when it has no `lo`, so a counter written by an
+    // older replica still counts after an upgrade.
+    let q = make(&params(10, "1s", ""));
+    let run = format!("legacy{}", std::process::id());
+    let d = crate::quota::tests::with(&dims(&[]), "weird", &run);
+    assert_eq!(take(&*q, &d, 1, false, "").await, 1);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let key = counter_key(&mut con, &run).await;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+    let tick = (secs * 1_000_000 + micros) / 100_000;
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("sum")
+        .arg(7)
+        .arg(format!("b{}", tick - 2))
+        .arg(4)
+        .arg(format!("b{}", tick - 40))
+        .arg(3)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // The bucket 40 ticks back has retired (3); the one 2 ticks back (4) still counts.
+    assert_eq!(take(&*q, &d, 7, false, "").await, 0, "4 + 7 is over 10");
+    assert_eq!(take(&*q, &d, 6, false, "").await, 6);
+    assert_eq!(take(&*q, &d, 1, false, "").await, 0);
+    let sum: i64 = redis::cmd("HGET").arg(&key).arg("sum").query_async(&mut con).await.unwrap();
+    assert_eq!(sum, 10);
+}
+
+#[tokio::test]
+async fn rolling_windows_of_many_small_buckets_retire_exactly() {
+    // 1 ms buckets over 300 ms: live grants span far more than the 64 buckets read tick by
+    // tick, so retiring them reads the whole counter.
+    let p = "    quotas:\n    - name: requestcount\n      maxAmount: 4\n      validDuration: 300ms\n      rateLimitAlgorithm: ROLLING_WINDOW\n      bucketDuration: 1ms\n";
+    let q = make(p);
+    let run = format!("tiny{}", std::process::id());
+    let d = crate::quota::tests::with(&dims(&[]), "weird", &run);
+    let start = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(take(&*q, &d, 1, false, "").await, 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    if start.elapsed() < Duration::from_millis(300) {
+        assert_eq!(take(&*q, &d, 1, false, "").await, 0, "four grants within the window");
+    }
+    // The first grant retires 301-302 ms after it; the others stay.
+    tokio::time::sleep(Duration::from_millis(330).saturating_sub(start.elapsed().min(Duration::from_millis(330))))
+        .await;
+    let r = q.alloc(&d, INSTANCE, QuotaArgs { dedup_id: String::new(), amount: 2, best_effort: true }).await;
+    assert!(r.granted >= 1, "at least the first grant retired: {r:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(take(&*q, &d, 4, false, "").await, 4, "everything retired");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let key = counter_key(&mut con, &run).await;
+    let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut con).await.unwrap();
+    let buckets = fields.iter().filter(|f| f.starts_with('b')).count();
+    assert_eq!(buckets, 1, "retired buckets are deleted: {fields:?}");
 }

@@ -18,7 +18,7 @@ use mixr_rules::snapshot::CompiledHeaderOp;
 use mixr_rules::templates::Variety;
 
 use crate::grpc::trace::adapter_span;
-use crate::metrics::Metrics;
+use crate::metrics::{AdapterVariety, Metrics};
 use crate::runtime::Runtime;
 
 pub const DEFAULT_VALID_DURATION: Duration = Duration::from_secs(60);
@@ -64,7 +64,8 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
             let Some(handler) = rt.handlers.get(action.handler).and_then(|h| h.check.as_ref()) else {
                 continue;
             };
-            let handler_name = snapshot.handlers[action.handler].display_name();
+            let handler_name = rt.handler_name(action.handler);
+            let handler_metrics = rt.handler_metrics(action.handler);
             for &i in &action.instances {
                 let instance = &snapshot.instances[i];
                 if instance.template.variety() != Variety::Check {
@@ -74,12 +75,13 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
                     Ok(values) => {
                         let started = std::time::Instant::now();
                         let r = adapter_span(&handler_name, "check").in_scope(|| handler.check(&values));
-                        metrics.adapter_call(
-                            &handler_name,
-                            "check",
-                            r.status.code != code::INTERNAL && r.status.code != code::UNAVAILABLE,
-                            started,
-                        );
+                        if let Some(m) = handler_metrics {
+                            m.call(
+                                AdapterVariety::Check,
+                                r.status.code != code::INTERNAL && r.status.code != code::UNAVAILABLE,
+                                started,
+                            );
+                        }
                         r
                     }
                     Err(e) => {

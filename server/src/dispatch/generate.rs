@@ -14,7 +14,7 @@ use mixr_rules::templates::Variety;
 use mixr_rules::value::OwnedValue;
 
 use crate::grpc::trace::adapter_span;
-use crate::metrics::Metrics;
+use crate::metrics::{AdapterVariety, Metrics};
 use crate::runtime::Runtime;
 
 /// Attributes generated for one request, and what producing them read.
@@ -68,7 +68,8 @@ pub fn generate<'s>(rt: &'s Runtime, bag: &Bag<'_>, metrics: &Metrics) -> Genera
             let Some(generator) = rt.handlers.get(action.handler).and_then(|h| h.generator.as_ref()) else {
                 continue;
             };
-            let handler_name = snapshot.handlers[action.handler].display_name();
+            let handler_name = rt.handler_name(action.handler);
+            let handler_metrics = rt.handler_metrics(action.handler);
             for &i in &action.instances {
                 let instance: &'s _ = &snapshot.instances[i];
                 if instance.template.variety() != Variety::AttributeGenerator {
@@ -84,7 +85,9 @@ pub fn generate<'s>(rt: &'s Runtime, bag: &Bag<'_>, metrics: &Metrics) -> Genera
                 };
                 let started = std::time::Instant::now();
                 let outputs = adapter_span(&handler_name, "generate").in_scope(|| generator.generate(&values));
-                metrics.adapter_call(&handler_name, "generate", true, started);
+                if let Some(m) = handler_metrics {
+                    m.call(AdapterVariety::Generate, true, started);
+                }
                 let Some(outputs) = outputs else { continue };
                 for (attr, program) in &instance.bindings {
                     let attr: &'s str = attr;

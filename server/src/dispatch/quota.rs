@@ -13,7 +13,7 @@ use mixr_rules::templates::Template;
 use tracing::Instrument;
 
 use crate::grpc::trace::adapter_span;
-use crate::metrics::Metrics;
+use crate::metrics::{AdapterVariety, Allocation, Metrics};
 use crate::runtime::Runtime;
 
 /// Which quota instances of the matched rules to charge.
@@ -142,12 +142,13 @@ pub async fn allocate<'s>(
                     best_effort,
                 };
                 let started = std::time::Instant::now();
-                let handler_name = snapshot.handlers[h].display_name();
                 let r = handler
                     .alloc(&values, &inst.full_name, args)
-                    .instrument(adapter_span(&handler_name, "quota"))
+                    .instrument(adapter_span(&rt.handler_name(h), "quota"))
                     .await;
-                metrics.adapter_call(&handler_name, "quota", r.status.is_ok(), started);
+                if let Some(m) = rt.handler_metrics(h) {
+                    m.call(AdapterVariety::Quota, r.status.is_ok(), started);
+                }
                 r
             }
             Err(e) => {
@@ -155,16 +156,18 @@ pub async fn allocate<'s>(
                 QuotaResult::failed(Status::new(code::INTERNAL, format!("instance {}: {e}", inst.full_name)))
             }
         };
-        let handler_name = snapshot.handlers[h].display_name();
-        let label = if !result.status.is_ok() {
-            "error"
+        let allocation = if !result.status.is_ok() {
+            Allocation::Error
         } else if result.granted < amount {
-            "denied"
+            Allocation::Denied
         } else {
-            "granted"
+            Allocation::Granted
         };
-        metrics.quota_allocations.with_label_values(&[handler_name.as_str(), label]).inc();
+        if let Some(m) = rt.handler_metrics(h) {
+            m.allocation(allocation);
+        }
         if !result.status.is_ok() && outcome.status.is_ok() {
+            let handler_name = rt.handler_name(h);
             outcome.status = Status::new(result.status.code, format!("{handler_name}:{}", result.status.message));
         }
         outcome.granted = outcome.granted.min(result.granted);

@@ -10,7 +10,7 @@ use mixr_rules::snapshot::InstanceValues;
 use mixr_rules::templates::Variety;
 
 use crate::grpc::trace::adapter_span;
-use crate::metrics::Metrics;
+use crate::metrics::{AdapterVariety, Metrics};
 use crate::runtime::Runtime;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -85,9 +85,11 @@ pub fn report(rt: &Runtime, bags: &[Bag<'_>], metrics: &Metrics) -> ReportOutcom
         if let Some(handler) = rt.handlers.get(h).and_then(|h| h.report.as_ref()) {
             outcome.instances_dispatched += values.len();
             let started = std::time::Instant::now();
-            let name = snapshot.handlers[h].display_name();
+            let name = rt.handler_name(h);
             adapter_span(&name, "report").in_scope(|| handler.report(&snapshot.instances[i].full_name, &values));
-            metrics.adapter_call(&name, "report", true, started);
+            if let Some(m) = rt.handler_metrics(h) {
+                m.call(AdapterVariety::Report, true, started);
+            }
         }
     }
     outcome
