@@ -100,3 +100,64 @@ fn the_kustomization_names_files_that_exist_and_its_config_loads() {
         eprintln!("kubectl is not installed: `kubectl kustomize deploy/kubernetes` was not tried");
     }
 }
+
+/// The gateway Deployment's own command line, with its addresses moved to loopback: the
+/// binary accepts it, serves the ConfigMap's Gateway on its port 80 and routes
+/// bookinfo-gateway's paths (503: productpage's DNS name does not resolve here) but
+/// nothing else (404).
+#[test]
+fn the_gateway_deployment_runs_its_config() {
+    let text = std::fs::read_to_string(root().join("gateway.yaml")).unwrap();
+    let docs: Vec<yaml_serde::Value> =
+        yaml_serde::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("addrs");
+    let config = root().join("gateway/ingress.yaml");
+    let args: Vec<String> = list(&c["args"])
+        .into_iter()
+        .map(|a| match a.split_once('=') {
+            Some(("--config", _)) => format!("--config={}", config.display()),
+            Some(("--gateway-bind", _)) => "--gateway-bind=127.0.0.1".into(),
+            Some(("--admin-addr" | "--stats-addr", _)) => format!("{}=127.0.0.1:0", a.split('=').next().unwrap()),
+            Some(("--mixr", _)) => "--mixr=127.0.0.1:1".into(),
+            _ => a,
+        })
+        .collect();
+    let mut child = Command::new(binary("mixr-proxy"))
+        .args(&args)
+        .arg("--gateway-ephemeral-ports")
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .arg("--fail-open")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let port = loop {
+        let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
+        if let Some(a) = text.lines().find_map(|l| l.strip_prefix("gateway.80=")) {
+            break a.to_string();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the gateway exited with {args:?}");
+        assert!(std::time::Instant::now() < deadline, "no gateway port 80 in {text:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let status = |path: &str| {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&port).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: bookinfo.example.com\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        answer.split_whitespace().nth(1).unwrap_or_default().to_string()
+    };
+    let (routed, unrouted) = (status("/productpage"), status("/elsewhere"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((routed.as_str(), unrouted.as_str()), ("503", "404"));
+}
