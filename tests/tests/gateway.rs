@@ -3,6 +3,7 @@
 //! handshakes (SNI, ALPN, MUTUAL, reloaded certificates), plain HTTP redirects to HTTPS,
 //! and Istio's ingress policies (deny-ip, ingress-denial) apply through mixr.
 
+use mixr_bookinfo::gateway::DENY_IP;
 use std::path::Path;
 use std::time::Duration;
 
@@ -320,37 +321,6 @@ async fn https_is_terminated_by_sni_with_alpn_mutual_tls_redirects_and_reloaded_
     // No server for the SNI, no client certificate, one from another CA.
     assert!(metrics.contains("mixr_proxy_gateway_tls_handshake_failures_total 3"), "{metrics}");
 }
-
-/// Shaped like Istio's samples/bookinfo/policy/mixer-rule-deny-ip.yaml: only clients from
-/// 10.57.0.0/16 may come in through the ingress gateway.
-const DENY_IP: &str = r#"
-apiVersion: config.istio.io/v1alpha2
-kind: handler
-metadata: {name: whitelistip}
-spec:
-  compiledAdapter: listchecker
-  params:
-    overrides: ["10.57.0.0/16"]
-    blacklist: false
-    entryType: IP_ADDRESSES
----
-apiVersion: config.istio.io/v1alpha2
-kind: instance
-metadata: {name: sourceip}
-spec:
-  compiledTemplate: listentry
-  params:
-    value: source.ip | ip("0.0.0.0")
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: checkip}
-spec:
-  match: source.labels["istio"] == "ingressgateway"
-  actions:
-  - handler: whitelistip
-    instances: [sourceip]
-"#;
 
 /// Shaped like Istio's mixer-rule-ingress-denial.yaml: requests through the ingress
 /// gateway to productpage are denied for the user john; and, for MUTUAL clients, one
