@@ -23,19 +23,23 @@ pub enum OutboundPolicy {
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
 
-/// The first host of the ServiceEntry with an endpoint at `dst` (its address, and its
-/// port: the endpoint's own port numbers, else the entry's service ports).
+/// The first host of the ServiceEntry that `dst` belongs to: one of its `addresses` (a
+/// virtual IP or block) on one of its service ports, or an endpoint's address and port
+/// (the endpoint's own port numbers, else the entry's service ports).
 pub fn host_for(config: &TrafficConfig, dst: SocketAddr) -> Option<String> {
     let ip = crate::capture::original_dst::canonical(dst).ip();
     config.service_entries.iter().find_map(|se| {
-        let listed = se.endpoints.iter().any(|ep| {
-            ep.address.parse::<IpAddr>().is_ok_and(|a| a == ip)
-                && if ep.ports.is_empty() {
-                    se.ports.iter().any(|p| p.number == dst.port())
-                } else {
-                    ep.ports.iter().any(|(_, n)| *n == dst.port())
-                }
-        });
+        let virtual_ip = se.ports.iter().any(|p| p.number == dst.port())
+            && se.addresses.iter().filter_map(|a| crate::authz::matcher::Cidr::parse(a)).any(|c| c.contains(ip));
+        let listed = virtual_ip
+            || se.endpoints.iter().any(|ep| {
+                ep.address.parse::<IpAddr>().is_ok_and(|a| a == ip)
+                    && if ep.ports.is_empty() {
+                        se.ports.iter().any(|p| p.number == dst.port())
+                    } else {
+                        ep.ports.iter().any(|(_, n)| *n == dst.port())
+                    }
+            });
         if listed { se.hosts.first().cloned() } else { None }
     })
 }
@@ -64,5 +68,29 @@ spec:
         assert_eq!(host("10.0.0.5:22"), None);
         assert_eq!(host("10.0.0.7:5432"), None);
         assert_eq!(host("[::ffff:10.0.0.5]:5432").as_deref(), Some("db.internal"));
+    }
+
+    #[test]
+    fn virtual_addresses_are_matched_on_the_service_ports() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: cache}
+spec:
+  hosts: [cache.internal]
+  addresses: [240.240.0.7, 10.96.0.0/16]
+  ports: [{number: 6379, name: tcp, protocol: TCP}]
+  resolution: DNS
+"#;
+        let (config, errors) = crate::config::load::load_str("se.yaml", yaml, "default");
+        assert!(errors.is_empty(), "{errors:?}");
+        let host = |a: &str| host_for(&config, a.parse().unwrap());
+        assert_eq!(host("240.240.0.7:6379").as_deref(), Some("cache.internal"));
+        assert_eq!(host("10.96.3.4:6379").as_deref(), Some("cache.internal"));
+        assert_eq!(host("240.240.0.7:22"), None, "only the service's ports");
+        assert_eq!(host("10.97.0.1:6379"), None);
+        let bad = yaml.replace("10.96.0.0/16", "10.96.0.0/99");
+        let (_, errors) = crate::config::load::load_str("se.yaml", &bad, "default");
+        assert!(errors.iter().any(|e| e.to_string().contains("addresses")), "{errors:?}");
     }
 }

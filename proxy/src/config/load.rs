@@ -132,11 +132,23 @@ fn document(cfg: &mut TrafficConfig, seen: &mut Seen, d: Document) -> Result<(),
                 .map(|(v, path)| endpoint(Param::new(v, &loc, path)))
                 .collect::<Result<Vec<_>, _>>()?;
             let resolution = o.get("resolution", |p| p.text())?.unwrap_or_else(|| "STATIC".into());
-            for k in ["location", "addresses", "exportTo", "workloadSelector", "subjectAltNames"] {
+            // The service's virtual IPs or CIDR blocks: what captured TCP to it is addressed to.
+            let addresses = o
+                .get("addresses", |p| {
+                    let list = p.string_list()?;
+                    for a in &list {
+                        if crate::authz::matcher::Cidr::parse(a).is_none() {
+                            return Err(p.error(format!("{a:?} is not an address or CIDR block")));
+                        }
+                    }
+                    Ok(list)
+                })?
+                .unwrap_or_default();
+            for k in ["location", "exportTo", "workloadSelector", "subjectAltNames"] {
                 let _ = o.raw(k);
             }
             o.finish()?;
-            cfg.service_entries.push(ServiceEntry { name, namespace, hosts, ports, endpoints, resolution });
+            cfg.service_entries.push(ServiceEntry { name, namespace, hosts, addresses, ports, endpoints, resolution });
         }
     }
     Ok(())

@@ -296,6 +296,8 @@ pub struct ServiceEntry {
     pub name: String,
     pub namespace: String,
     pub hosts: Vec<String>,
+    /// `addresses`: the service's virtual IPs or CIDR blocks (checked at load).
+    pub addresses: Vec<String>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
     pub resolution: String,
