@@ -23,7 +23,7 @@ MAIN_PANELS = [
     "Check calls by result",
     "Report calls by result",
     "Call latency",
-    "Denied checks",
+    "Denials by rule and handler",
     "Quota allocations by result",
     "Adapter latency",
     "Sidecar requests by reporter and code",

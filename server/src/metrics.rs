@@ -18,6 +18,8 @@ pub struct Metrics {
     pub quota_unconfigured: IntCounterVec,
     pub quota_allocations: IntCounterVec,
     pub adapter_calls: IntCounterVec,
+    /// Checks a rule's handler refused, by rule and handler (names from the config: bounded).
+    pub check_denials: IntCounterVec,
     pub adapter_seconds: HistogramVec,
 }
 
@@ -92,8 +94,14 @@ impl Metrics {
             &["handler", "variety"],
         )
         .expect("valid metric");
+        let check_denials = IntCounterVec::new(
+            Opts::new("mixr_check_denials_total", "Check answers that were not OK, by rule and handler."),
+            &["rule", "handler"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(adapter_calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(check_denials.clone()),
             Box::new(adapter_seconds.clone()),
             Box::new(quota_unconfigured.clone()),
             Box::new(quota_allocations.clone()),
@@ -123,6 +131,7 @@ impl Metrics {
             quota_allocations,
             adapter_calls,
             adapter_seconds,
+            check_denials,
         }
     }
 

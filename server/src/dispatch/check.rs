@@ -100,6 +100,7 @@ pub fn check<'s>(rt: &'s Runtime, bag: &'s Bag<'s>, metrics: &Metrics) -> CheckO
                     Some((d, n)) => (d.min(result.valid_duration), n.min(result.valid_use_count)),
                 });
                 if !result.status.is_ok() {
+                    metrics.check_denials.with_label_values(&[rule.name.as_str(), handler_name.as_ref()]).inc();
                     failures.push(format!("{handler_name}:{}", result.status.message));
                     if status.is_ok() {
                         status = result.status.clone();
