@@ -44,6 +44,29 @@ pub fn host_for(config: &TrafficConfig, dst: SocketAddr) -> Option<String> {
     })
 }
 
+/// For a connection to one of a ServiceEntry's `addresses` (a virtual IP nothing listens
+/// on): the address of one of its endpoints on that port, the `pick`-th of them in turn.
+/// `None` when `dst` is not a virtual address, or the entry has no endpoint with an
+/// address (then the connection goes where it was dialled).
+pub fn virtual_target(config: &TrafficConfig, dst: SocketAddr, pick: usize) -> Option<SocketAddr> {
+    let ip = crate::capture::original_dst::canonical(dst).ip();
+    let se = config.service_entries.iter().find(|se| {
+        se.ports.iter().any(|p| p.number == dst.port())
+            && se.addresses.iter().filter_map(|a| crate::authz::matcher::Cidr::parse(a)).any(|c| c.contains(ip))
+    })?;
+    let port = se.ports.iter().find(|p| p.number == dst.port())?;
+    let endpoints: Vec<SocketAddr> = se
+        .endpoints
+        .iter()
+        .filter_map(|ep| {
+            let addr = ep.address.parse::<IpAddr>().ok()?;
+            let number = ep.ports.iter().find(|(name, _)| *name == port.name).map_or(port.number, |(_, n)| *n);
+            Some(SocketAddr::new(addr, number))
+        })
+        .collect();
+    (!endpoints.is_empty()).then(|| endpoints[pick % endpoints.len()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +112,22 @@ spec:
         assert_eq!(host("10.96.3.4:6379").as_deref(), Some("cache.internal"));
         assert_eq!(host("240.240.0.7:22"), None, "only the service's ports");
         assert_eq!(host("10.97.0.1:6379"), None);
+        // Nothing listens on a virtual IP: such connections go to the entry's endpoints.
+        let with_endpoints = yaml.replace(
+            "resolution: DNS",
+            "resolution: STATIC\n  endpoints: [{address: 10.1.0.1}, {address: 10.1.0.2, ports: {tcp: 7000}}]",
+        );
+        let (config, errors) = crate::config::load::load_str("se.yaml", &with_endpoints, "default");
+        assert!(errors.is_empty(), "{errors:?}");
+        let vip: SocketAddr = "240.240.0.7:6379".parse().unwrap();
+        assert_eq!(virtual_target(&config, vip, 0), Some("10.1.0.1:6379".parse().unwrap()));
+        assert_eq!(virtual_target(&config, vip, 1), Some("10.1.0.2:7000".parse().unwrap()));
+        assert_eq!(virtual_target(&config, vip, 2), Some("10.1.0.1:6379".parse().unwrap()));
+        assert_eq!(
+            virtual_target(&config, "10.1.0.1:6379".parse().unwrap(), 0),
+            None,
+            "an endpoint is dialled as it is"
+        );
         let bad = yaml.replace("10.96.0.0/16", "10.96.0.0/99");
         let (_, errors) = crate::config::load::load_str("se.yaml", &bad, "default");
         assert!(errors.iter().any(|e| e.to_string().contains("addresses")), "{errors:?}");

@@ -172,7 +172,14 @@ pub async fn proxy(
         return;
     }
     conn.report(worker, "open", 0, 0);
-    let to = target(dir, original);
+    let to = match dir {
+        // Spread over the entry's endpoints by connection.
+        Direction::Outbound => {
+            let pick = NEXT_CONNECTION.load(Ordering::Relaxed) as usize;
+            registry::virtual_target(&proxy.tables.load().config, original, pick).unwrap_or(original)
+        }
+        Direction::Inbound => target(dir, original),
+    };
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
