@@ -192,6 +192,17 @@ pub fn run(seconds: u64, connections: u32, rounds: usize, bin_dir: &Path, dir: &
         .collect();
     print_rows(&rows);
     println!("policy with cache hits / no policy (inbound): {:.2}x", rows[4].1.rps / rows[3].1.rps.max(1.0));
+    let mesh = &rows[rows.len() - 4..];
+    println!(
+        "ISTIO_MUTUAL / plaintext, kept-alive: {:.2}x req/s, {:.2}x CPU per request (both sidecars)",
+        mesh[1].1.rps / mesh[0].1.rps.max(1.0),
+        mesh[1].2.cpu_us_per_request / mesh[0].2.cpu_us_per_request.max(0.001)
+    );
+    println!(
+        "handshakes/s (ISTIO_MUTUAL, a new upstream connection per request): {:.0}, {:.2}x plaintext connections/s",
+        mesh[3].1.rps,
+        mesh[3].1.rps / mesh[2].1.rps.max(1.0)
+    );
 
     println!(
         "\nh2c: h2load -t1 -c{connections} -m{H2_STREAMS}, {seconds} s per target (h2load reports mean latency, not percentiles)"
@@ -295,7 +306,7 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
     .map_err(|e| e.to_string())?;
     let mixr_bin = bin_dir.join("mixr");
     let proxy_bin = bin_dir.join("mixr-proxy");
-    let start_mixr = |configs: &[PathBuf]| -> Result<(Proc, String), String> {
+    let start_mixr = |configs: &[PathBuf], extra: &[&str]| -> Result<(Proc, String), String> {
         let file = dir.join("mixr.addrs");
         let _ = std::fs::remove_file(&file);
         let mut cmd = Command::new("taskset");
@@ -309,18 +320,18 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
         for c in configs {
             cmd.arg("--config").arg(c);
         }
-        let mut child = cmd.arg("--addr-file").arg(&file).spawn().map_err(|e| e.to_string())?;
+        let mut child = cmd.args(extra).arg("--addr-file").arg(&file).spawn().map_err(|e| e.to_string())?;
         let t = wait_for_file(&file, &mut child)?;
         Ok((Proc(child), field(&t, "grpc")?))
     };
-    let start_proxy = |extra: &[String]| -> Result<(Proc, String, String), String> {
+    let start_proxy_on = |config: &Path, extra: &[String]| -> Result<(Proc, String), String> {
         let file = dir.join("proxy.addrs");
         let _ = std::fs::remove_file(&file);
         let mut cmd = server_command(&proxy_bin);
         for flag in ["--outbound-addr", "--inbound-addr", "--admin-addr", "--stats-addr"] {
             cmd.arg(flag).arg("127.0.0.1:0");
         }
-        cmd.arg("--config").arg(&traffic).args([
+        cmd.arg("--config").arg(config).args([
             "--worker-threads",
             "1",
             "--log-level",
@@ -330,7 +341,11 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
         ]);
         let mut child = cmd.args(extra).arg("--addr-file").arg(&file).spawn().map_err(|e| e.to_string())?;
         let t = wait_for_file(&file, &mut child)?;
-        Ok((Proc(child), field(&t, "outbound")?, field(&t, "inbound")?))
+        Ok((Proc(child), t))
+    };
+    let start_proxy = |extra: &[String]| -> Result<(Proc, String, String), String> {
+        let (p, t) = start_proxy_on(&traffic, extra)?;
+        Ok((p, field(&t, "outbound")?, field(&t, "inbound")?))
     };
 
     let (proxy, outbound, inbound) = start_proxy(&[])?;
@@ -345,7 +360,7 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
 
     let empty = dir.join("empty.yaml");
     std::fs::write(&empty, "").map_err(|e| e.to_string())?;
-    let (_mixr, grpc) = start_mixr(std::slice::from_ref(&empty))?;
+    let (_mixr, grpc) = start_mixr(std::slice::from_ref(&empty), &[])?;
     // Policy alone, as Istio ran it with telemetry off (disable_report_calls).
     let policy_only = |grpc: String| vec!["--mixr".to_string(), grpc, "--disable-report-calls".into()];
     let (proxy, _, inbound) = start_proxy(&policy_only(grpc))?;
@@ -357,7 +372,7 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
     // Every answer valid for 0 s: each request asks mixr.
     let nocache = dir.join("nocache.yaml");
     std::fs::write(&nocache, "apiVersion: config.istio.io/v1alpha2\nkind: handler\nmetadata: {name: allow}\nspec:\n  compiledAdapter: listchecker\n  params: {overrides: [ok], cachingInterval: 0s}\n---\napiVersion: config.istio.io/v1alpha2\nkind: instance\nmetadata: {name: v}\nspec: {compiledTemplate: listentry, params: {value: '\"ok\"'}}\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {name: allow}\nspec:\n  actions: [{handler: allow, instances: [v]}]\n").map_err(|e| e.to_string())?;
-    let (_mixr, grpc) = start_mixr(&[nocache])?;
+    let (_mixr, grpc) = start_mixr(&[nocache], &[])?;
     let (proxy, _, inbound) = start_proxy(&policy_only(grpc))?;
     let (r, usage) = with_usage(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
     rows.push(("+ policy, every request a miss".into(), r?, usage));
@@ -365,12 +380,89 @@ fn round(seconds: u64, connections: u32, bin_dir: &Path, dir: &Path) -> Result<R
     drop(_mixr);
 
     let telemetry = bin_dir.join("../../rules/examples/telemetry.yaml");
-    let (_mixr, grpc) = start_mixr(&[empty, telemetry])?;
+    let (_mixr, grpc) = start_mixr(&[empty.clone(), telemetry], &[])?;
     let (proxy, _, inbound) = start_proxy(&["--mixr".into(), grpc])?;
     let (r, usage) = with_usage(proxy.0.id(), || wrk(&format!("http://{inbound}/"), "origin", seconds, connections));
     rows.push(("+ policy + telemetry".into(), r?, usage));
     drop(proxy);
+    drop(_mixr);
+
+    // Sidecar to sidecar (client outbound → server inbound → origin), plaintext against
+    // ISTIO_MUTUAL, kept-alive and with a new upstream connection (so a handshake) per
+    // request. CPU is both sidecars'.
+    let (token, line) = ca_token(&mixr_bin)?;
+    let tokens = dir.join("ca-tokens.yaml");
+    let token_file = dir.join("sidecar.token");
+    std::fs::write(&tokens, format!("{line}\n"))
+        .and_then(|_| std::fs::write(&token_file, token))
+        .map_err(|e| e.to_string())?;
+    let (_mixr, grpc) = start_mixr(&[empty], &["--ca-tokens", tokens.to_str().unwrap_or_default()])?;
+    let with_cert = vec![
+        "--ca-addr".to_string(),
+        grpc,
+        "--ca-token-file".into(),
+        token_file.display().to_string(),
+        "--namespace".into(),
+        "bench".into(),
+        "--service-account".into(),
+        "sidecar".into(),
+    ];
+    let (server, server_addrs) = start_proxy_on(&traffic, &with_cert)?;
+    wait_for_certificate(&field(&server_addrs, "admin")?)?;
+    let server_inbound = field(&server_addrs, "inbound")?;
+    for (name, mode, per_connection) in [
+        ("sidecar -> sidecar, plaintext", "DISABLE", false),
+        ("sidecar -> sidecar, ISTIO_MUTUAL", "ISTIO_MUTUAL", false),
+        ("sidecar -> sidecar, plaintext, 1 req/conn", "DISABLE", true),
+        ("sidecar -> sidecar, ISTIO_MUTUAL, 1 req/conn", "ISTIO_MUTUAL", true),
+    ] {
+        let mesh = dir.join("mesh.yaml");
+        std::fs::write(&mesh, mesh_route(&server_inbound, mode, per_connection)).map_err(|e| e.to_string())?;
+        let (client, client_addrs) = start_proxy_on(&mesh, &with_cert)?;
+        wait_for_certificate(&field(&client_addrs, "admin")?)?;
+        let outbound = field(&client_addrs, "outbound")?;
+        let server_cpu = cpu_micros(server.0.id()).unwrap_or(0);
+        let (r, mut usage) =
+            with_usage(client.0.id(), || wrk(&format!("http://{outbound}/"), "upstream-sidecar", seconds, connections));
+        usage.cpu_us += cpu_micros(server.0.id()).unwrap_or(0).saturating_sub(server_cpu);
+        rows.push((name.into(), r?, usage));
+    }
     Ok((rows, h2_rows))
+}
+
+/// The client sidecar's route to the server sidecar's inbound listener, with `mode` TLS.
+fn mesh_route(server_inbound: &str, mode: &str, per_connection: bool) -> String {
+    let port = server_inbound.rsplit(':').next().unwrap_or("0");
+    let pool = if per_connection { ", connectionPool: {http: {maxRequestsPerConnection: 1}}" } else { "" };
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: upstream-sidecar}}\nspec:\n  hosts: [upstream-sidecar]\n  ports: [{{number: 80, name: http}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: upstream-sidecar}}\nspec:\n  host: upstream-sidecar\n  trafficPolicy: {{tls: {{mode: {mode}}}{pool}}}\n"
+    )
+}
+
+/// `mixr ca-token bench/sidecar`: the token and its line for the tokens file.
+fn ca_token(mixr: &Path) -> Result<(String, String), String> {
+    let out = Command::new(mixr).args(["ca-token", "bench/sidecar"]).output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+    get("token:").zip(get("line:")).ok_or_else(|| format!("mixr ca-token: {text}"))
+}
+
+/// Waits until the sidecar with admin address `admin` holds its workload certificate.
+fn wait_for_certificate(admin: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let mut text = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.write_all(b"GET /certs HTTP/1.0\r\n\r\n");
+            let _ = s.read_to_string(&mut text);
+        }
+        if text.contains("\"spiffe\":\"spiffe://") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the sidecar at {admin} got no workload certificate"))
 }
 
 /// A target's figures over all rounds.
@@ -400,7 +492,7 @@ fn print_rows(rows: &[(String, WrkResult, Summary)]) {
     let direct_p99 = rows[0].1.p99_us;
     let nginx = &rows[1];
     println!(
-        "\n{:<32} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7}",
+        "\n{:<44} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7}",
         "target",
         "req/s",
         "x nginx",
@@ -415,7 +507,7 @@ fn print_rows(rows: &[(String, WrkResult, Summary)]) {
     );
     for (name, r, usage) in rows {
         println!(
-            "{name:<32} {:>10.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10} {:>9} {:>8.1} {:>7}",
+            "{name:<44} {:>10.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10} {:>9} {:>8.1} {:>7}",
             r.rps,
             r.rps / nginx.1.rps.max(1.0),
             r.p50_us,

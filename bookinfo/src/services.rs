@@ -48,6 +48,11 @@ impl Service {
     pub fn workload(self) -> String {
         format!("{}-{}", self.name(), self.version())
     }
+
+    /// Its Kubernetes service account, as Istio's bookinfo.yaml names them.
+    pub fn service_account(self) -> String {
+        format!("bookinfo-{}", self.name())
+    }
 }
 
 type Http = Client<HttpConnector, Empty<Bytes>>;

@@ -65,6 +65,7 @@ pub struct IngressGateway {
     pub https: SocketAddr,
     pub ca_pem: String,
     pub stats: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 /// The sample telemetry (Istio's request metrics, trace spans), compiled in so that the
@@ -80,8 +81,10 @@ const SERVICES: [Service; 6] = [
     Service::Ratings,
 ];
 
-/// mixr's denial for Bookinfo (Istio's Denials task): reviews v3 may not call ratings, a
-/// denier on workload names.
+/// mixr's denial for Bookinfo (Istio's Denials task): reviews v3 may not call ratings. The
+/// match is Istio's `mixer-rule-deny-serviceaccount.yaml`: the caller's service account
+/// (`source.user`, from its mTLS certificate) and its version label (from its sidecar's
+/// header, believed because the certificate backs it).
 pub const DENY_REVIEWS_V3: &str = r#"
 apiVersion: config.istio.io/v1alpha2
 kind: handler
@@ -99,7 +102,7 @@ apiVersion: config.istio.io/v1alpha2
 kind: rule
 metadata: {name: denyreviewsv3}
 spec:
-  match: destination.workload.name == "ratings-v1" && (source.workload.name | "") == "reviews-v3"
+  match: destination.labels["app"] == "ratings" && source.user == "cluster.local/ns/default/sa/bookinfo-reviews" && source.labels["version"] == "v3"
   actions: [{handler: denyreviewsv3, instances: [denyrequest]}]
 "#;
 
@@ -228,6 +231,20 @@ impl Topology {
         }
         let policy = write("policy.yaml", &policy)?;
         let telemetry = write("telemetry.yaml", TELEMETRY)?;
+        // Every workload's bootstrap token for mixr's CA (Citadel's role): each sidecar
+        // obtains its SPIFFE certificate with it, as Istio's node agent did.
+        let mut token_lines = String::new();
+        let mut token_files = Vec::new();
+        for account in SERVICES.iter().map(|s| s.service_account()).chain([GATEWAY_ACCOUNT.to_string()]) {
+            let (token, line) = ca_token(mixr, &format!("default/{account}"))?;
+            token_lines.push_str(&line);
+            token_lines.push('\n');
+            token_files.push((account.clone(), write(&format!("{account}.token"), &token)?));
+        }
+        let tokens = write("ca-tokens.yaml", &token_lines)?;
+        let token_file = |account: &str| -> PathBuf {
+            token_files.iter().find(|(a, _)| a == account).map(|(_, f)| f.clone()).unwrap_or_default()
+        };
         let addr_file = dir.path().join("mixr.addrs");
         let mut cmd = Command::new(mixr);
         cmd.args(["serve", "--grpc-addr=127.0.0.1:0", "--monitoring-addr=127.0.0.1:0", "--log-level=warn"])
@@ -236,7 +253,9 @@ impl Topology {
             .arg("--config")
             .arg(&telemetry)
             .arg("--data-dir")
-            .arg(dir.path().join("mixr-data"));
+            .arg(dir.path().join("mixr-data"))
+            .arg("--ca-tokens")
+            .arg(&tokens);
         let mut mixr_child = Process(
             cmd.arg("--addr-file")
                 .arg(&addr_file)
@@ -272,7 +291,12 @@ impl Topology {
                 &mixr_grpc,
                 "--log-level",
                 "warn",
+                "--namespace",
+                "default",
+                "--service-account",
+                &svc.service_account(),
             ]);
+            cmd.arg("--ca-token-file").arg(token_file(&svc.service_account()));
             cmd.args(["-l", &format!("app={}", svc.name()), "-l", &format!("version={}", svc.version())]);
             let mut child = Process(
                 cmd.arg("--addr-file")
@@ -299,7 +323,11 @@ impl Topology {
             .zip(&sidecars)
             .map(|((svc, app), s)| Task(tokio::spawn(serve(svc, app, s.outbound))))
             .collect();
-        let gateway = start_gateway(proxy, dir.path(), &traffic, &mixr_grpc).await?;
+        let gateway = start_gateway(proxy, dir.path(), &traffic, &mixr_grpc, &token_file(GATEWAY_ACCOUNT)).await?;
+        // mTLS is STRICT: nothing is served until every workload holds its certificate.
+        for admin in sidecars.iter().map(|s| s.admin).chain([gateway.admin]) {
+            wait_for_certificate(admin).await?;
+        }
         let topo = Topology {
             _services: services,
             gateway,
@@ -347,9 +375,10 @@ impl Topology {
                 endpoints.join("\n")
             ));
             y.push_str(&format!(
-                "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n---\n"
+                "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n---\n"
             ));
         }
+        y.push_str(MTLS);
         y.push_str(&reviews_routes(scenario));
         let fault = match scenario {
             Scenario::Delay => Some("{delay: {percentage: {value: 100.0}, fixedDelay: 7s}}"),
@@ -391,7 +420,13 @@ impl Topology {
 
 /// Starts the ingress gateway on the traffic rules (for the services' endpoints) and its
 /// own Gateway config, with a certificate made now; waits until both ports listen.
-async fn start_gateway(proxy: &Path, dir: &Path, traffic: &Path, mixr: &str) -> Result<IngressGateway, String> {
+async fn start_gateway(
+    proxy: &Path,
+    dir: &Path,
+    traffic: &Path,
+    mixr: &str,
+    token: &Path,
+) -> Result<IngressGateway, String> {
     let certs = dir.join("gateway-certs");
     std::fs::create_dir_all(&certs).map_err(|e| e.to_string())?;
     let (ca_pem, cert, key) = crate::gateway::certificates()?;
@@ -406,6 +441,7 @@ async fn start_gateway(proxy: &Path, dir: &Path, traffic: &Path, mixr: &str) -> 
     cmd.args(["--admin-addr", "127.0.0.1:0", "--stats-addr", "127.0.0.1:0", "--log-level", "warn"]);
     cmd.args(["--workload", "istio-ingressgateway", "--namespace", "default", "--mixr", mixr]);
     cmd.args(["-l", "istio=ingressgateway", "-l", "app=istio-ingressgateway"]);
+    cmd.args(["--service-account", GATEWAY_ACCOUNT]).arg("--ca-token-file").arg(token);
     cmd.arg("--config").arg(traffic).arg("--config").arg(&config);
     let mut child = Process(
         cmd.arg("--addr-file")
@@ -431,9 +467,59 @@ async fn start_gateway(proxy: &Path, dir: &Path, traffic: &Path, mixr: &str) -> 
         http: parse("gateway.80")?,
         https: parse("gateway.443")?,
         stats: parse("stats")?,
+        admin: parse("admin")?,
         ca_pem,
         _process: child,
     })
+}
+
+/// Istio 1.4's mutual TLS task: STRICT for the whole mesh (MeshPolicy), with
+/// productpage PERMISSIVE so that a browser outside the mesh can still open it directly.
+const MTLS: &str = r#"apiVersion: authentication.istio.io/v1alpha1
+kind: MeshPolicy
+metadata: {name: default}
+spec: {peers: [{mtls: {}}]}
+---
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: productpage-from-browsers, namespace: default}
+spec:
+  targets: [{name: productpage}]
+  peers: [{mtls: {mode: PERMISSIVE}}]
+---
+"#;
+
+/// The ingress gateway's service account, as Istio's chart names it.
+const GATEWAY_ACCOUNT: &str = "istio-ingressgateway-service-account";
+
+/// `mixr ca-token default/ACCOUNT`: the token, and its line for mixr's tokens file.
+fn ca_token(mixr: &Path, account: &str) -> Result<(String, String), String> {
+    let out = Command::new(mixr).args(["ca-token", account]).output().map_err(|e| format!("mixr ca-token: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("mixr ca-token: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| format!("mixr ca-token printed no {name}"))
+    };
+    Ok((field("token:")?, field("line:")?))
+}
+
+/// Waits (at most 20 s) until the proxy with admin port `admin` holds its certificate.
+async fn wait_for_certificate(admin: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if http_get(admin, "/certs").await.is_ok_and(|t| t.contains("\"spiffe\":\"spiffe://")) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the proxy with admin {admin} got no workload certificate"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The header match of Istio's request-routing task.

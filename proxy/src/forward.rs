@@ -180,9 +180,16 @@ impl Proxy {
         if cluster.endpoint_count() == 0 {
             return reply(503, "no healthy upstream\n");
         }
+        // Without a usable certificate an ISTIO_MUTUAL destination cannot be reached; the
+        // caller learns why rather than a bare connect error.
+        if let Some(tls) = &cluster.tls
+            && let Err(e) = tls.ready(Some(&self.mesh))
+        {
+            return reply(503, format!("upstream connect error: {e}\n"));
+        }
         if crate::upgrade::is_upgrade(&req) {
             let Some(target) = cluster.pick(None) else { return reply(503, "no healthy upstream\n") };
-            return Box::pin(crate::upgrade::forward(&target, req)).await;
+            return Box::pin(crate::upgrade::forward(&worker.pool, &target, req)).await;
         }
         // As the caller sent it, before the route's header operations.
         let hash = cluster.policy.consistent_hash.as_ref().and_then(|k| hash_of(k, req.headers(), Some(peer.ip())));

@@ -50,6 +50,7 @@ pub mod identity;
 pub mod ingress;
 pub mod inject;
 pub mod listener;
+pub mod mtls;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

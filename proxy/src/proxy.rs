@@ -31,6 +31,8 @@ pub struct Tables {
     pub config: TrafficConfig,
     /// The authorization that applies to this workload, selected at load.
     pub authz: crate::authz::Authz,
+    /// The inbound mTLS modes of this workload, selected at load.
+    pub mtls: crate::mtls::mode::InboundMtls,
     pub generation: u64,
     fingerprint: u64,
     /// Names of `resolution: DNS` ServiceEntries to look up (`dns`), as the files have
@@ -72,6 +74,8 @@ pub struct Proxy {
     pub(crate) app_port: Option<u16>,
     /// This workload's certificate from mixr's CA, when `--ca-token-file` is given.
     pub certs: Arc<crate::certs::CertStore>,
+    /// mTLS with the certificate in `certs`.
+    pub mesh: Arc<crate::mtls::Mesh>,
     /// Which VirtualServices this proxy applies: a sidecar's (the mesh's) by default, a
     /// gateway's (`gateway`) when it runs as one.
     pub role: Role,
@@ -128,6 +132,7 @@ impl Proxy {
         let inbound_service =
             identity.labels.iter().find(|(k, _)| k == "app").map_or_else(|| UNKNOWN.to_string(), |(_, v)| v.clone());
         let inbound_apps = crate::capture::inbound::InboundApps::new(app_addr.map(|a| a.port()).zip(app.clone()));
+        let certs: Arc<crate::certs::CertStore> = Default::default();
         let proxy = Proxy {
             policy,
             tables: ArcSwap::from_pointee(Tables::default()),
@@ -148,7 +153,8 @@ impl Proxy {
             outbound_connections: Default::default(),
             inbound_service,
             app_port: app_addr.map(|a| a.port()),
-            certs: Default::default(),
+            certs: certs.clone(),
+            mesh: Arc::new(crate::mtls::Mesh::new(certs, crate::certs::DEFAULT_TRUST_DOMAIN)),
             role: Role::Sidecar,
             dns: Arc::new(crate::dns::Dns::new(&stats_registry, crate::dns::DEFAULT_REFRESH)),
         };
@@ -171,6 +177,8 @@ impl Proxy {
         let (mut config, mut errors) = load_paths(&self.config_paths, &self.namespace);
         let (authz, authz_errors) = crate::authz::load_paths(&self.config_paths, &self.namespace);
         errors.extend(authz_errors);
+        let (mtls, mtls_errors) = crate::mtls::mode::load_paths(&self.config_paths, &self.namespace);
+        errors.extend(mtls_errors);
         if !errors.is_empty() {
             let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
             for e in &errors {
@@ -195,12 +203,22 @@ impl Proxy {
         let route_clusters = clusters.resolve(&routes);
         let authz =
             crate::authz::Authz::for_workload(&authz, &self.namespace, &self.identity.labels, &self.inbound_service);
+        let mtls = crate::mtls::mode::InboundMtls::for_workload(
+            &mtls,
+            &self.namespace,
+            &self.identity.labels,
+            &self.inbound_service,
+        );
+        if self.tables.load().mtls != mtls {
+            tracing::info!(mode = mtls.mode.as_str(), decided_by = %mtls.decided_by, "inbound mTLS");
+        }
         self.tables.store(Arc::new(Tables {
             routes,
             clusters,
             route_clusters,
             config,
             authz,
+            mtls,
             generation,
             fingerprint,
             dns_names,

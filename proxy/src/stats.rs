@@ -26,6 +26,8 @@ pub struct Stats {
     pub connections_refused: IntCounterVec,
     /// Inbound requests authorization denied, by the policy that decided.
     pub authz_denied: IntCounterVec,
+    /// Inbound connections by how the mTLS mode took them.
+    pub inbound_mtls: IntCounterVec,
 }
 
 impl Stats {
@@ -92,8 +94,17 @@ impl Stats {
             &["policy"],
         )
         .expect("valid metric");
+        let inbound_mtls = IntCounterVec::new(
+            Opts::new(
+                "mixr_proxy_inbound_mtls_connections_total",
+                "Inbound connections by outcome: mtls, plaintext, or refused_REASON (plaintext to STRICT, handshake, timeout, no_certificate, no_identity).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(connections_refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(inbound_mtls.clone()),
             Box::new(authz_denied.clone()),
             Box::new(overflows.clone()),
             Box::new(ejections.clone()),
@@ -123,6 +134,7 @@ impl Stats {
             ejections,
             connections_refused,
             authz_denied,
+            inbound_mtls,
         }
     }
 }

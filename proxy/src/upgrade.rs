@@ -20,8 +20,11 @@ pub fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
 /// cluster's `connectTimeout`) and splices the connections on 101. A request body goes
 /// with the request, framed as it was read (its length, or chunked): an upgrade never
 /// announces a length it does not send.
-pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
-    let (address, connect_timeout) = (target.endpoint().authority(), target.target().settings.connect_timeout);
+pub async fn forward(
+    pool: &crate::pool::Pool,
+    target: &crate::upstream::InFlight,
+    mut req: Request<ProxyBody>,
+) -> Response<ProxyBody> {
     let downstream = hyper::upgrade::on(&mut req);
     // The caller's connection counts against its listener's ceiling while spliced.
     let held = req.extensions_mut().remove::<std::sync::Arc<crate::listener::OpenConnection>>();
@@ -33,7 +36,7 @@ pub async fn forward(target: &crate::upstream::InFlight, mut req: Request<ProxyB
     // hyper frames the body from its size; a caller's length could disagree with it.
     parts.headers.remove(hyper::header::CONTENT_LENGTH);
     let up = Request::from_parts(parts, body);
-    let mut resp = match crate::pool::send_upgrade(address, connect_timeout, up).await {
+    let mut resp = match pool.send_upgrade(&target.target(), up).await {
         Ok(r) => r,
         Err(_) => return reply(503, "upstream connect error (upgrade)\n"),
     };

@@ -70,6 +70,7 @@ impl InFlight {
             owner: &self.0.alive,
             address: self.endpoint().authority(),
             settings: self.0.settings,
+            tls: self.0.tls.as_ref(),
         }
     }
 }
@@ -106,6 +107,8 @@ pub struct Cluster {
     pub name: String,
     pub policy: TrafficPolicy,
     pub settings: PoolSettings,
+    /// DestinationRule TLS, its files read when the cluster is built.
+    pub tls: Option<crate::mtls::upstream::UpstreamTls>,
     endpoints: Vec<EndpointState>,
     next: AtomicUsize,
     /// HTTP/1.1 connections: one request at a time each, so this bounds requests.
@@ -140,8 +143,11 @@ impl Cluster {
             (Some(_), None) => Some(Arc::new(Semaphore::new(1024))),
             _ => None,
         };
+        let host = name.split('|').next().unwrap_or_default();
+        let tls = policy.tls.as_ref().and_then(|t| crate::mtls::upstream::UpstreamTls::new(t, host));
         Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
+            tls,
             name,
             settings: PoolSettings::from(pool),
             requests: pool.http2_max_requests.map(|n| Arc::new(Semaphore::new(n as usize))),

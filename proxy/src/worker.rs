@@ -26,8 +26,8 @@ pub struct Worker {
 impl Worker {
     /// Builds a worker's state; must run on that worker's runtime, where its connections'
     /// tasks will live.
-    pub fn start(stats: &Stats, policy: Option<&Policy>) -> Worker {
-        let pool = Pool::new(stats.upstream_connections.clone());
+    pub fn start(stats: &Stats, policy: Option<&Policy>, mesh: &std::sync::Arc<crate::mtls::Mesh>) -> Worker {
+        let pool = Pool::new(stats.upstream_connections.clone()).with_mesh(mesh.clone());
         pool.start_sweeper();
         let mixr = policy.map(|p| MixerClient::new(p.endpoint.connect_lazy()));
         let reports = policy.is_some_and(|p| p.reports());

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod gateway;
 pub mod kube_api;
 pub mod kube_schema;
+pub mod mesh;
 pub mod netns;
 pub mod raw_http;
 

@@ -165,8 +165,7 @@ async fn fail_policy_when_mixr_is_down() {
 }
 
 #[tokio::test]
-async fn the_callers_identity_travels_between_sidecars() {
-    let dir = tempfile::tempdir().unwrap();
+async fn the_callers_identity_travels_between_sidecars_over_mtls_only() {
     let policy = r#"
 apiVersion: config.istio.io/v1alpha2
 kind: handler
@@ -186,25 +185,27 @@ metadata: {name: callers}
 spec:
   actions: [{handler: only-productpage, instances: [caller]}]
 "#;
-    let mixr = Mixr::start(&[&write(dir.path(), "policy.yaml", policy)], &[]);
+    let mesh = mixr_e2e::mesh::Mesh::start(&["default/reviews", "default/productpage", "default/ratings"], policy);
     let app = backend::start("reviews").await;
-    let empty = write(dir.path(), "empty.yaml", "");
+    let empty = mesh.write("empty.yaml", "");
     // The callee's sidecar (inbound) in front of the reviews app.
-    let reviews = MixrProxy::start(
-        &[&empty],
-        &["--app-addr", &app.addr.to_string(), "--workload", "reviews-v1", "--mixr", &mixr.grpc],
-    );
+    let reviews = mesh
+        .sidecar("default/reviews", &[&empty], &["--app-addr", &app.addr.to_string(), "--workload", "reviews-v1"])
+        .await;
     let inbound_port = reviews.inbound.rsplit(':').next().unwrap().to_string();
-    let routes = format!(
-        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  ports: [{{number: 9080, name: http}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {inbound_port}}}}}]\n"
-    );
-    let routes = write(dir.path(), "routes.yaml", &routes);
+    let routes = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  ports: [{{number: 9080, name: http}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {inbound_port}}}}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec: {{host: reviews, trafficPolicy: {{tls: {{mode: {tls}}}}}}}\n"
+        )
+    };
+    let mutual = mesh.write("mutual.yaml", &routes("ISTIO_MUTUAL"));
+    let plain = mesh.write("plain.yaml", &routes("DISABLE"));
     let call = |proxy: &MixrProxy| {
         reqwest::Client::new().get(format!("http://{}/reviews/1", proxy.outbound)).header("host", "reviews:9080").send()
     };
     // Callers' sidecars (outbound): productpage is allowed, ratings is not.
-    let productpage = MixrProxy::start(&[&routes], &["--workload", "productpage-v1", "--mixr", &mixr.grpc]);
-    let ratings = MixrProxy::start(&[&routes], &["--workload", "ratings-v1", "--mixr", &mixr.grpc]);
+    let productpage = mesh.sidecar("default/productpage", &[&mutual], &["--workload", "productpage-v1"]).await;
+    let ratings = mesh.sidecar("default/ratings", &[&mutual], &["--workload", "ratings-v1"]).await;
     let ok = call(&productpage).await.unwrap();
     assert_eq!(ok.status().as_u16(), 200);
     let body = ok.text().await.unwrap();
@@ -214,5 +215,13 @@ spec:
     assert_eq!(
         denied.text().await.unwrap(),
         "PERMISSION_DENIED:only-productpage.istio-system:ratings-v1 is not whitelisted"
+    );
+    // In plaintext the same sidecar's word is not taken: the caller is unknown.
+    let unproven = mesh.sidecar("default/productpage", &[&plain], &["--workload", "productpage-v1"]).await;
+    let denied = call(&unproven).await.unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    assert_eq!(
+        denied.text().await.unwrap(),
+        "PERMISSION_DENIED:only-productpage.istio-system:unknown is not whitelisted"
     );
 }

@@ -19,6 +19,9 @@ use arc_swap::ArcSwapOption;
 use mixr_proto::istio::v1::auth::IstioCertificateRequest;
 use mixr_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 /// One issued certificate and its key.
 #[derive(Debug, Clone)]
 pub struct WorkloadCert {

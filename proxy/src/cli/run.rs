@@ -231,6 +231,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
             .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
         proxy.tracer = Some(tracer);
     }
+    proxy.mesh = Arc::new(crate::mtls::Mesh::new(proxy.certs.clone(), cli.trust_domain.clone()));
     let certs = match &cli.ca_token_file {
         Some(token_file) => {
             let ca_addr =
@@ -251,7 +252,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     if cli.role == RoleArg::Gateway {
         proxy.role = crate::proxy::Role::Gateway;
         proxy.reload().map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
-        return run_gateway(cli, Arc::new(proxy), workers).await;
+        return run_gateway(cli, Arc::new(proxy), workers, certs).await;
     }
     let proxy = Arc::new(proxy);
     let (listeners, outbound, inbound) = crate::sidecar::bind_all(cli.outbound_addr, cli.inbound_addr, workers)?;
@@ -281,7 +282,12 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
 }
 
 /// The gateway role: the listeners are the Gateways' server ports (`gateway::listen`).
-async fn run_gateway(cli: RunArgs, proxy: Arc<Proxy>, workers: usize) -> Result<(), String> {
+async fn run_gateway(
+    cli: RunArgs,
+    proxy: Arc<Proxy>,
+    workers: usize,
+    certs: Option<crate::certs::CertOptions>,
+) -> Result<(), String> {
     let admin = bind(cli.admin_addr).await?;
     let stats = bind(cli.stats_addr).await?;
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -298,6 +304,11 @@ async fn run_gateway(cli: RunArgs, proxy: Arc<Proxy>, workers: usize) -> Result<
     let (tx, rx) = watch::channel(false);
     tokio::spawn(crate::reload::resolve(proxy.clone(), rx.clone()));
     let (threads, senders) = crate::gateway::listen::spawn_workers(gateway.clone(), rx.clone())?;
+    // The gateway's own workload certificate: it calls ISTIO_MUTUAL destinations as a
+    // sidecar does.
+    if let Some(opts) = certs {
+        tokio::spawn(crate::certs::run(opts, proxy.certs.clone(), rx.clone()));
+    }
     tokio::spawn(crate::admin::serve(proxy.clone(), admin, "admin", rx.clone()));
     tokio::spawn(crate::admin::serve(proxy.clone(), stats, "stats", rx.clone()));
     let control = tokio::spawn(crate::gateway::listen::control(gateway, senders, rx.clone()));

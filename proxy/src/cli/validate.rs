@@ -25,6 +25,7 @@ const WARNINGS: u8 = 2;
 pub fn main(args: ValidateArgs) -> ExitCode {
     let (config, mut errors) = load_paths(&args.paths, &args.namespace);
     errors.extend(crate::authz::load_paths(&args.paths, &args.namespace).1);
+    errors.extend(crate::mtls::mode::load_paths(&args.paths, &args.namespace).1);
     for e in &errors {
         println!("error: {e}");
     }

@@ -258,6 +258,26 @@ pub struct TrafficPolicy {
     pub consistent_hash: Option<HashKey>,
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTlsMode {
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
+}
+
+/// DestinationRule `trafficPolicy.tls`: how the sidecar connects to the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub mode: ClientTlsMode,
+    pub client_certificate: Option<std::path::PathBuf>,
+    pub private_key: Option<std::path::PathBuf>,
+    pub ca_certificates: Option<std::path::PathBuf>,
+    pub subject_alt_names: Vec<String>,
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -649,10 +669,57 @@ pub(crate) fn traffic_policy(p: Param<'_>) -> Result<TrafficPolicy, ConfigError>
         d.finish()?;
         Ok(od)
     })?;
-    let _ = o.raw("tls");
+    policy.tls = o.get("tls", client_tls)?;
     let _ = o.raw("portLevelSettings");
     o.finish()?;
     Ok(policy)
+}
+
+fn client_tls(p: Param<'_>) -> Result<ClientTls, ConfigError> {
+    let o = p.obj()?;
+    let mode = match o.get("mode", |p| p.text())?.as_deref() {
+        None | Some("DISABLE") => ClientTlsMode::Disable,
+        Some("SIMPLE") => ClientTlsMode::Simple,
+        Some("MUTUAL") => ClientTlsMode::Mutual,
+        Some("ISTIO_MUTUAL") => ClientTlsMode::IstioMutual,
+        Some(other) => {
+            return Err(ConfigError::new(
+                o.loc(),
+                o.child_path("mode"),
+                format!("{other:?}: expected DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"),
+            ));
+        }
+    };
+    // Files are read now, so a missing one is a config error naming its key rather than
+    // every connection failing later.
+    let file = |key: &str| {
+        o.get(key, |p| {
+            let path = std::path::PathBuf::from(p.text()?);
+            let pem = std::fs::read(&path).map_err(|e| p.error(format!("{}: {e}", path.display())))?;
+            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(p.error(format!("{}: no PEM in it", path.display())));
+            }
+            Ok(path)
+        })
+    };
+    let tls = ClientTls {
+        mode,
+        client_certificate: file("clientCertificate")?,
+        private_key: file("privateKey")?,
+        ca_certificates: file("caCertificates")?,
+        subject_alt_names: o.get("subjectAltNames", |p| p.string_list())?.unwrap_or_default(),
+        sni: o.get("sni", |p| p.text())?.filter(|s| !s.is_empty()),
+    };
+    if mode == ClientTlsMode::Mutual {
+        for (key, given) in [("clientCertificate", &tls.client_certificate), ("privateKey", &tls.private_key)] {
+            if given.is_none() {
+                return Err(ConfigError::new(o.loc(), o.child_path(key), "MUTUAL needs it"));
+            }
+        }
+    }
+    let _ = o.raw("credentialName");
+    o.finish()?;
+    Ok(tls)
 }
 
 pub(crate) fn subset(p: Param<'_>) -> Result<Subset, ConfigError> {

@@ -46,7 +46,7 @@ pub fn spawn_workers(gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) -> Resul
             .name(format!("mixr-gateway-worker-{n}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    let worker = Arc::new(Worker::start(&gw.proxy.stats, gw.proxy.policy.as_deref()));
+                    let worker = Arc::new(Worker::start(&gw.proxy.stats, gw.proxy.policy.as_deref(), &gw.proxy.mesh));
                     loop {
                         tokio::select! {
                             bind = rx.recv() => match bind {
@@ -128,7 +128,8 @@ async fn serve_tls(mut conn: super::handle::Conn, sock: TcpStream, open: OpenCon
         let config = servers[index].tls.clone().ok_or("server without certificates")?;
         let server = servers[index].clone();
         let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
-        let principal = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(super::tls::principal);
+        let principal =
+            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(crate::mtls::identity::principal);
         Ok::<_, String>((stream, super::handle::TlsInfo { sni, principal, server }))
     };
     let (stream, info) = match tokio::time::timeout(limits.head_timeout, handshake).await {

@@ -88,37 +88,6 @@ pub fn pick<'s>(servers: impl Iterator<Item = &'s Server>, sni: Option<&str>) ->
     servers.enumerate().find(|(_, s)| s.protocol.is_tls() && s.takes_sni(sni)).map(|(i, _)| i)
 }
 
-/// A verified client certificate's identity, as Istio's `source.principal`: its SPIFFE
-/// URI SAN without the scheme (`cluster.local/ns/default/sa/sleep`), else another URI
-/// SAN, else its subject.
-pub fn principal(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let uris: Vec<&str> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(spiffe) = uris.iter().find_map(|u| u.strip_prefix("spiffe://")) {
-        return Some(spiffe.to_string());
-    }
-    if let Some(u) = uris.first() {
-        return Some(u.to_string());
-    }
-    let subject = cert.subject().to_string();
-    (!subject.is_empty()).then_some(subject)
-}
-
 /// What the files of every TLS server are now, to see when one changes: their names,
 /// sizes, modification times and contents.
 pub fn files_fingerprint<'s>(servers: impl Iterator<Item = &'s Server>) -> u64 {
@@ -177,21 +146,5 @@ mod tests {
             err(tls(&good_cert, &other_key, None)).starts_with("serverCertificate and privateKey do not go together")
         );
         assert!(err(tls(&good_cert, &good_key, Some(&garbage))).starts_with("caCertificates"));
-    }
-
-    #[test]
-    fn the_principal_is_the_spiffe_uri_else_the_subject() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-        params.subject_alt_names = vec![
-            rcgen::SanType::DnsName("client.example.com".try_into().unwrap()),
-            rcgen::SanType::URI("spiffe://cluster.local/ns/default/sa/sleep".try_into().unwrap()),
-        ];
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(principal(cert.der()).as_deref(), Some("cluster.local/ns/default/sa/sleep"));
-        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "curl client");
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(principal(cert.der()).as_deref(), Some("CN=curl client"));
     }
 }

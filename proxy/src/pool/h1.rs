@@ -13,6 +13,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use super::io::Io;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -20,7 +21,6 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::Checkin;
 use crate::body::{BoxError, ProxyBody, empty, full};
@@ -52,7 +52,7 @@ pub enum H1Error {
 
 /// One upstream connection and the bytes read from it but not yet used.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     /// Read, not yet consumed.
     buf: BytesMut,
     /// Encoded, not yet written; kept between requests so a head costs no allocation.
@@ -63,7 +63,7 @@ pub struct Conn {
 const KEPT_WRITE_BUFFER: usize = 4 * 1024;
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Conn {
+    pub fn new(io: Io) -> Conn {
         Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), out: BytesMut::new() }
     }
 
@@ -79,7 +79,7 @@ impl Conn {
     /// it nor sent anything unasked. No system call unless the socket became readable.
     pub fn is_open(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(self.io.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -277,6 +277,9 @@ impl Exchange {
                 self.conn.out.advance(n);
                 self.written = true;
             }
+            // TLS may hold written bytes back; they must be out before waiting on the body
+            // or the response. (A no-op on TCP.)
+            ready!(Pin::new(&mut self.conn.io).poll_flush(cx)).map_err(SendError::Io)?;
             let Some(body) = self.body.as_mut() else { return Poll::Ready(Ok(())) };
             if body.is_end_stream() {
                 self.end_body(None);

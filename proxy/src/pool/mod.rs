@@ -20,8 +20,12 @@ use crate::body::ProxyBody;
 
 pub mod h1;
 pub mod h2;
+pub mod io;
 use crate::config::ConnectionPool;
 use crate::fasthash::FastMap;
+use crate::mtls::Mesh;
+use crate::mtls::upstream::{UpstreamTls, UpstreamTlsError};
+use io::Io;
 
 /// Istio's defaults where the DestinationRule is silent.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +49,8 @@ pub enum PoolError {
     Send(String, hyper::Error),
     #[error("upstream {0}: {1}")]
     Http1(String, h1::H1Error),
+    #[error("connect to {0}: {1}")]
+    Tls(String, UpstreamTlsError),
 }
 
 /// The connection settings of one cluster.
@@ -108,6 +114,8 @@ pub struct Pool {
     shared: Arc<Mutex<Shared>>,
     /// TCP connections opened (a Prometheus counter shared by the workers).
     opened: IntCounter,
+    /// The workload certificate, for ISTIO_MUTUAL upstreams.
+    mesh: Option<Arc<Mesh>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -125,6 +133,8 @@ pub struct Target<'a> {
     /// `host:port` to connect to.
     pub address: &'a str,
     pub settings: PoolSettings,
+    /// The cluster's DestinationRule TLS; `None`: plaintext.
+    pub tls: Option<&'a UpstreamTls>,
 }
 
 async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, PoolError> {
@@ -145,16 +155,31 @@ fn idempotent(method: &hyper::Method) -> bool {
 
 impl Pool {
     pub fn new(opened: IntCounter) -> Pool {
-        Pool { shared: Arc::default(), opened }
+        Pool { shared: Arc::default(), opened, mesh: None }
+    }
+
+    /// Speaks ISTIO_MUTUAL with the workload certificate `mesh` holds.
+    pub fn with_mesh(mut self, mesh: Arc<Mesh>) -> Pool {
+        self.mesh = Some(mesh);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn dial(&self, t: &Target<'_>) -> Result<TcpStream, PoolError> {
+    /// A new connection to the target: TCP, and the TLS handshake when the target has TLS,
+    /// both within the connect timeout.
+    async fn dial(&self, t: &Target<'_>) -> Result<Io, PoolError> {
         self.opened.inc();
-        connect(t.address, t.settings.connect_timeout).await
+        let deadline = tokio::time::Instant::now() + t.settings.connect_timeout;
+        let tcp = connect(t.address, t.settings.connect_timeout).await?;
+        let Some(tls) = t.tls else { return Ok(Io::Plain(tcp)) };
+        match tokio::time::timeout_at(deadline, tls.connect(self.mesh.as_deref(), tcp)).await {
+            Err(_) => Err(PoolError::ConnectTimeout(t.address.to_string())),
+            Ok(Err(e)) => Err(PoolError::Tls(t.address.to_string(), e)),
+            Ok(Ok(s)) => Ok(Io::Tls(Box::new(s))),
+        }
     }
 
     /// Sends over HTTP/1.1, reusing an idle keep-alive connection when one is fresh.
@@ -255,7 +280,7 @@ impl Pool {
             loop {
                 tick.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                Pool { shared, opened: opened.clone() }.sweep(Instant::now());
+                Pool { shared, opened: opened.clone(), mesh: None }.sweep(Instant::now());
             }
         });
     }
@@ -283,20 +308,16 @@ impl Checkin {
     }
 }
 
-/// Sends an upgrade request (WebSocket and friends) on a connection of its own: once
-/// switched, the connection belongs to the spliced streams, never to the pool.
-pub async fn send_upgrade(
-    address: &str,
-    timeout: Duration,
-    req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, PoolError> {
-    let io = TokioIo::new(connect(address, timeout).await?);
-    let (mut sender, conn) = http1::handshake(io).await.map_err(|e| PoolError::Handshake(address.to_string(), e))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    sender.send_request(req).await.map_err(|e| PoolError::Send(address.to_string(), e))
+impl Pool {
+    /// Sends an upgrade request (WebSocket and friends) on a connection of its own: once
+    /// switched, the connection belongs to the spliced streams, never to the pool.
+    pub async fn send_upgrade(&self, t: &Target<'_>, req: Request<ProxyBody>) -> Result<Response<Incoming>, PoolError> {
+        let io = TokioIo::new(self.dial(t).await?);
+        let (mut sender, conn) =
+            http1::handshake(io).await.map_err(|e| PoolError::Handshake(t.address.to_string(), e))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        sender.send_request(req).await.map_err(|e| PoolError::Send(t.address.to_string(), e))
+    }
 }
-
-#[cfg(test)]
-mod tests;

@@ -6,9 +6,70 @@ use std::time::Instant;
 
 use hyper::{Request, Response};
 
+use tokio::net::TcpStream;
+
 use crate::body::{ProxyBody, reply};
+use crate::mtls::PeerIdentity;
+use crate::mtls::accept::{Inbound, Refused};
 use crate::proxy::{Direction, Proxy};
 use crate::worker::Worker;
+use mixr_rules::value::Value;
+
+/// The caller as far as it is known: its verified identity, and the attributes its sidecar
+/// sent that agree with it.
+type Caller<'a> = (Option<&'a PeerIdentity>, &'a [(&'static str, Value<'static>)]);
+
+/// What `x-istio-attributes` says of the caller, honoured only from an mTLS peer and only
+/// when it names the namespace the certificate does: from anyone else it could be forged
+/// (a plaintext caller claiming `source.labels[app] = trusted`).
+fn caller_attributes(
+    mtls_peer: Option<&PeerIdentity>,
+    header: Option<&hyper::header::HeaderValue>,
+) -> Vec<(&'static str, Value<'static>)> {
+    let (Some(id), Some(value)) = (mtls_peer, header.and_then(|h| h.to_str().ok())) else { return Vec::new() };
+    let attrs = crate::policy::attributes::peer_attributes(value);
+    let agrees = attrs.iter().all(|(k, v)| match (*k, v) {
+        ("source.namespace" | "source.workload.namespace", Value::String(ns)) => ns == id.namespace.as_str(),
+        _ => true,
+    });
+    if !agrees {
+        tracing::debug!(principal = %id.principal, "x-istio-attributes disagree with the peer certificate; ignored");
+        return Vec::new();
+    }
+    attrs
+}
+
+/// Takes an inbound connection under the workload's mTLS mode for the port it came to;
+/// `None` when the mode refuses it (it is closed).
+pub(super) async fn accept(handler: &mut super::Listener, sock: TcpStream) -> Option<Inbound> {
+    let proxy = handler.proxy.clone();
+    let original = crate::capture::original_dst::redirected(&sock);
+    let mode = proxy.tables.load().mtls.mode_for(original.map(|o| o.port()).or(proxy.app_port));
+    // A redirected connection may carry a server-first protocol: wait for its first byte
+    // no longer than protocol detection would.
+    let wait = if original.is_some() { super::transparent::DETECTION_TIMEOUT } else { proxy.limits.head_timeout };
+    let outcome = crate::mtls::accept::accept(&proxy.mesh, mode, sock, wait, proxy.limits.head_timeout).await;
+    let label = match &outcome {
+        Ok(Inbound::Mutual(_, identity)) => {
+            handler.original = original;
+            handler.mtls_peer = Some(crate::mtls::Peer(identity.clone()));
+            "mtls"
+        }
+        Ok(Inbound::Plain(_)) => "plaintext",
+        Err(refused) => {
+            tracing::debug!(peer = %handler.peer, mode = mode.as_str(), error = %refused, "inbound connection refused");
+            match refused {
+                Refused::Plaintext => "refused_plaintext",
+                Refused::NoCertificate(_) => "refused_no_certificate",
+                Refused::Handshake(_) => "refused_handshake",
+                Refused::Timeout => "refused_timeout",
+                Refused::NoIdentity => "refused_no_identity",
+            }
+        }
+    };
+    proxy.stats.inbound_mtls.with_label_values(&[label]).inc();
+    outcome.ok()
+}
 
 impl Proxy {
     /// Handles one request on the inbound listener: checked with mixr, then to the local app.
@@ -19,15 +80,18 @@ impl Proxy {
         let dialled = req.extensions().get::<crate::capture::OriginalDst>().map(|o| o.0.port());
         let app = crate::capture::inbound::app_for(self.app.as_ref(), &self.inbound_apps, dialled);
         let Some(app) = app else { return reply(503, "no --app-addr configured\n") };
+        let mtls_peer = req.extensions().get::<crate::mtls::Peer>().map(|p| p.0.clone());
         let (mut parts, body) = req.into_parts();
-        // The caller's identity is for us, not for the app.
+        // The caller's identity is for us, not for the app; it counts only as far as its
+        // certificate vouches for it.
         let peer_identity = parts.headers.remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
+        let caller_attrs = caller_attributes(mtls_peer.as_deref(), peer_identity.as_ref());
         let tables = self.tables.load();
         if !tables.authz.is_empty() {
             let headers = crate::request::header_pairs(&parts.headers);
             let facts = crate::authz::Facts {
-                principal: None,
-                namespace: None,
+                principal: mtls_peer.as_ref().map(|p| p.principal.as_str()),
+                namespace: mtls_peer.as_ref().map(|p| p.namespace.as_str()),
                 source_ip: Some(peer.ip()),
                 host: authority,
                 port: self.app_port,
@@ -37,7 +101,8 @@ impl Proxy {
                 labels: &self.identity.labels,
             };
             if let crate::authz::Decision::Deny(by) = tables.authz.decide(&facts) {
-                let mut resp = self.authz_denied(worker, &parts, peer, authority, &headers, &by, started);
+                let caller = (mtls_peer.as_deref(), caller_attrs.as_slice());
+                let mut resp = self.authz_denied(worker, &parts, peer, caller, authority, &headers, &by, started);
                 self.name_callee(&mut resp, peer_identity.is_some());
                 return resp;
             }
@@ -48,10 +113,8 @@ impl Proxy {
         let checker = self.policy.as_ref().filter(|p| p.checks()).zip(worker.mixr.as_ref());
         if checker.is_some() || worker.reporter.is_some() {
             let headers = crate::request::header_pairs(&parts.headers);
-            let mut attrs = self.inbound_attributes(&parts, peer, authority, &headers);
-            if let Some(v) = peer_identity.as_ref().and_then(|v| v.to_str().ok()) {
-                attrs.extend(crate::policy::attributes::peer_attributes(v));
-            }
+            let caller = (mtls_peer.as_deref(), caller_attrs.as_slice());
+            let attrs = self.inbound_attributes(&parts, peer, caller, authority, &headers);
             let verdict = match checker {
                 Some((policy, mixr)) => {
                     // The service this workload backs: its `app` label, as Kubernetes
@@ -106,7 +169,7 @@ impl Proxy {
         }
         let Some(target) = app.pick(None) else { return reply(503, "no --app-addr configured\n") };
         if crate::upgrade::wants_upgrade(&parts.headers) {
-            let resp = Box::pin(crate::upgrade::forward(&target, Request::from_parts(parts, body))).await;
+            let resp = Box::pin(crate::upgrade::forward(&worker.pool, &target, Request::from_parts(parts, body))).await;
             self.observe(worker, Direction::Inbound, &self.inbound_service, "", resp.status().as_u16(), started);
             return resp;
         }
@@ -132,12 +195,14 @@ impl Proxy {
         &'a self,
         parts: &'a hyper::http::request::Parts,
         peer: SocketAddr,
+        (mtls_peer, caller_attrs): Caller<'a>,
         authority: &'a str,
         headers: &[(&'a str, &'a str)],
     ) -> Vec<(&'static str, mixr_rules::value::Value<'a>)> {
+        use mixr_rules::value::Value;
         let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let grpc = crate::request::is_grpc_headers(&parts.headers);
-        crate::policy::attributes::inbound(
+        let mut attrs = crate::policy::attributes::inbound(
             &self.identity,
             &self.destination_labels,
             peer,
@@ -146,7 +211,18 @@ impl Proxy {
             authority,
             headers,
             grpc,
-        )
+        );
+        attrs.extend(caller_attrs.iter().map(|(k, v)| (*k, v.clone())));
+        attrs.push(("connection.mtls", Value::Bool(mtls_peer.is_some())));
+        if let Some(id) = mtls_peer {
+            let s = |v: &'a str| Value::String(v.into());
+            attrs.retain(|(k, _)| *k != "source.namespace");
+            attrs.push(("source.principal", s(&id.principal)));
+            // Istio 1.4 set source.user to the principal as well.
+            attrs.push(("source.user", s(&id.principal)));
+            attrs.push(("source.namespace", s(&id.namespace)));
+        }
+        attrs
     }
 
     /// Answers a request authorization refused (403, as Envoy's RBAC filter does), counts
@@ -157,6 +233,7 @@ impl Proxy {
         worker: &Worker,
         parts: &hyper::http::request::Parts,
         peer: SocketAddr,
+        caller: Caller<'_>,
         authority: &str,
         headers: &[(&str, &str)],
         by: &str,
@@ -168,7 +245,7 @@ impl Proxy {
         tracing::debug!(policy = by, path = parts.uri.path(), "authorization denied");
         self.observe(worker, Direction::Inbound, &self.inbound_service, "", 403, started);
         if worker.reporter.is_some() {
-            let mut attrs = self.inbound_attributes(parts, peer, authority, headers);
+            let mut attrs = self.inbound_attributes(parts, peer, caller, authority, headers);
             attrs.push(("rbac.effective_policy_id", mixr_rules::value::Value::String(by.into())));
             let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
             self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);

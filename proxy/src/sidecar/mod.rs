@@ -62,11 +62,28 @@ pub async fn serve(
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let handler =
-            Listener { proxy: proxy.clone(), worker: worker.clone(), dir, peer, open: Arc::new(open), original: None };
+        let handler = Listener {
+            proxy: proxy.clone(),
+            worker: worker.clone(),
+            dir,
+            peer,
+            open: Arc::new(open),
+            original: None,
+            mtls_peer: None,
+        };
         tokio::spawn(async move {
-            // A connection the capture rules redirected here that is not HTTP is proxied as TCP.
             let mut handler = handler;
+            let sock = match dir {
+                Direction::Inbound => match inbound::accept(&mut handler, sock).await {
+                    Some(crate::mtls::accept::Inbound::Plain(sock)) => sock,
+                    Some(crate::mtls::accept::Inbound::Mutual(tls, _)) => {
+                        return crate::http1::server::serve(*tls, &handler, &timeouts).await;
+                    }
+                    None => return,
+                },
+                Direction::Outbound => sock,
+            };
+            // A connection the capture rules redirected here that is not HTTP is proxied as TCP.
             let Some((sock, original)) = transparent::claim(&handler.proxy, &handler.worker, dir, sock, peer).await
             else {
                 return;
@@ -89,9 +106,14 @@ struct Listener {
     open: Arc<OpenConnection>,
     /// Where the connection was going, when the capture rules redirected it here.
     original: Option<SocketAddr>,
+    /// The caller's verified identity, on an mTLS connection.
+    mtls_peer: Option<crate::mtls::Peer>,
 }
 
-impl crate::http1::server::Handle for Listener {
+impl<IO> crate::http1::server::Handle<IO> for Listener
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     async fn handle(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
         let Listener { proxy, worker, dir, peer, .. } = self;
         if let Err(why) = crate::ingress::admit(&mut req, proxy.ingress) {
@@ -103,6 +125,9 @@ impl crate::http1::server::Handle for Listener {
         }
         if let Some(original) = self.original {
             req.extensions_mut().insert(crate::capture::OriginalDst(original));
+        }
+        if let Some(peer) = &self.mtls_peer {
+            req.extensions_mut().insert(peer.clone());
         }
         let mut resp = crate::trace::traced(proxy.tracer.as_ref(), *dir, req, |req| async {
             match dir {
@@ -118,7 +143,7 @@ impl crate::http1::server::Handle for Listener {
 
     /// hyper serves h2c, upgrades and whatever else the fast path leaves to it, under the
     /// same limits (`listener::conn`).
-    async fn fallback(&self, io: crate::http1::server::Rewind) {
+    async fn fallback(&self, io: crate::http1::server::Rewind<IO>) {
         let limits = self.proxy.limits;
         let state = ConnState::new();
         let listener = self.clone();
@@ -137,7 +162,7 @@ impl crate::http1::server::Handle for Listener {
                 let h1 = req.version() != hyper::Version::HTTP_2;
                 let req = req.map(|b| ClientBody::new(b, limits.body_timeout, h1.then(|| conn.clone())).boxed_unsync());
                 // Boxed: the request's future is several kilobytes, and hyper moves it.
-                let mut resp = Box::pin(listener.handle(req)).await;
+                let mut resp = Box::pin(<Listener as crate::http1::server::Handle<IO>>::handle(&listener, req)).await;
                 if let Some(fault) = conn.fault().filter(|_| h1) {
                     resp = fault.response();
                 }
@@ -208,7 +233,7 @@ pub fn spawn_all(
 }
 
 async fn run(proxy: Arc<Proxy>, l: WorkerListeners, shutdown: watch::Receiver<bool>) {
-    let worker = Arc::new(Worker::start(&proxy.stats, proxy.policy.as_deref()));
+    let worker = Arc::new(Worker::start(&proxy.stats, proxy.policy.as_deref(), &proxy.mesh));
     let (Ok(outbound), Ok(inbound)) = (TcpListener::from_std(l.outbound), TcpListener::from_std(l.inbound)) else {
         tracing::error!("worker cannot register its listeners");
         return;

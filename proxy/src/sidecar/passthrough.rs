@@ -57,7 +57,7 @@ async fn send(
     let cluster = proxy.passthrough.get(original);
     let Some(target) = cluster.pick(None) else { return reply(503, "no healthy upstream\n") };
     if crate::upgrade::is_upgrade(&req) {
-        return Box::pin(crate::upgrade::forward(&target, req)).await;
+        return Box::pin(crate::upgrade::forward(&worker.pool, &target, req)).await;
     }
     let http2 = crate::forward::is_grpc_headers(req.headers()) || req.version() == hyper::Version::HTTP_2;
     let (parts, body) = req.into_parts();
