@@ -29,12 +29,10 @@ impl Worker {
     pub fn start(stats: &Stats, policy: Option<&Policy>, mesh: &std::sync::Arc<crate::mtls::Mesh>) -> Worker {
         let pool = Pool::new(stats.upstream_connections.clone()).with_mesh(mesh.clone());
         pool.start_sweeper();
-        let mixr = policy.map(|p| MixerClient::new(p.endpoint.connect_lazy()));
+        let mixr = policy.map(|p| MixerClient::new(p.channel()));
         let reports = policy.is_some_and(|p| p.reports());
         // Reports get a connection of their own: a batch on the wire never delays a Check.
-        let reporter = policy
-            .filter(|_| reports)
-            .map(|p| Reporter::start(p.endpoint.connect_lazy(), stats.reports_dropped.clone()));
+        let reporter = policy.filter(|_| reports).map(|p| Reporter::start(p.channel(), stats.reports_dropped.clone()));
         Worker { pool, mixr, reporter, metrics: Default::default() }
     }
 }

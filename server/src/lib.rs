@@ -13,6 +13,8 @@
 //! - [`metrics`]: mixr's own Prometheus metrics.
 //! - [`serve`], [`listen`]: `mixr serve`'s listeners, with connection limits, handshake and
 //!   idle deadlines and accept backoff; reload and shutdown.
+//! - [`tls`]: TLS on the gRPC port, and the refusal of callers without a mesh client
+//!   certificate.
 
 pub mod ca;
 pub mod cli;
@@ -23,3 +25,4 @@ pub mod metrics;
 pub mod monitor;
 pub mod runtime;
 pub mod serve;
+pub mod tls;

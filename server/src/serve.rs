@@ -29,6 +29,7 @@ use crate::listen::{Limits, accept_loop};
 use crate::metrics::Metrics;
 use crate::monitor::Monitor;
 use crate::runtime::ConfigStore;
+use crate::tls::{ClientCertLayer, Refusals, TlsOptions};
 
 /// Largest header block of a gRPC call: far above what Check, Report, ext_authz and RLS
 /// callers send, which carry their data in the message.
@@ -60,6 +61,8 @@ pub struct ServeOptions {
     pub monitoring_limits: Limits,
     /// The mesh's certificate authority, when it is on.
     pub ca: Option<CaOptions>,
+    /// TLS on the gRPC port (`--tls-cert`, `--tls-key`, `--client-ca`).
+    pub tls: Option<TlsOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +86,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("certificate authority: {0}")]
     Ca(String),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
@@ -101,6 +106,30 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .map_err(ServeError::Config)?,
     );
 
+    // The CA and the TLS files before the ports open: a bad file is an error at start, and
+    // `--client-ca mesh` needs the CA's root.
+    let (ca, mesh_root, _tokens_watcher) = match &opts.ca {
+        Some(c) => {
+            let (service, root, watcher) = start_ca(c, &metrics)?;
+            (Some(service), Some(root), watcher)
+        }
+        None => (None, None, None),
+    };
+    let tls = match &opts.tls {
+        Some(t) => Some(crate::tls::server_config(t, mesh_root.as_deref())?),
+        None => None,
+    };
+    let refusals = Refusals::register(&metrics.registry);
+    // Client certificates are demanded only where a client CA says which ones count.
+    let require_client_cert = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if let Some(t) = &opts.tls {
+        tracing::info!(
+            cert = %t.cert.display(),
+            client_ca = ?t.client_ca,
+            "gRPC port is TLS{}",
+            if require_client_cert { "; calls other than CreateCertificate need a mesh client certificate" } else { "" }
+        );
+    }
     let grpc =
         TcpListener::bind(opts.grpc_addr).await.map_err(|source| ServeError::Bind { addr: opts.grpc_addr, source })?;
     let monitoring = TcpListener::bind(opts.monitoring_addr)
@@ -134,13 +163,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         in_flight: in_flight.clone(),
         unconfigured: Default::default(),
     };
-    let (ca, _tokens_watcher) = match &opts.ca {
-        Some(c) => {
-            let (service, watcher) = start_ca(c, &metrics)?;
-            (Some(service), watcher)
-        }
-        None => (None, None),
-    };
     let mixer = MixerService::new(shared.clone()).into_server();
     let authz = AuthzService::new(shared.clone()).into_server();
     let rls = RlsService::new(shared.clone(), opts.rate_limit_headers).into_server();
@@ -152,13 +174,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let reflection = reflection_builder(ca.is_some()).build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection_builder(ca.is_some()).build_v1alpha().map_err(reflection_error)?;
     let mut grpc_shutdown = shutdown_rx.clone();
-    let incoming = ReceiverStream::new(accept_loop(grpc, opts.grpc_limits, "grpc"));
+    let accepted = accept_loop(grpc, opts.grpc_limits, "grpc");
+    let handshake = tls.map(|config| (config, opts.grpc_limits.handshake_timeout));
+    let incoming = ReceiverStream::new(crate::tls::incoming(accepted, handshake, refusals.handshake_errors.clone()));
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .max_concurrent_streams(opts.grpc_max_streams)
             .http2_keepalive_interval(Some(opts.grpc_keepalive))
             .http2_keepalive_timeout(Some(opts.grpc_keepalive))
             .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
+            .layer(ClientCertLayer { require: require_client_cert.then_some(refusals) })
             .add_service(mixer)
             .add_service(authz)
             .add_service(rls)
@@ -249,11 +274,14 @@ async fn wait_for_termination() {
     }
 }
 
-/// The CA service, and the watcher that reloads its tokens file.
+/// The watcher of a file, kept alive by its holder.
+type Watcher = Option<notify::RecommendedWatcher>;
+
+/// The CA service, its root (PEM), and the watcher that reloads its tokens file.
 fn start_ca(
     opts: &CaOptions,
     metrics: &Metrics,
-) -> Result<(IstioCertificateServiceServer<CaService>, Option<notify::RecommendedWatcher>), ServeError> {
+) -> Result<(IstioCertificateServiceServer<CaService>, String, Watcher), ServeError> {
     let authority =
         Authority::open(&opts.root, &opts.trust_domain, opts.max_ttl).map_err(|e| ServeError::Ca(e.to_string()))?;
     let tokens = Arc::new(ArcSwap::from_pointee(TokenStore::load(&opts.tokens).map_err(ServeError::Ca)?));
@@ -269,7 +297,8 @@ fn start_ca(
             Err(e) => tracing::error!(error = %e, "bootstrap tokens not reloaded; keeping the last good ones"),
         });
     let watcher = watcher.map_err(|e| tracing::warn!(error = %e, "cannot watch the tokens file")).ok();
-    Ok((CaService::new(Arc::new(authority), tokens, &metrics.registry).into_server(), watcher))
+    let root = authority.root_pem().to_string();
+    Ok((CaService::new(Arc::new(authority), tokens, &metrics.registry).into_server(), root, watcher))
 }
 
 async fn reload_on_sighup(store: Arc<ConfigStore>) {

@@ -7,7 +7,9 @@
 //! - [`CertStore`]: the certificate in force, swapped atomically on renewal; TLS code
 //!   reads it per handshake, so a renewal never drops a connection.
 //! - [`run`]: the renewal loop.
+//! - [`channel`]: TLS to mixr (`--mixr-ca`), with this certificate as client certificate.
 
+pub mod channel;
 pub mod schedule;
 
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub struct CertOptions {
     pub namespace: String,
     pub service_account: String,
     pub ttl: Duration,
+    /// TLS to the CA (server authentication only), when `--mixr-ca` is given.
+    pub tls: Option<channel::MixrTls>,
 }
 
 impl CertOptions {
@@ -97,10 +101,13 @@ pub async fn obtain(opts: &CertOptions) -> Result<WorkloadCert, CertError> {
     let uri = spiffe.clone().try_into().map_err(|e: rcgen::Error| CertError::Csr(e.to_string()))?;
     params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
     let csr = params.serialize_request(&key).and_then(|r| r.pem()).map_err(|e| CertError::Csr(e.to_string()))?;
-    let url = if opts.ca_addr.contains("://") { opts.ca_addr.clone() } else { format!("http://{}", opts.ca_addr) };
-    let mut client = IstioCertificateServiceClient::connect(url)
-        .await
-        .map_err(|e| CertError::Connect(opts.ca_addr.clone(), e.to_string()))?;
+    let connect_error = |e: &dyn std::fmt::Display| CertError::Connect(opts.ca_addr.clone(), e.to_string());
+    let endpoint = endpoint(&opts.ca_addr, opts.tls.is_some()).map_err(|e| connect_error(&e))?;
+    let channel = match &opts.tls {
+        Some(tls) => endpoint.connect_with_connector(tls.ca_connector()).await,
+        None => endpoint.connect().await,
+    };
+    let mut client = IstioCertificateServiceClient::new(channel.map_err(|e| connect_error(&e))?);
     let mut req = tonic::Request::new(IstioCertificateRequest {
         csr,
         subject_id: String::new(),
@@ -135,6 +142,18 @@ pub async fn obtain(opts: &CertOptions) -> Result<WorkloadCert, CertError> {
         key: key.serialize_pem(),
         spiffe,
     })
+}
+
+/// A tonic endpoint for mixr's address (`host:port`, `http://` or `https://` URL). With
+/// `tls`, the connection is made by a TLS connector of ours ([`channel`]): the URI stays
+/// `http://` so tonic never tries TLS of its own, and requests name `https` as their scheme.
+pub fn endpoint(addr: &str, tls: bool) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))?;
+    match format!("https://{authority}").parse::<hyper::Uri>() {
+        Ok(origin) if tls => Ok(endpoint.origin(origin)),
+        _ => Ok(endpoint),
+    }
 }
 
 /// Obtains the certificate and renews it at half its lifetime until `shutdown` turns

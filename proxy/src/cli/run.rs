@@ -100,6 +100,13 @@ pub struct RunArgs {
     /// The certificate authority's gRPC address (default: --mixr's).
     #[arg(long)]
     ca_addr: Option<String>,
+    /// Speak TLS to mixr: its server certificate must chain to the roots in this PEM file,
+    /// or with `mesh` to the root of the workload certificate's chain. Check and Report
+    /// connections show the workload certificate (read at each handshake, so renewals
+    /// apply without a restart); the CA is reached over TLS too (unless --ca-addr is an
+    /// http:// URL), without a client certificate.
+    #[arg(long, value_name = "FILE|mesh")]
+    mixr_ca: Option<String>,
     /// This workload's service account (the `sa` of its SPIFFE identity).
     #[arg(long, default_value = "default")]
     service_account: String,
@@ -203,13 +210,44 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
+/// The TLS settings to mixr, and whether the CA is reached with them, from `--mixr-ca`
+/// and `--ca-addr`; errors for settings that could never connect.
+fn mixr_tls(
+    cli: &RunArgs,
+    certs: &Arc<crate::certs::CertStore>,
+) -> Result<(Option<crate::certs::channel::MixrTls>, bool), String> {
+    use crate::certs::channel::{MixrCa, MixrTls};
+    let Some(text) = &cli.mixr_ca else {
+        return Ok((None, false));
+    };
+    let ca = MixrCa::parse(text);
+    // An explicit http:// CA address opts the CA's client out of TLS.
+    let ca_over_tls = !cli.ca_addr.as_deref().is_some_and(|a| a.starts_with("http://"));
+    if ca == MixrCa::Mesh {
+        if cli.ca_token_file.is_none() {
+            return Err("--mixr-ca mesh trusts the root of the workload certificate: it needs --ca-token-file".into());
+        }
+        if ca_over_tls {
+            return Err("--mixr-ca mesh: the first certificate request has no mesh root to check the CA with; \
+                 give the root's file to --mixr-ca, or an http:// --ca-addr"
+                .into());
+        }
+    }
+    let tls = MixrTls::new(&ca, certs.clone()).map_err(|e| e.to_string())?;
+    Ok((Some(tls), ca_over_tls))
+}
+
 async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
+    // One store for the renewal loop (writer) and the TLS to mixr (reader).
+    let cert_store = Arc::new(crate::certs::CertStore::default());
+    let (mixr_tls, ca_over_tls) = mixr_tls(&cli, &cert_store)?;
     let mixr = cli.mixr.clone().map(|addr| {
         let options = crate::policy::PolicyOptions {
             fail_policy: if cli.fail_open { crate::policy::FailPolicy::Open } else { crate::policy::FailPolicy::Close },
             timeout: std::time::Duration::from_millis(cli.check_timeout_ms),
             disable_checks: cli.disable_check_calls,
             disable_reports: cli.disable_report_calls,
+            tls: mixr_tls.clone(),
             ..Default::default()
         };
         (addr, options)
@@ -218,6 +256,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
     let mut proxy = Proxy::new(identity, cli.app_addr, cli.config.clone(), mixr)
         .map_err(|e| format!("invalid config:\n{}", e.join("\n")))?;
     proxy.limits = limits;
+    proxy.certs = cert_store;
     proxy.ingress = crate::ingress::Options { normalize_path: !cli.no_normalize_path };
     proxy.outbound_policy = cli.outbound_traffic_policy;
     if let Some(dns) = Arc::get_mut(&mut proxy.dns) {
@@ -243,6 +282,7 @@ async fn run(cli: RunArgs, identity: Identity) -> Result<(), String> {
                 namespace: cli.namespace.clone(),
                 service_account: cli.service_account.clone(),
                 ttl: std::time::Duration::from_secs(cli.workload_cert_ttl_secs.max(1)),
+                tls: mixr_tls.filter(|_| ca_over_tls),
             })
         }
         None => None,

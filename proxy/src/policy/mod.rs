@@ -42,6 +42,8 @@ pub struct PolicyOptions {
     pub disable_checks: bool,
     /// Istio's `disable_report_calls`.
     pub disable_reports: bool,
+    /// TLS to mixr (`--mixr-ca`), with the workload certificate as client certificate.
+    pub tls: Option<crate::certs::channel::MixrTls>,
 }
 
 impl Default for PolicyOptions {
@@ -54,6 +56,7 @@ impl Default for PolicyOptions {
             max_retry_wait: Duration::from_secs(1),
             disable_checks: false,
             disable_reports: false,
+            tls: None,
         }
     }
 }
@@ -95,8 +98,7 @@ impl Policy {
         bindings: Vec<QuotaSpecBinding>,
         cache_lookups: prometheus::IntCounterVec,
     ) -> Result<Policy, String> {
-        let uri = if mixr.contains("://") { mixr.to_string() } else { format!("http://{mixr}") };
-        let endpoint = Endpoint::from_shared(uri)
+        let endpoint = crate::certs::endpoint(mixr, options.tls.is_some())
             .map_err(|e| format!("--mixr {mixr}: {e}"))?
             .tcp_nodelay(true)
             .connect_timeout(options.timeout);
@@ -120,6 +122,15 @@ impl Policy {
             cache_hits: cache_lookups.with_label_values(&["hit"]),
             cache_misses: cache_lookups.with_label_values(&["miss"]),
         })
+    }
+
+    /// A channel to mixr (connected when first used): plain, or TLS through
+    /// `certs::channel` when `--mixr-ca` is given.
+    pub fn channel(&self) -> Channel {
+        match &self.options.tls {
+            Some(tls) => self.endpoint.connect_with_connector_lazy(tls.connector()),
+            None => self.endpoint.connect_lazy(),
+        }
     }
 
     pub fn checks(&self) -> bool {

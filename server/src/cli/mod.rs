@@ -18,6 +18,7 @@ use crate::ca::tokens::ServiceAccount;
 use crate::listen::Limits;
 use crate::runtime::compile_config;
 use crate::serve::{CaOptions, ServeError, ServeOptions, serve};
+use crate::tls::{ClientCa, TlsOptions};
 
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`: what a gRPC client must send before the handshake
 /// deadline.
@@ -151,6 +152,18 @@ struct ServeArgs {
     /// The longest a workload certificate lives (a shorter one is issued when asked).
     #[arg(long, default_value = "24h", value_parser = parse_grace)]
     workload_cert_ttl: std::time::Duration,
+    /// Serve the gRPC port over TLS with this certificate (PEM, leaf first, then any
+    /// intermediates); with --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Roots that client certificates must chain to (PEM file), or `mesh` for the CA's own
+    /// root. Every gRPC call but CreateCertificate then needs such a certificate; callers
+    /// without one are refused (UNAUTHENTICATED) and logged. Needs --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE|mesh")]
+    client_ca: Option<String>,
 }
 
 /// The default data directory: the XDG state directory, as a user's tools keep state.
@@ -227,6 +240,12 @@ pub fn main() -> ExitCode {
             handshake_timeout: args.handshake_timeout,
             idle_timeout: Some(args.monitoring_idle_timeout),
             handshake_bytes: 1,
+        },
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsOptions { cert, key, client_ca: args.client_ca.as_deref().map(ClientCa::parse) })
+            }
+            _ => None,
         },
         ca: args.ca_tokens.map(|tokens| CaOptions {
             root: match (args.ca_cert, args.ca_key) {
@@ -341,12 +360,36 @@ mod tests {
         let has = |sub: &str, flag: &str| {
             cli.find_subcommand(sub).unwrap().get_arguments().any(|a| a.get_long() == Some(flag))
         };
-        for flag in ["otlp-endpoint", "trace-sampling", "data-dir", "grpc-max-connections", "ca-tokens", "trust-domain"]
-        {
+        for flag in [
+            "otlp-endpoint",
+            "trace-sampling",
+            "data-dir",
+            "grpc-max-connections",
+            "ca-tokens",
+            "trust-domain",
+            "tls-cert",
+            "tls-key",
+            "client-ca",
+        ] {
             assert!(has("serve", flag), "{flag} on serve");
             for other in ["validate", "logs", "check", "report", "probe"] {
                 assert!(!has(other, flag), "{flag} on {other}");
             }
+        }
+    }
+
+    #[test]
+    fn tls_flags_come_together() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["mixr", "serve", "-c", "x.yaml"], args].concat());
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--client-ca", "mesh"]).is_ok());
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).is_ok());
+        for wrong in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--client-ca", "mesh"],
+            &["--client-ca", "roots.pem", "--tls-key", "k.pem"],
+        ] {
+            assert!(parse(wrong).is_err(), "{wrong:?}");
         }
     }
 }
