@@ -351,6 +351,11 @@ impl Topology {
         self.dir.path()
     }
 
+    /// A workload's sidecar's inbound listener (where other sidecars call it).
+    pub fn inbound_addr(&self, workload: &str) -> Option<SocketAddr> {
+        self.sidecars.iter().find(|s| s.service.workload() == workload).map(|s| s.inbound)
+    }
+
     pub fn stats_addr(&self, workload: &str) -> Option<SocketAddr> {
         self.sidecars.iter().find(|s| s.service.workload() == workload).map(|s| s.stats)
     }

@@ -22,6 +22,12 @@ async fn bookinfo_tasks() {
     let topo =
         Topology::start(&mixr_e2e::binary("mixr"), &mixr_e2e::binary("mixr-proxy"), Options::default()).await.unwrap();
 
+    // mTLS is STRICT: ratings takes no plaintext; productpage, PERMISSIVE, does.
+    let ratings = topo.inbound_addr("ratings-v1").unwrap();
+    let plain =
+        reqwest::Client::new().get(format!("http://{ratings}/ratings/0")).header("host", "ratings").send().await;
+    assert!(plain.is_err(), "plaintext to a STRICT workload was answered: {plain:?}");
+
     // Request routing: jason gets reviews v2 (black stars), everyone else v1 (no stars).
     let (code, p) = page(&topo, Some("jason")).await;
     assert_eq!(code, 200, "{p}");
