@@ -265,3 +265,34 @@ impl Proxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_of(namespace: &str) -> hyper::header::HeaderValue {
+        let identity = crate::identity::Identity {
+            workload: "reviews-v3".into(),
+            namespace: namespace.into(),
+            labels: vec![("app".into(), "reviews".into()), ("version".into(), "v3".into())],
+        };
+        crate::policy::attributes::identity_header(&identity).parse().unwrap()
+    }
+
+    fn peer(namespace: &str) -> PeerIdentity {
+        PeerIdentity::from_spiffe(&format!("spiffe://cluster.local/ns/{namespace}/sa/reviews"), "cluster.local").unwrap()
+    }
+
+    #[test]
+    fn the_identity_header_counts_only_from_an_mtls_peer_of_the_same_namespace() {
+        let header = header_of("default");
+        let honoured = caller_attributes(Some(&peer("default")), Some(&header));
+        let name = honoured.iter().find(|(k, _)| *k == "source.workload.name").map(|(_, v)| v.clone());
+        assert_eq!(name, Some(Value::String("reviews-v3".into())), "{honoured:?}");
+        assert!(caller_attributes(None, Some(&header)).is_empty(), "plaintext: ignored");
+        assert!(caller_attributes(Some(&peer("other")), Some(&header)).is_empty(), "another namespace's claim");
+        assert!(caller_attributes(Some(&peer("default")), None).is_empty());
+        let garbage = hyper::header::HeaderValue::from_static("not base64!");
+        assert!(caller_attributes(Some(&peer("default")), Some(&garbage)).is_empty());
+    }
+}
