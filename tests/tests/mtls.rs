@@ -75,6 +75,20 @@ async fn strict_refuses_plaintext_permissive_takes_both_and_the_wire_is_encrypte
     assert!(!seen(&up, "secret-path-0451") && !seen(&up, "GET "), "the request is not readable on the wire");
     assert!(!seen(&down, "secret-path-0451") && !seen(&down, "HTTP/1.1"), "nor the response");
 
+    // HTTP/2 (as gRPC travels) over the same mTLS.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(&sleep.outbound).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("http://reviews:9080/h2/over-mtls")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("/h2/over-mtls"), "{body:?}");
+    let up = tap.upstream_bytes.lock().unwrap().clone();
+    assert!(!seen(&up, "over-mtls") && !seen(&up, "PRI * HTTP/2"), "HTTP/2 is not readable on the wire either");
+
     // STRICT: plaintext is refused and counted; the mTLS caller still gets through.
     assert!(plaintext(&reviews.inbound).await.is_err(), "plaintext to STRICT was served");
     assert!(mtls_outcomes(&reviews, "refused_plaintext").await >= 1.0);

@@ -280,7 +280,8 @@ mod tests {
     }
 
     fn peer(namespace: &str) -> PeerIdentity {
-        PeerIdentity::from_spiffe(&format!("spiffe://cluster.local/ns/{namespace}/sa/reviews"), "cluster.local").unwrap()
+        PeerIdentity::from_spiffe(&format!("spiffe://cluster.local/ns/{namespace}/sa/reviews"), "cluster.local")
+            .unwrap()
     }
 
     #[test]
