@@ -55,9 +55,21 @@ fn strings(v: &yaml_serde::Value) -> Vec<String> {
 
 #[test]
 fn injected_workloads_pass_the_kubernetes_schema() {
+    schema_check(&[]);
+}
+
+#[test]
+fn injected_workloads_with_mesh_identity_pass_the_kubernetes_schema() {
+    schema_check(&["--mesh-identity"]);
+}
+
+fn schema_check(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("injected.yaml");
-    let out = inject(&["-f", workloads().to_str().unwrap(), "-o", out_file.to_str().unwrap()], None);
+    let workloads = workloads();
+    let mut args = vec!["-f", workloads.to_str().unwrap(), "-o", out_file.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let out = inject(&args, None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("(DaemonSet host-agent): not injected: hostNetwork"), "{stderr}");
@@ -67,6 +79,7 @@ fn injected_workloads_pass_the_kubernetes_schema() {
     );
 
     let injected = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(injected.contains("secretName: mixr-ca-token-bookinfo-reviews"), flags.contains(&"--mesh-identity"));
     let flat = dir.path().join("flat.yaml");
     let docs: Vec<String> = objects(&injected).iter().map(|o| yaml_serde::to_string(o).unwrap()).collect();
     std::fs::write(&flat, docs.join("---\n")).unwrap();

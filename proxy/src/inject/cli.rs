@@ -30,6 +30,10 @@ pub struct InjectArgs {
     /// Listen on IPv6 and capture IPv6 too (for pods that have IPv6).
     #[arg(long)]
     ipv6: bool,
+    /// Mutual TLS: mount the Secret mixr-ca-token-<service account> (key `token`, from
+    /// `mixr ca-token NS/SA`) and have the sidecar obtain its workload certificate with it.
+    #[arg(long)]
+    mesh_identity: bool,
 }
 
 pub fn main(args: InjectArgs) -> ExitCode {
@@ -47,7 +51,13 @@ pub fn main(args: InjectArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = Options { image: args.image, mixr: args.mixr, config_map: args.config_map, ipv6: args.ipv6 };
+    let options = Options {
+        image: args.image,
+        mixr: args.mixr,
+        config_map: args.config_map,
+        ipv6: args.ipv6,
+        mesh_identity: args.mesh_identity,
+    };
     let injected = match super::inject(&text, &options) {
         Ok(i) => i,
         Err(e) => {

@@ -28,6 +28,9 @@ pub struct Options {
     pub config_map: String,
     /// Listen on IPv6 too and capture IPv6 (`iptables --ipv6`).
     pub ipv6: bool,
+    /// Mount the Secret `mixr-ca-token-<service account>` and obtain a workload
+    /// certificate with its token (mutual TLS).
+    pub mesh_identity: bool,
 }
 
 impl Default for Options {
@@ -37,6 +40,7 @@ impl Default for Options {
             mixr: "mixr.istio-system.svc.cluster.local:9091".into(),
             config_map: "mixr-proxy-config".into(),
             ipv6: false,
+            mesh_identity: false,
         }
     }
 }

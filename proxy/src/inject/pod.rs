@@ -14,6 +14,10 @@ pub const SIDECAR: &str = "mixr-proxy";
 pub const INIT: &str = "mixr-init";
 pub const CONFIG_VOLUME: &str = "mixr-proxy-config";
 pub const CONFIG_DIR: &str = "/etc/mixr-proxy";
+/// With `--mesh-identity`: the volume holding the workload's CA bootstrap token, from the
+/// Secret `mixr-ca-token-<service account>`, and where the sidecar reads it.
+pub const TOKEN_VOLUME: &str = "mixr-ca-token";
+pub const TOKEN_DIR: &str = "/var/run/secrets/mixr-ca";
 /// Where the image keeps the binary: its entrypoint is `mixr`, so the containers name it.
 pub const BINARY: &str = "/usr/local/bin/mixr-proxy";
 /// Istio's: what was injected, and the mark that a pod has a sidecar.
@@ -194,8 +198,17 @@ fn sidecar(workload: &str, labels: &[String], app_port: Option<u16>, options: &O
     if !options.mixr.is_empty() {
         args.push(format!("--mixr={}", options.mixr));
     }
+    if options.mesh_identity {
+        args.push(format!("--ca-token-file={TOKEN_DIR}/token"));
+    }
     args.push("--log-format=json".into());
     let port = |name: &str, n: u16| map([("name", s(name)), ("containerPort", num(n)), ("protocol", s("TCP"))]);
+    let mount =
+        |name: &str, path: &str| map([("name", s(name)), ("mountPath", s(path)), ("readOnly", Value::Bool(true))]);
+    let mut mounts = vec![mount(CONFIG_VOLUME, CONFIG_DIR)];
+    if options.mesh_identity {
+        mounts.push(mount(TOKEN_VOLUME, TOKEN_DIR));
+    }
     map([
         ("name", s(SIDECAR)),
         ("image", s(&options.image)),
@@ -240,14 +253,7 @@ fn sidecar(workload: &str, labels: &[String], app_port: Option<u16>, options: &O
                 ("capabilities", map([("drop", Value::Sequence(vec![s("ALL")]))])),
             ]),
         ),
-        (
-            "volumeMounts",
-            Value::Sequence(vec![map([
-                ("name", s(CONFIG_VOLUME)),
-                ("mountPath", s(CONFIG_DIR)),
-                ("readOnly", Value::Bool(true)),
-            ])]),
-        ),
+        ("volumeMounts", Value::Sequence(mounts)),
     ])
 }
 
@@ -294,9 +300,10 @@ fn init(capture_args: Vec<String>, options: &Options) -> Value {
 }
 
 /// Istio's status annotation: what was injected, so tools can find it.
-fn status() -> String {
+fn status(options: &Options) -> String {
+    let token = if options.mesh_identity { format!(r#","{TOKEN_VOLUME}""#) } else { String::new() };
     format!(
-        r#"{{"version":"mixr-{}","initContainers":["{INIT}"],"containers":["{SIDECAR}"],"volumes":["{CONFIG_VOLUME}"],"imagePullSecrets":null}}"#,
+        r#"{{"version":"mixr-{}","initContainers":["{INIT}"],"containers":["{SIDECAR}"],"volumes":["{CONFIG_VOLUME}"{token}],"imagePullSecrets":null}}"#,
         env!("CARGO_PKG_VERSION")
     )
 }
@@ -346,12 +353,34 @@ pub fn inject(template: &mut Mapping, workload: &str, at: &Where, options: &Opti
     let inits = list_mut(spec, "initContainers", at)?;
     remove_named(inits, INIT, at, "initContainers")?;
     inits.push(init(capture_args, options));
+    // The token Secret is named for the pod's service account, as it is at injection.
+    let account = ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|k| spec.get(*k).and_then(Value::as_str))
+        .unwrap_or("default")
+        .to_string();
     let volumes = list_mut(spec, "volumes", at)?;
     remove_named(volumes, CONFIG_VOLUME, at, "volumes")?;
+    remove_named(volumes, TOKEN_VOLUME, at, "volumes")?;
     volumes.push(map([
         ("name", s(CONFIG_VOLUME)),
         ("configMap", map([("name", s(&options.config_map)), ("optional", Value::Bool(true))])),
     ]));
+    if options.mesh_identity {
+        // Optional: the pod starts before the Secret exists, and the sidecar, which reads
+        // the token again at each attempt, gets its certificate once it is there.
+        volumes.push(map([
+            ("name", s(TOKEN_VOLUME)),
+            (
+                "secret",
+                map([
+                    ("secretName", s(format!("mixr-ca-token-{account}"))),
+                    ("optional", Value::Bool(true)),
+                    ("defaultMode", num(0o440)),
+                ]),
+            ),
+        ]));
+    }
 
     let meta = mapping_mut(template, "metadata", at, "metadata")?;
     let annotations = mapping_mut(meta, "annotations", at, "metadata.annotations")?;
@@ -362,6 +391,6 @@ pub fn inject(template: &mut Mapping, workload: &str, at: &Where, options: &Opti
         annotations.insert(s("prometheus.io/path"), s("/stats/prometheus"));
     }
     annotations.shift_remove(STATUS);
-    annotations.insert(s(STATUS), s(status()));
+    annotations.insert(s(STATUS), s(status(options)));
     Ok(Outcome::Injected)
 }

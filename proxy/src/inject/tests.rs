@@ -138,6 +138,28 @@ fn injecting_twice_changes_nothing_and_a_new_image_replaces_the_old() {
 }
 
 #[test]
+fn mesh_identity_mounts_the_service_account_s_token_secret() {
+    let options = Options { mesh_identity: true, ..Options::default() };
+    let once = inject(&workloads(), &options).unwrap().text;
+    let docs = documents(&once);
+    let spec = &docs[1]["spec"]["template"]["spec"];
+    assert_eq!(names(&spec["volumes"]), ["mixr-proxy-config", "mixr-ca-token"]);
+    assert_eq!(spec["volumes"][1]["secret"]["secretName"], "mixr-ca-token-bookinfo-reviews");
+    assert_eq!(spec["volumes"][1]["secret"]["optional"], true);
+    let sidecar = &spec["containers"][1];
+    assert!(strings(&sidecar["args"]).contains(&"--ca-token-file=/var/run/secrets/mixr-ca/token"));
+    assert_eq!(names(&sidecar["volumeMounts"]), ["mixr-proxy-config", "mixr-ca-token"]);
+    // A pod naming no service account runs as `default`.
+    let pod = docs.iter().find(|d| d["kind"] == "Pod").unwrap();
+    let secret = pod["spec"]["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "mixr-ca-token");
+    assert_eq!(secret.unwrap()["secret"]["secretName"], "mixr-ca-token-default");
+    // Idempotent, and injecting again without it takes the volume away.
+    assert_eq!(inject(&once, &options).unwrap().text, once);
+    let without = inject(&once, &Options::default()).unwrap().text;
+    assert_eq!(without, inject(&workloads(), &Options::default()).unwrap().text);
+}
+
+#[test]
 fn bad_input_names_the_document_and_the_key() {
     let deployment = |template: &str| {
         format!(
