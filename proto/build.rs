@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/istio/mixer/v1/mixer.proto",
         "protos/istio/policy/v1beta1/http_response.proto",
         "protos/mixr/server/v1/lazy_report.proto",
+        "protos/mixr/server/v1/lazy_check.proto",
         "protos/istio/v1/auth/ca.proto",
     ];
     let fds = protox::compile(protos, ["protos"])?;
@@ -19,14 +20,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".mixr.server.v1.LazyReportRequest.attributes")
+        .bytes(".mixr.server.v1.LazyCheckRequest.attributes")
         .compile_fds(fds.clone())?;
 
-    // The server's Mixer service: the same service, taking Report as LazyReportRequest
-    // (same wire format). Every message is the one generated above.
+    // The server's Mixer service: the same service, taking Check as LazyCheckRequest and
+    // Report as LazyReportRequest (same wire formats). Every message is the one generated
+    // above; clients (the sidecar, the CLI) keep the plain CheckRequest and ReportRequest.
     let mut lazy = fds;
     for method in lazy.file.iter_mut().flat_map(|f| &mut f.service).flat_map(|s| &mut s.method) {
-        if method.name() == "Report" {
-            method.input_type = Some(".mixr.server.v1.LazyReportRequest".into());
+        match method.name() {
+            "Check" => method.input_type = Some(".mixr.server.v1.LazyCheckRequest".into()),
+            "Report" => method.input_type = Some(".mixr.server.v1.LazyReportRequest".into()),
+            _ => {}
         }
     }
     let lazy_out = out.join("lazy");

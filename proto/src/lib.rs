@@ -6,8 +6,9 @@
 //! - `istio::v1::auth`: Istio's certificate service (`CreateCertificate`), which mixr's CA
 //!   serves and sidecars call.
 //! - `google::rpc::Status`.
-//! - `mixr::server::v1::LazyReportRequest` and [`lazy_server`]: the server's view of
-//!   Report, entries decoded one chunk at a time.
+//! - `mixr::server::v1::LazyCheckRequest`, `LazyReportRequest` and [`lazy_server`]: the
+//!   server's view of Check and Report, attributes left encoded until the server decodes
+//!   them itself (a Check's straight into its bag, a Report's one chunk at a time).
 //! - [`ENVOY_FILE_DESCRIPTOR_SET`]: descriptors of Envoy's ext_authz and rate-limit APIs
 //!   for reflection (the code is envoy-types').
 //! - [`dictionary`]: Istio's global word list used for attribute compression, compiled in
@@ -51,8 +52,9 @@ pub mod mixr {
     }
 }
 
-/// The Mixer service as mixr's server implements it: Report arrives as
-/// [`mixr::server::v1::LazyReportRequest`], its entries still encoded.
+/// The Mixer service as mixr's server implements it: Check arrives as
+/// [`mixr::server::v1::LazyCheckRequest`] and Report as
+/// [`mixr::server::v1::LazyReportRequest`], their attributes still encoded.
 #[allow(clippy::all, missing_docs)]
 pub mod lazy_server {
     include!(concat!(env!("OUT_DIR"), "/lazy/istio.mixer.v1.rs"));

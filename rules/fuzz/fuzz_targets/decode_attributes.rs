@@ -1,5 +1,6 @@
 //! Compressed attributes as a Check or a Report carries them: any bytes must decode to a
-//! bag or an error, never a panic; a Report of them must be taken whole or refused whole.
+//! bag or an error, never a panic; the lazy Check decoder must agree with prost's decoding;
+//! a Report of them must be taken whole or refused whole.
 #![no_main]
 
 use bytes::Bytes;
@@ -7,8 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use mixr_proto::istio::mixer::v1::CompressedAttributes;
 use mixr_rules::Manifest;
 use mixr_rules::bag::report::{ChunkSink, ReportEncoding, for_each_chunk};
-use mixr_rules::bag::{Bag, Referenced, decode_compressed};
+use mixr_rules::bag::{Bag, Referenced, decode_check, decode_compressed};
 use prost::Message;
+use std::sync::OnceLock;
 
 struct Count(usize);
 
@@ -23,7 +25,19 @@ impl<'n> ChunkSink<'n> for Count {
 
 fuzz_target!(|data: &[u8]| {
     let manifest = Manifest::builtin();
-    if let Ok(attrs) = CompressedAttributes::decode(data) {
+    let parts = [Bytes::copy_from_slice(data)];
+    let prost = CompressedAttributes::decode(data);
+    for words in [0, 222, u32::MAX] {
+        let decoded = OnceLock::new();
+        let lazy = decode_check(&parts, words, &manifest, &decoded);
+        // Where the maps' order picks the winner of two entries with one name, or which
+        // of two errors is reported, the answers may differ; their success may not.
+        match &prost {
+            Ok(attrs) => assert_eq!(lazy.is_ok(), decode_compressed(attrs, words, &manifest).is_ok()),
+            Err(_) => assert!(lazy.is_err()),
+        }
+    }
+    if let Ok(attrs) = prost {
         for words in [0, 1, 222, u32::MAX] {
             if let Ok(bag) = decode_compressed(&attrs, words, &manifest) {
                 let _ = bag.iter().map(|(_, v)| v.to_text()).count();

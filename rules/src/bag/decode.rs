@@ -24,28 +24,53 @@ pub enum BagError {
     BadValue { name: String, detail: String },
     #[error("report entry {index}: {detail}")]
     Malformed { index: usize, detail: String },
+    /// A Check's attributes are not valid protobuf. Before they were decoded lazily, tonic
+    /// refused such a request with prost's error and INTERNAL; this carries that text.
+    #[error("{detail}")]
+    Wire { detail: String },
 }
 
 /// Resolves word indices against the global dictionary and one message's words.
-pub(super) struct Words<'a> {
+pub(super) struct Words<'w, 'a> {
     global: &'static [&'static str],
-    local: &'a [String],
+    local: Local<'w, 'a>,
 }
 
-impl<'a> Words<'a> {
-    pub(super) fn new(local: &'a [String]) -> Words<'a> {
-        Words { global: dictionary::words(), local }
+/// A message's own words: decoded by prost, or borrowed from the wire by the lazy Check
+/// decoder (whose list of them lives shorter than the words themselves).
+#[derive(Clone, Copy)]
+enum Local<'w, 'a> {
+    Decoded(&'a [String]),
+    Borrowed(&'w [&'a str]),
+}
+
+impl<'w, 'a> Words<'w, 'a> {
+    pub(super) fn new(local: &'a [String]) -> Words<'a, 'a> {
+        Words { global: dictionary::words(), local: Local::Decoded(local) }
     }
 
-    fn get(&self, index: i32) -> Result<&'a str, BagError> {
+    pub(super) fn borrowed(local: &'w [&'a str]) -> Words<'w, 'a> {
+        Words { global: dictionary::words(), local: Local::Borrowed(local) }
+    }
+
+    pub(super) fn get(&self, index: i32) -> Result<&'a str, BagError> {
         let word = if index >= 0 {
             self.global.get(index as usize).copied()
         } else {
             // -1 is local[0]; widen before negating so i32::MIN cannot overflow.
             let slot = (-(index as i64) - 1) as usize;
-            self.local.get(slot).map(String::as_str)
+            match self.local {
+                Local::Decoded(local) => local.get(slot).map(String::as_str),
+                Local::Borrowed(local) => local.get(slot).copied(),
+            }
         };
-        word.ok_or(BagError::BadWordIndex { index, global: self.global.len(), local: self.local.len() })
+        word.ok_or_else(|| {
+            let local = match self.local {
+                Local::Decoded(l) => l.len(),
+                Local::Borrowed(l) => l.len(),
+            };
+            BagError::BadWordIndex { index, global: self.global.len(), local }
+        })
     }
 }
 
@@ -64,8 +89,7 @@ pub fn decode_compressed<'a>(
     manifest: &Manifest,
 ) -> Result<Bag<'a>, BagError> {
     check_global_word_count(global_word_count)?;
-    let words = Words { global: dictionary::words(), local: &attrs.words };
-    decode_with(attrs, &words, manifest)
+    decode_with(attrs, &Words::new(&attrs.words), manifest)
 }
 
 /// Decodes every entry of a Report. With delta encoding each bag holds the accumulated
@@ -108,8 +132,7 @@ impl<'a> Iterator for ReportEntries<'a, '_> {
     fn next(&mut self) -> Option<Self::Item> {
         let entry = self.entries.next()?;
         let local = if entry.words.is_empty() { self.default_words } else { &entry.words };
-        let words = Words { global: dictionary::words(), local };
-        let bag = match decode_with(entry, &words, self.manifest) {
+        let bag = match decode_with(entry, &Words::new(local), self.manifest) {
             Ok(bag) => bag,
             Err(e) => return Some(Err(e)),
         };
@@ -133,7 +156,7 @@ impl<'a> Iterator for ReportEntries<'a, '_> {
 
 pub(super) fn decode_with<'a>(
     ca: &'a CompressedAttributes,
-    words: &Words<'a>,
+    words: &Words<'_, 'a>,
     manifest: &Manifest,
 ) -> Result<Bag<'a>, BagError> {
     let count = ca.strings.len()
@@ -181,14 +204,14 @@ pub(super) fn decode_with<'a>(
     Ok(Bag::from_pairs(attrs))
 }
 
-fn check_ip(name: &str, bytes: &[u8], manifest: &Manifest) -> Result<(), BagError> {
+pub(super) fn check_ip(name: &str, bytes: &[u8], manifest: &Manifest) -> Result<(), BagError> {
     if manifest.type_of(name) == Some(ValueType::IpAddress) && !matches!(bytes.len(), 4 | 16) {
         return Err(BagError::BadIpLength { name: name.to_string(), len: bytes.len() });
     }
     Ok(())
 }
 
-fn timestamp(name: &str, t: &prost_types::Timestamp) -> Result<Timestamp, BagError> {
+pub(super) fn timestamp(name: &str, t: &prost_types::Timestamp) -> Result<Timestamp, BagError> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return Err(BagError::BadTimestamp {
             name: name.to_string(),
@@ -198,7 +221,7 @@ fn timestamp(name: &str, t: &prost_types::Timestamp) -> Result<Timestamp, BagErr
     Ok(Timestamp { seconds: t.seconds, nanos: t.nanos })
 }
 
-fn duration(name: &str, d: &prost_types::Duration) -> Result<Duration, BagError> {
+pub(super) fn duration(name: &str, d: &prost_types::Duration) -> Result<Duration, BagError> {
     if d.nanos.abs() >= 1_000_000_000 {
         return Err(BagError::BadValue {
             name: name.to_string(),

@@ -2,10 +2,12 @@
 //! strings, plus the record of which attributes evaluation looked at.
 //!
 //! - [`decode`]: `CompressedAttributes` (and the uncompressed `Attributes`) into a [`Bag`].
+//! - [`check`]: a Check's `CompressedAttributes` from their wire bytes into a [`Bag`].
 //! - [`encode`]: the reverse, for clients (the CLI, the proxy).
 //! - [`referenced`]: what evaluation read, turned into the reply's `ReferencedAttributes`.
 //! - [`report`]: a Report's entries decoded a chunk at a time.
 
+pub mod check;
 pub mod decode;
 pub mod encode;
 pub mod referenced;
@@ -13,6 +15,7 @@ pub mod report;
 
 use crate::value::Value;
 
+pub use check::decode_check;
 pub use decode::{BagError, ReportEntries, decode_compressed, decode_report, decode_uncompressed, report_entries};
 pub use encode::Encoder;
 pub use referenced::{Condition, Referenced};

@@ -1,18 +1,17 @@
 //! `istio.mixer.v1.Mixer`: Check and Report on the wire.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use mixr_proto::DIRECT_HTTP_RESPONSE_TYPE_URL;
 use mixr_proto::google::rpc;
 use mixr_proto::istio::mixer::v1::check_response::{PreconditionResult, QuotaResult};
 use mixr_proto::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
-use mixr_proto::istio::mixer::v1::{
-    CheckRequest, CheckResponse, HeaderOperation, ReportResponse, RouteDirective, header_operation,
-};
+use mixr_proto::istio::mixer::v1::{CheckResponse, HeaderOperation, ReportResponse, RouteDirective, header_operation};
 use mixr_proto::lazy_server::mixer_server::{Mixer, MixerServer};
-use mixr_proto::mixr::server::v1::LazyReportRequest;
+use mixr_proto::mixr::server::v1::{LazyCheckRequest, LazyReportRequest};
 use mixr_rules::bag::Bag;
-use mixr_rules::bag::decode_compressed;
+use mixr_rules::bag::decode_check;
 use mixr_rules::bag::report::{ChunkSink, ReportEncoding, for_each_chunk};
 
 use crate::metrics::Metrics;
@@ -54,13 +53,13 @@ impl MixerService {
         MixerServer::new(self)
     }
 
-    async fn check_inner(&self, req: &CheckRequest) -> Result<CheckResponse, CallError> {
-        let empty = Default::default();
-        let attrs = req.attributes.as_ref().unwrap_or(&empty);
+    async fn check_inner(&self, req: &LazyCheckRequest) -> Result<CheckResponse, CallError> {
+        // Holds the attributes only if they need prost's decoding (unusual or bad input).
+        let decoded = OnceLock::new();
         if req.quotas.is_empty() {
             // No waiting ahead: the cheaper, borrowed view of the config suffices.
             let rt = self.shared.store.current();
-            let mut bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
+            let mut bag = decode_check(&req.attributes, req.global_word_count, &rt.snapshot.manifest, &decoded)?;
             let generated = dispatch::generate(&rt, &bag, &self.shared.metrics);
             generated.apply(&mut bag);
             let mut outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
@@ -68,7 +67,7 @@ impl MixerService {
             return Ok(encode_check(&outcome, req.global_word_count));
         }
         let rt = self.shared.store.current_full();
-        let mut bag = decode_compressed(attrs, req.global_word_count, &rt.snapshot.manifest)?;
+        let mut bag = decode_check(&req.attributes, req.global_word_count, &rt.snapshot.manifest, &decoded)?;
         let generated = dispatch::generate(&rt, &bag, &self.shared.metrics);
         generated.apply(&mut bag);
         let mut outcome = dispatch::check(&rt, &bag, &self.shared.metrics);
@@ -191,7 +190,7 @@ pub fn encode_check(outcome: &CheckOutcome<'_>, global_word_count: u32) -> Check
 
 #[tonic::async_trait]
 impl Mixer for MixerService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
+    async fn check(&self, request: Request<LazyCheckRequest>) -> Result<Response<CheckResponse>, tonic::Status> {
         let _call = self.shared.in_flight.enter();
         let started = Instant::now();
         let span = rpc_span("istio.mixer.v1.Mixer/Check", request.metadata());

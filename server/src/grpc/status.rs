@@ -21,6 +21,9 @@ impl From<CallError> for tonic::Status {
         match &e {
             // Mixer answered a dictionary mismatch with INTERNAL; clients key on it.
             CallError::Attributes(BagError::GlobalWordCount { .. }) => tonic::Status::internal(e.to_string()),
+            // tonic answers a message prost cannot decode with INTERNAL; a Check's attributes
+            // are decoded after tonic's part now, and keep that answer.
+            CallError::Attributes(BagError::Wire { .. }) => tonic::Status::internal(e.to_string()),
             CallError::Attributes(_) => tonic::Status::invalid_argument(e.to_string()),
             CallError::Unauthenticated(_) => tonic::Status::unauthenticated(e.to_string()),
             CallError::Certificate(CaError::WrongIdentity { .. }) => tonic::Status::permission_denied(e.to_string()),
