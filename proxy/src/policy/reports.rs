@@ -34,17 +34,17 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new<'v>(attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>, traceparent: Option<&str>) -> Entry {
+    pub fn new<'v>(attrs: impl IntoIterator<Item = (&'static str, &'v Value<'v>)>, traceparent: Option<&str>) -> Entry {
         let mut wire = WireEntry::new();
         wire.extend(attrs);
         Entry { wire, traceparent: traceparent.map(str::to_string) }
     }
 
-    pub fn push(&mut self, name: &str, value: &Value<'_>) {
+    pub fn push(&mut self, name: &'static str, value: &Value<'_>) {
         self.wire.push(name, value);
     }
 
-    pub fn extend<'v>(&mut self, attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>) {
+    pub fn extend<'v>(&mut self, attrs: impl IntoIterator<Item = (&'static str, &'v Value<'v>)>) {
         self.wire.extend(attrs);
     }
 }

@@ -121,9 +121,13 @@ impl WireEntry {
     }
 
     fn word(&mut self, w: &str) -> i32 {
-        if let Some(i) = dictionary::index_of(w) {
-            return i;
+        match dictionary::index_of(w) {
+            Some(i) => i,
+            None => self.own_word(w),
         }
+    }
+
+    fn own_word(&mut self, w: &str) -> i32 {
         // Every element of a repeated field is written, empty ones included.
         wire::tag(&mut self.words, 1, 2);
         wire::varint(&mut self.words, w.len() as u64);
@@ -133,22 +137,27 @@ impl WireEntry {
     }
 
     /// Adds attributes; a name given twice is sent twice, and the decoder keeps the last.
-    pub fn extend<'v>(&mut self, attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>) {
+    pub fn extend<'v>(&mut self, attrs: impl IntoIterator<Item = (&'static str, &'v Value<'v>)>) {
         for (name, value) in attrs {
             self.push(name, value);
         }
     }
 
-    pub fn push(&mut self, name: &str, value: &Value<'_>) {
-        let k = self.word(name);
+    /// Names are static: the few dozen a proxy reports are looked up by address
+    /// ([`name_index`]), a fraction of hashing each.
+    pub fn push(&mut self, name: &'static str, value: &Value<'_>) {
+        let k = match name_index(name) {
+            Some(i) => i,
+            None => self.own_word(name),
+        };
         match value {
             Value::String(s) => {
                 let v = self.word(s);
-                wire::map_entry(&mut self.fields, 2, k, |e| wire::sint32_field(e, 2, v));
+                wire::small_entry(&mut self.fields, 2, k, wire::zigzag(v));
             }
-            Value::Int64(v) => wire::map_entry(&mut self.fields, 3, k, |e| wire::varint_field(e, 2, *v as u64)),
+            Value::Int64(v) => wire::small_entry(&mut self.fields, 3, k, *v as u64),
             Value::Double(v) => wire::map_entry(&mut self.fields, 4, k, |e| wire::double_field(e, 2, *v)),
-            Value::Bool(v) => wire::map_entry(&mut self.fields, 5, k, |e| wire::varint_field(e, 2, u64::from(*v))),
+            Value::Bool(v) => wire::small_entry(&mut self.fields, 5, k, u64::from(*v)),
             Value::Timestamp(t) => {
                 wire::map_entry(&mut self.fields, 6, k, |e| wire::time_field(e, 2, t.seconds, t.nanos))
             }
@@ -191,6 +200,31 @@ impl WireEntry {
     }
 }
 
+/// The global index of a static name, remembered by the name's address: the same address
+/// and length of static text are the same words, so a hit needs no hashing nor comparing.
+/// A small direct-mapped table per thread; a collision only costs a lookup.
+fn name_index(name: &'static str) -> Option<i32> {
+    use std::cell::Cell;
+    const SLOTS: usize = 128;
+    /// Marks a name the dictionary does not hold.
+    const ABSENT: i32 = i32::MIN;
+    thread_local! {
+        static SEEN: [Cell<(usize, usize, i32)>; SLOTS] = const { [const { Cell::new((0, 0, 0)) }; SLOTS] };
+    }
+    let addr = name.as_ptr() as usize;
+    let slot = (addr ^ (addr >> 7) ^ name.len()) % SLOTS;
+    let found = SEEN.with(|seen| {
+        let (a, len, index) = seen[slot].get();
+        if a == addr && len == name.len() {
+            return Some(index);
+        }
+        let index = dictionary::index_of(name).unwrap_or(ABSENT);
+        seen[slot].set((addr, name.len(), index));
+        Some(index)
+    });
+    found.filter(|i| *i != ABSENT)
+}
+
 /// Protobuf's wire format, as much of it as `CompressedAttributes` needs. Fields holding
 /// their default value are left out, as proto3 encoders do.
 pub mod wire {
@@ -213,8 +247,42 @@ pub mod wire {
         }
     }
 
+    pub fn zigzag(v: i32) -> u64 {
+        u64::from(((v << 1) ^ (v >> 31)) as u32)
+    }
+
     pub fn sint32_field(out: &mut Vec<u8>, field: u32, v: i32) {
-        varint_field(out, field, u64::from(((v << 1) ^ (v >> 31)) as u32));
+        varint_field(out, field, zigzag(v));
+    }
+
+    /// One entry of a `map<sint32, V>` field whose value is a varint (`sint32` already
+    /// zigzagged, `int64`, `bool`), written in one go: these are most of a Report.
+    pub fn small_entry(out: &mut Vec<u8>, field: u32, key: i32, value: u64) {
+        // Tag, length, key field (tag and up to 5 bytes), value field (up to 11).
+        let mut e = [0u8; 24];
+        let mut n = 2;
+        let mut put = |e: &mut [u8; 24], mut v: u64| {
+            while v >= 0x80 {
+                e[n] = (v as u8) | 0x80;
+                v >>= 7;
+                n += 1;
+            }
+            e[n] = v as u8;
+            n += 1;
+        };
+        let k = zigzag(key);
+        if k != 0 {
+            put(&mut e, 1 << 3);
+            put(&mut e, k);
+        }
+        if value != 0 {
+            put(&mut e, 2 << 3);
+            put(&mut e, value);
+        }
+        // The field numbers here are below 16: a tag is one byte.
+        e[0] = ((field << 3) | 2) as u8;
+        e[1] = (n - 2) as u8;
+        out.extend_from_slice(&e[..n]);
     }
 
     pub fn double_field(out: &mut Vec<u8>, field: u32, v: f64) {
