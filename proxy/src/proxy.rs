@@ -251,22 +251,20 @@ impl Proxy {
     pub fn report<B>(
         &self,
         worker: &Worker,
-        entry: Option<(crate::policy::reports::Entry, Option<String>)>,
+        entry: Option<crate::policy::reports::Entry>,
         resp: &Response<B>,
         started: Instant,
     ) {
-        let (Some(reporter), Some((mut entry, traceparent))) = (&worker.reporter, entry) else { return };
-        entry.push(("response.code", mixr_rules::value::Value::Int64(resp.status().as_u16() as i64)));
-        entry.push((
-            "response.duration",
-            mixr_rules::value::Value::Duration(mixr_rules::value::Duration::from_std(started.elapsed())),
-        ));
-        entry.push(("response.time", crate::policy::attributes::now()));
+        use mixr_rules::value::Value;
+        let (Some(reporter), Some(mut entry)) = (&worker.reporter, entry) else { return };
+        entry.push("response.code", &Value::Int64(resp.status().as_u16() as i64));
+        entry.push("response.duration", &Value::Duration(mixr_rules::value::Duration::from_std(started.elapsed())));
+        entry.push("response.time", &crate::policy::attributes::now());
         if let Some(size) =
             resp.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
         {
-            entry.push(("response.size", mixr_rules::value::Value::Int64(size)));
+            entry.push("response.size", &Value::Int64(size));
         }
-        reporter.report(entry, traceparent);
+        reporter.report(entry);
     }
 }

@@ -196,8 +196,10 @@ impl Conn {
                 }
                 None => None,
             };
-            let traceparent = header("traceparent").map(str::to_string);
-            let entry = self.worker.reporter.as_ref().map(|_| (crate::policy::reports::owned(attrs), traceparent));
+            let entry =
+                self.worker.reporter.as_ref().map(|_| {
+                    crate::policy::reports::Entry::new(attrs.iter().map(|(n, v)| (*n, v)), header("traceparent"))
+                });
             match verdict {
                 Some(Verdict::Deny { http_status, body, headers: extra }) => {
                     let mut resp = reply(http_status, body);

@@ -135,8 +135,11 @@ impl Proxy {
                 }
                 None => None,
             };
-            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
-            let entry = worker.reporter.as_ref().map(|_| (crate::policy::reports::owned(attrs), traceparent));
+            // Encoded now, while the attributes still borrow the request.
+            let entry = worker.reporter.as_ref().map(|_| {
+                let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| *v);
+                crate::policy::reports::Entry::new(attrs.iter().map(|(n, v)| (*n, v)), traceparent)
+            });
             match verdict {
                 Some(crate::policy::Verdict::Deny { http_status, body, headers: extra }) => {
                     let mut resp = reply(http_status, body);
@@ -247,8 +250,9 @@ impl Proxy {
         if worker.reporter.is_some() {
             let mut attrs = self.inbound_attributes(parts, peer, caller, authority, headers);
             attrs.push(("rbac.effective_policy_id", mixr_rules::value::Value::String(by.into())));
-            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| v.to_string());
-            self.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
+            let traceparent = headers.iter().find(|(k, _)| *k == "traceparent").map(|(_, v)| *v);
+            let entry = crate::policy::reports::Entry::new(attrs.iter().map(|(n, v)| (*n, v)), traceparent);
+            self.report(worker, Some(entry), &resp, started);
         }
         resp
     }

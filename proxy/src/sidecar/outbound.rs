@@ -72,16 +72,13 @@ impl Proxy {
         let callee = resp.headers_mut().remove(crate::policy::attributes::ISTIO_ATTRIBUTES);
         self.observe(worker, Direction::Outbound, service, route_name, resp.status().as_u16(), started);
         if worker.reporter.is_some() {
-            let mut attrs = crate::policy::reports::owned(crate::policy::attributes::outbound(
-                &self.identity,
-                method.as_str(),
-                path,
-                authority,
-            ));
+            let attrs = crate::policy::attributes::outbound(&self.identity, method.as_str(), path, authority);
+            let mut entry =
+                crate::policy::reports::Entry::new(attrs.iter().map(|(n, v)| (*n, v)), traceparent.as_deref());
             if let Some(v) = callee.as_ref().and_then(|v| v.to_str().ok()) {
-                attrs.extend(crate::policy::attributes::callee_attributes(v));
+                entry.extend(crate::policy::attributes::callee_attributes(v).iter().map(|(n, v)| (*n, v)));
             }
-            self.report(worker, Some((attrs, traceparent)), &resp, started);
+            self.report(worker, Some(entry), &resp, started);
         }
         resp
     }

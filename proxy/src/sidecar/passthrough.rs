@@ -42,7 +42,8 @@ pub async fn forward(
         let mut attrs = crate::policy::attributes::outbound(&proxy.identity, method.as_str(), &path, authority);
         attrs.retain(|(name, _)| *name != "destination.service.host");
         attrs.push(("destination.service.host", mixr_rules::value::Value::String(service(proxy).into())));
-        proxy.report(worker, Some((crate::policy::reports::owned(attrs), traceparent)), &resp, started);
+        let entry = crate::policy::reports::Entry::new(attrs.iter().map(|(n, v)| (*n, v)), traceparent.as_deref());
+        proxy.report(worker, Some(entry), &resp, started);
     }
     resp
 }

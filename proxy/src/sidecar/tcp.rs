@@ -87,7 +87,8 @@ impl Connection<'_> {
 
     fn report(&self, worker: &Worker, event: &'static str, received: u64, sent: u64) {
         if let Some(reporter) = &worker.reporter {
-            reporter.report(crate::policy::reports::owned(self.attributes(event, received, sent)), None);
+            let attrs = self.attributes(event, received, sent);
+            reporter.report(crate::policy::reports::Entry::new(attrs.iter().map(|(n, v)| (*n, v)), None));
         }
     }
 

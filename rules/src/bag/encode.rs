@@ -95,38 +95,134 @@ impl Encoder {
         words.sort_unstable_by_key(|(i, _)| -i);
         words.into_iter().map(|(_, w)| w).collect()
     }
+}
 
-    /// Encodes attributes straight to the wire form of a `CompressedAttributes` message
-    /// (its fields, without a length prefix), sharing this encoder's words as
-    /// [`Encoder::encode`] does. For Reports: no maps are built and nothing is hashed
-    /// but the words, which is most of what encoding a batch cost.
-    pub fn encode_wire<'v>(&mut self, attrs: impl IntoIterator<Item = (&'v str, &'v Value<'v>)>, out: &mut Vec<u8>) {
+/// One Report entry on the wire, self-contained: strings the global dictionary lacks go to
+/// the entry's own word list (`CompressedAttributes.words`) rather than a batch-wide one, so
+/// the entry can be encoded while its request is in flight (when the attributes are still
+/// borrowed from it) and appended to whichever batch is open when the response is done.
+/// Nothing is hashed but global words (a fixed table), and no word is copied twice.
+///
+/// Words are not shared between entries, nor deduplicated within one: a Report grows by
+/// the repeated strings, but a batch-wide table had cost more than proxying the request.
+#[derive(Debug, Default)]
+pub struct WireEntry {
+    /// The attribute fields.
+    fields: Vec<u8>,
+    /// The entry's words, already as field 1 of the message, in index order.
+    words: Vec<u8>,
+    local: i32,
+}
+
+impl WireEntry {
+    pub fn new() -> WireEntry {
+        // Room for a typical inbound request's attributes and headers, so the buffers rarely grow.
+        WireEntry { fields: Vec::with_capacity(512), words: Vec::with_capacity(256), local: 0 }
+    }
+
+    fn word(&mut self, w: &str) -> i32 {
+        match dictionary::index_of(w) {
+            Some(i) => i,
+            None => self.own_word(w),
+        }
+    }
+
+    fn own_word(&mut self, w: &str) -> i32 {
+        // Every element of a repeated field is written, empty ones included.
+        wire::tag(&mut self.words, 1, 2);
+        wire::varint(&mut self.words, w.len() as u64);
+        self.words.extend_from_slice(w.as_bytes());
+        self.local += 1;
+        -self.local
+    }
+
+    /// Adds attributes; a name given twice is sent twice, and the decoder keeps the last.
+    pub fn extend<'v>(&mut self, attrs: impl IntoIterator<Item = (&'static str, &'v Value<'v>)>) {
         for (name, value) in attrs {
-            let k = self.word(name);
-            match value {
-                Value::String(s) => {
-                    let v = self.word(s);
-                    wire::map_entry(out, 2, k, |e| wire::sint32_field(e, 2, v));
-                }
-                Value::Int64(v) => wire::map_entry(out, 3, k, |e| wire::varint_field(e, 2, *v as u64)),
-                Value::Double(v) => wire::map_entry(out, 4, k, |e| wire::double_field(e, 2, *v)),
-                Value::Bool(v) => wire::map_entry(out, 5, k, |e| wire::varint_field(e, 2, u64::from(*v))),
-                Value::Timestamp(t) => wire::map_entry(out, 6, k, |e| wire::time_field(e, 2, t.seconds, t.nanos)),
-                Value::Duration(d) => wire::map_entry(out, 7, k, |e| wire::time_field(e, 2, d.seconds, d.nanos)),
-                Value::Bytes(b) => wire::map_entry(out, 8, k, |e| wire::bytes_field(e, 2, b)),
-                Value::StringMap(m) => {
-                    let pairs: Vec<(i32, i32)> = m.iter().map(|(mk, mv)| (self.word(mk), self.word(mv))).collect();
-                    wire::map_entry(out, 9, k, |e| {
-                        wire::nested(e, 2, |sm| {
-                            for (a, b) in &pairs {
-                                wire::map_entry(sm, 1, *a, |x| wire::sint32_field(x, 2, *b));
-                            }
-                        })
-                    });
-                }
+            self.push(name, value);
+        }
+    }
+
+    /// Names are static: the few dozen a proxy reports are looked up by address
+    /// ([`name_index`]), a fraction of hashing each.
+    pub fn push(&mut self, name: &'static str, value: &Value<'_>) {
+        let k = match name_index(name) {
+            Some(i) => i,
+            None => self.own_word(name),
+        };
+        match value {
+            Value::String(s) => {
+                let v = self.word(s);
+                wire::small_entry(&mut self.fields, 2, k, wire::zigzag(v));
+            }
+            Value::Int64(v) => wire::small_entry(&mut self.fields, 3, k, *v as u64),
+            Value::Double(v) => wire::map_entry(&mut self.fields, 4, k, |e| wire::double_field(e, 2, *v)),
+            Value::Bool(v) => wire::small_entry(&mut self.fields, 5, k, u64::from(*v)),
+            Value::Timestamp(t) => {
+                wire::map_entry(&mut self.fields, 6, k, |e| wire::time_field(e, 2, t.seconds, t.nanos))
+            }
+            Value::Duration(d) => {
+                wire::map_entry(&mut self.fields, 7, k, |e| wire::time_field(e, 2, d.seconds, d.nanos))
+            }
+            Value::Bytes(b) => wire::map_entry(&mut self.fields, 8, k, |e| wire::bytes_field(e, 2, b)),
+            Value::StringMap(m) => {
+                // The words go to their own buffer, so the map's indexes are known as its
+                // entries are written: no list of pairs is collected first.
+                let mut fields = std::mem::take(&mut self.fields);
+                wire::map_entry(&mut fields, 9, k, |e| {
+                    wire::nested(e, 2, |sm| {
+                        for (mk, mv) in m.iter() {
+                            let (a, b) = (self.word(mk), self.word(mv));
+                            wire::map_entry(sm, 1, a, |x| wire::sint32_field(x, 2, b));
+                        }
+                    })
+                });
+                self.fields = fields;
             }
         }
     }
+
+    /// The length of the encoded `CompressedAttributes` message.
+    pub fn len(&self) -> usize {
+        self.fields.len() + self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the entry as one element of `ReportRequest.attributes` (field 1).
+    pub fn append_to_report(&self, report: &mut Vec<u8>) {
+        wire::tag(report, 1, 2);
+        wire::varint(report, self.len() as u64);
+        report.extend_from_slice(&self.fields);
+        report.extend_from_slice(&self.words);
+    }
+}
+
+/// The global index of a static name, remembered by the name's address: the same address
+/// and length of static text are the same words, so a hit needs no hashing nor comparing.
+/// A small direct-mapped table per thread; a collision only costs a lookup.
+fn name_index(name: &'static str) -> Option<i32> {
+    use std::cell::Cell;
+    const SLOTS: usize = 128;
+    /// Marks a name the dictionary does not hold.
+    const ABSENT: i32 = i32::MIN;
+    thread_local! {
+        static SEEN: [Cell<(usize, usize, i32)>; SLOTS] = const { [const { Cell::new((0, 0, 0)) }; SLOTS] };
+    }
+    let addr = name.as_ptr() as usize;
+    let slot = (addr ^ (addr >> 7) ^ name.len()) % SLOTS;
+    let found = SEEN.with(|seen| {
+        let (a, len, index) = seen[slot].get();
+        if a == addr && len == name.len() {
+            return Some(index);
+        }
+        let index = dictionary::index_of(name).unwrap_or(ABSENT);
+        seen[slot].set((addr, name.len(), index));
+        Some(index)
+    });
+    found.filter(|i| *i != ABSENT)
 }
 
 /// Protobuf's wire format, as much of it as `CompressedAttributes` needs. Fields holding
@@ -140,7 +236,7 @@ pub mod wire {
         out.push(v as u8);
     }
 
-    fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+    pub fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
         varint(out, (u64::from(field) << 3) | u64::from(wire_type));
     }
 
@@ -151,8 +247,42 @@ pub mod wire {
         }
     }
 
+    pub fn zigzag(v: i32) -> u64 {
+        u64::from(((v << 1) ^ (v >> 31)) as u32)
+    }
+
     pub fn sint32_field(out: &mut Vec<u8>, field: u32, v: i32) {
-        varint_field(out, field, u64::from(((v << 1) ^ (v >> 31)) as u32));
+        varint_field(out, field, zigzag(v));
+    }
+
+    /// One entry of a `map<sint32, V>` field whose value is a varint (`sint32` already
+    /// zigzagged, `int64`, `bool`), written in one go: these are most of a Report.
+    pub fn small_entry(out: &mut Vec<u8>, field: u32, key: i32, value: u64) {
+        // Tag, length, key field (tag and up to 5 bytes), value field (up to 11).
+        let mut e = [0u8; 24];
+        let mut n = 2;
+        let mut put = |e: &mut [u8; 24], mut v: u64| {
+            while v >= 0x80 {
+                e[n] = (v as u8) | 0x80;
+                v >>= 7;
+                n += 1;
+            }
+            e[n] = v as u8;
+            n += 1;
+        };
+        let k = zigzag(key);
+        if k != 0 {
+            put(&mut e, 1 << 3);
+            put(&mut e, k);
+        }
+        if value != 0 {
+            put(&mut e, 2 << 3);
+            put(&mut e, value);
+        }
+        // The field numbers here are below 16: a tag is one byte.
+        e[0] = ((field << 3) | 2) as u8;
+        e[1] = (n - 2) as u8;
+        out.extend_from_slice(&e[..n]);
     }
 
     pub fn double_field(out: &mut Vec<u8>, field: u32, v: f64) {
@@ -203,37 +333,18 @@ pub mod wire {
         });
     }
 
-    /// A `ReportRequest` around attribute messages already on the wire.
-    pub fn report_request(
-        entries: &[Vec<u8>],
-        default_words: &[String],
-        global_word_count: u32,
-        semantics: i32,
-    ) -> Vec<u8> {
-        let size = entries.iter().map(|e| e.len() + 6).sum::<usize>()
-            + default_words.iter().map(|w| w.len() + 3).sum::<usize>()
-            + 16;
-        let mut out = Vec::with_capacity(size);
-        for e in entries {
-            tag(&mut out, 1, 2);
-            varint(&mut out, e.len() as u64);
-            out.extend_from_slice(e);
-        }
-        for w in default_words {
-            tag(&mut out, 2, 2);
-            varint(&mut out, w.len() as u64);
-            out.extend_from_slice(w.as_bytes());
-        }
-        varint_field(&mut out, 3, u64::from(global_word_count));
-        varint_field(&mut out, 4, semantics as u64);
-        out
+    /// Ends a `ReportRequest` whose entries were appended with
+    /// [`super::WireEntry::append_to_report`] (protobuf takes fields in any order).
+    pub fn report_trailer(out: &mut Vec<u8>, global_word_count: u32, semantics: i32) {
+        varint_field(out, 3, u64::from(global_word_count));
+        varint_field(out, 4, semantics as u64);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bag::decode_compressed;
+    use crate::bag::{decode_compressed, decode_report};
     use crate::manifest::Manifest;
     use crate::value::{MapVal, StringMap};
 
@@ -284,7 +395,19 @@ mod tests {
                     ]))),
                 ),
             ],
-            vec![("request.path", Value::String("/other".into())), ("custom.name", Value::String("again".into()))],
+            vec![
+                ("request.path", Value::String("/other".into())),
+                ("custom.name", Value::String("again".into())),
+                ("request.method", Value::String("GET".into())),
+                ("request.host", Value::String("".into())),
+                ("destination.namespace", Value::String("again".into())),
+                (
+                    "request.headers",
+                    Value::StringMap(MapVal::from(StringMap::new(
+                        (0..40).map(|i| (format!("x-h{i}").into(), "again".into())).collect(),
+                    ))),
+                ),
+            ],
         ];
         let mut by_struct = Encoder::new();
         let want = ReportRequest {
@@ -293,16 +416,31 @@ mod tests {
             global_word_count: Encoder::global_word_count(),
             repeated_attributes_semantics: 1,
         };
-        let mut by_wire = Encoder::new();
-        let wired: Vec<Vec<u8>> = entries
-            .iter()
-            .map(|e| {
-                let mut out = Vec::new();
-                by_wire.encode_wire(e.iter().map(|(n, v)| (*n, v)), &mut out);
-                out
-            })
-            .collect();
-        let bytes = wire::report_request(&wired, &by_wire.into_words(), Encoder::global_word_count(), 1);
-        assert_eq!(ReportRequest::decode(bytes.as_slice()).unwrap(), want);
+        let mut bytes = Vec::new();
+        for e in &entries {
+            let mut wired = WireEntry::new();
+            wired.extend(e.iter().map(|(n, v)| (*n, v)));
+            wired.append_to_report(&mut bytes);
+        }
+        wire::report_trailer(&mut bytes, Encoder::global_word_count(), 1);
+        let got = ReportRequest::decode(bytes.as_slice()).unwrap();
+        assert!(got.default_words.is_empty());
+        assert_eq!((got.global_word_count, got.repeated_attributes_semantics), (want.global_word_count, 1));
+        // Words differ (each entry has its own), what they decode to does not.
+        let manifest = Manifest::builtin();
+        let decode = |r: &ReportRequest| -> Vec<Vec<(String, Value<'static>)>> {
+            decode_report(&r.attributes, &r.default_words, r.global_word_count, false, &manifest)
+                .unwrap()
+                .iter()
+                .map(|b| b.iter().map(|(n, v)| (n.to_string(), v.clone().into_owned())).collect())
+                .collect()
+        };
+        let (got, want) = (decode(&got), decode(&want));
+        assert_eq!(got, want);
+        for (bag, entry) in got.iter().zip(&entries) {
+            for (name, value) in entry {
+                assert!(bag.iter().any(|(n, v)| n == name && v == value), "{name}");
+            }
+        }
     }
 }
