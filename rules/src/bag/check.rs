@@ -411,15 +411,15 @@ mod tests {
             ("custom.name", Value::String("x".into())),
             ("source.ip", Value::Bytes(vec![1, 2, 3, 4].into())),
         ];
-        let mut enc = Encoder::new();
-        let mut out = Vec::new();
-        enc.encode_wire(attrs.iter().map(|(n, v)| (*n, v)), &mut out);
-        let mut wire = Vec::new();
-        for w in enc.into_words() {
-            prost::encoding::string::encode(1, &w, &mut wire);
-        }
-        wire.extend_from_slice(&out);
-        let parts = vec![Bytes::from(wire)];
+        let mut entry = crate::bag::encode::WireEntry::new();
+        entry.extend(attrs.iter().map(|(n, v)| (*n, v)));
+        let mut report = Vec::new();
+        entry.append_to_report(&mut report);
+        // The entry as a ReportRequest's field 1: its tag, its length, then the message.
+        let mut rest = &report[1..];
+        let len = prost::encoding::decode_varint(&mut rest).unwrap() as usize;
+        assert_eq!(rest.len(), len);
+        let parts = vec![Bytes::copy_from_slice(rest)];
         assert!(direct(&parts, &manifest()).is_some());
         assert_eq!(agree(&parts, GWC), reference(&parts, GWC));
     }
