@@ -198,13 +198,19 @@ async fn certificates_renewed_every_few_seconds_under_traffic_fail_no_request() 
     let (first_client, first_server) = (certs(&sleep).await, certs(&reviews).await);
     let until = std::time::Instant::now() + Duration::from_secs(8);
     let mut served = 0;
+    // The client certificates requests went out under: several, so traffic crossed renewals.
+    let mut serials = std::collections::BTreeSet::new();
     while std::time::Instant::now() < until {
         let (status, body) = call(&sleep, "/rotating").await;
         assert_eq!(status, 200, "request {served}: {body}\n{}\n{}", sleep.logs(), reviews.logs());
         served += 1;
+        serials.insert(certs(&sleep).await["serial"].to_string());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(served > 50, "{served}");
+    // A debug build's handshakes are slow, more so on a loaded machine: the count only
+    // shows that traffic kept flowing.
+    assert!(served >= 5, "{served}");
+    assert!(serials.len() >= 3, "requests under {} certificates: {serials:?}", serials.len());
     let (client, server) = (certs(&sleep).await, certs(&reviews).await);
     assert_ne!(client["serial"], first_client["serial"], "the client renewed");
     assert_ne!(server["serial"], first_server["serial"], "the server renewed");
