@@ -79,7 +79,7 @@ impl Conn {
     /// it nor sent anything unasked. No system call unless the socket became readable.
     pub fn is_open(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.io.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(super::io::tcp(&self.io).try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 

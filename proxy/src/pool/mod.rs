@@ -174,11 +174,11 @@ impl Pool {
         self.opened.inc();
         let deadline = tokio::time::Instant::now() + t.settings.connect_timeout;
         let tcp = connect(t.address, t.settings.connect_timeout).await?;
-        let Some(tls) = t.tls else { return Ok(Io::Plain(tcp)) };
+        let Some(tls) = t.tls else { return Ok(io::plain(tcp)) };
         match tokio::time::timeout_at(deadline, tls.connect(self.mesh.as_deref(), tcp)).await {
             Err(_) => Err(PoolError::ConnectTimeout(t.address.to_string())),
             Ok(Err(e)) => Err(PoolError::Tls(t.address.to_string(), e)),
-            Ok(Ok(s)) => Ok(Io::Tls(Box::new(s))),
+            Ok(Ok(s)) => Ok(io::tls(s)),
         }
     }
 

@@ -266,7 +266,7 @@ async fn a_head_without_host_gets_the_callers_authority() {
 async fn an_idle_connection_keeps_a_small_write_buffer_only() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-    let mut conn = super::Conn::new(crate::pool::io::Io::Plain(io));
+    let mut conn = super::Conn::new(crate::pool::io::plain(io));
     conn.out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
     let mut conn = conn.idle();
     assert!(conn.out.capacity() > 0, "a head-sized buffer is kept for the next request");
