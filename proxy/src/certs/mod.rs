@@ -86,7 +86,7 @@ impl CertStore {
         self.current.load_full()
     }
 
-    fn install(&self, cert: WorkloadCert) {
+    pub(crate) fn install(&self, cert: WorkloadCert) {
         self.current.store(Some(Arc::new(cert)));
         self.renewals.fetch_add(1, Ordering::Relaxed);
     }

@@ -145,3 +145,80 @@ fn build(cert: Arc<WorkloadCert>, trust_domain: &str) -> Result<Built, MtlsError
 /// connection to the handlers.
 #[derive(Debug, Clone)]
 pub struct Peer(pub Arc<PeerIdentity>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A workload certificate for `spiffe` from a new CA, valid for an hour.
+    fn workload_cert(spiffe: &str) -> WorkloadCert {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(spiffe.try_into().unwrap())];
+        leaf.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = leaf.signed_by(&key, &issuer).unwrap();
+        WorkloadCert {
+            chain: vec![leaf.pem(), ca_cert.pem()],
+            key: key.serialize_pem(),
+            spiffe: spiffe.into(),
+            serial: "1".into(),
+            not_before: SystemTime::now() - Duration::from_secs(60),
+            not_after: SystemTime::now() + Duration::from_secs(3600),
+        }
+    }
+
+    /// One exchange from `client` to `server`; how the client's handshake went.
+    async fn exchange(server: &Mesh, client: &Mesh) -> rustls::HandshakeKind {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config().unwrap());
+        let serve = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(sock).await.unwrap();
+            let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            tls.write_all(b"ok").await.unwrap();
+            tls.shutdown().await.unwrap();
+            PeerIdentity::from_cert(&peer, "cluster.local").unwrap()
+        });
+        let connector = tokio_rustls::TlsConnector::from(client.client_config().unwrap());
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("reviews").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ok");
+        assert_eq!(serve.await.unwrap().principal, "cluster.local/ns/default/sa/sleep");
+        tls.get_ref().1.handshake_kind().unwrap()
+    }
+
+    #[tokio::test]
+    async fn sidecars_resume_sessions_and_take_a_renewed_certificate_at_the_next_handshake() {
+        let cert = workload_cert("spiffe://cluster.local/ns/default/sa/sleep");
+        let mesh = || {
+            let store = Arc::new(CertStore::default());
+            store.install(cert.clone());
+            Mesh::new(store, "cluster.local")
+        };
+        let (server, client) = (mesh(), mesh());
+        assert_eq!(exchange(&server, &client).await, rustls::HandshakeKind::Full);
+        assert_eq!(exchange(&server, &client).await, rustls::HandshakeKind::Resumed, "the second connection resumes");
+        // A renewal builds new configs: the next handshake is a full one with the new certificate.
+        client.certs.install(cert.clone());
+        assert_eq!(exchange(&server, &client).await, rustls::HandshakeKind::Full);
+        let none = Mesh::new(Arc::new(CertStore::default()), "cluster.local");
+        assert_eq!(none.ready(), Err(MtlsError::NoCertificate));
+        let mut expired = cert;
+        expired.not_after = SystemTime::now() - Duration::from_secs(1);
+        none.certs.install(expired);
+        assert_eq!(none.ready(), Err(MtlsError::Expired));
+    }
+}
