@@ -411,14 +411,10 @@ mod tests {
             ("custom.name", Value::String("x".into())),
             ("source.ip", Value::Bytes(vec![1, 2, 3, 4].into())),
         ];
-        let mut enc = Encoder::new();
-        let mut out = Vec::new();
-        enc.encode_wire(attrs.iter().map(|(n, v)| (*n, v)), &mut out);
+        let mut enc = crate::bag::encode::WireEntry::new();
+        enc.extend(attrs.iter().map(|(n, v)| (*n, v)));
         let mut wire = Vec::new();
-        for w in enc.into_words() {
-            prost::encoding::string::encode(1, &w, &mut wire);
-        }
-        wire.extend_from_slice(&out);
+        enc.write_message(&mut wire);
         let parts = vec![Bytes::from(wire)];
         assert!(direct(&parts, &manifest()).is_some());
         assert_eq!(agree(&parts, GWC), reference(&parts, GWC));
