@@ -54,11 +54,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let yaml = fs::read_to_string("global_dictionary.yaml")?;
     let words: Vec<String> = yaml_serde::from_str(&yaml)?;
-    let mut code = format!("pub static GLOBAL_WORDS: [&str; {}] = [\n", words.len());
+    // A `const` too, so a filter over the words can be computed at compile time.
+    let mut code = format!("pub const GLOBAL_WORD_LIST: [&str; {}] = [\n", words.len());
     for w in &words {
         code.push_str(&format!("    {w:?},\n"));
     }
-    code.push_str("];\n");
+    code.push_str("];\npub static GLOBAL_WORDS: [&str; GLOBAL_WORD_LIST.len()] = GLOBAL_WORD_LIST;\n");
     fs::write(out.join("global_words.rs"), code)?;
     println!("cargo:rerun-if-changed=global_dictionary.yaml");
     Ok(())

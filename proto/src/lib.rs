@@ -12,7 +12,8 @@
 //! - [`ENVOY_FILE_DESCRIPTOR_SET`]: descriptors of Envoy's ext_authz and rate-limit APIs
 //!   for reflection (the code is envoy-types').
 //! - [`dictionary`]: Istio's global word list used for attribute compression, compiled in
-//!   from `global_dictionary.yaml` in its exact order, looked up through [`fasthash`].
+//!   from `global_dictionary.yaml` in its exact order, looked up in a table built at compile time.
+//! - [`fasthash`]: a fast hash for tables whose keys callers do not choose.
 
 pub mod dictionary;
 pub mod fasthash;

@@ -118,32 +118,36 @@ impl std::fmt::Debug for Reporter {
     }
 }
 
-/// A message already encoded (a whole `ReportRequest`), sent as it is.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Encoded(Bytes);
+/// Sends a message already encoded (a whole `ReportRequest`) as it is, and decodes the
+/// answer with prost. The bytes are copied into tonic's buffer in one go: prost's encoder
+/// would copy them through `BufMut`, a growing chunk at a time.
+#[derive(Debug, Default, Clone, Copy)]
+struct RawCodec;
 
-impl prost::Message for Encoded {
-    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
-        buf.put_slice(&self.0);
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ReportResponse;
+    type Encoder = RawCodec;
+    type Decoder = <tonic_prost::ProstCodec<ReportResponse, ReportResponse> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only ever sent, never read.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<ReportResponse, ReportResponse>::default())
     }
+}
 
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
 
-    fn clear(&mut self) {
-        self.0 = Bytes::new();
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.reserve(item.len());
+        dst.put_slice(&item);
+        Ok(())
     }
 }
 
@@ -297,14 +301,13 @@ async fn send(client: &Channel, batch: Batch, state: &Arc<Sender>) {
     let state = state.clone();
     tokio::spawn(async move {
         // Reports are not retried (as in Istio); a failure is logged once per streak.
-        let mut call = tonic::Request::new(Encoded(body.into()));
+        let mut call = tonic::Request::new(Bytes::from(body));
         if let Some(tp) = traceparent.and_then(|t| t.parse().ok()) {
             call.metadata_mut().insert("traceparent", tp);
         }
         let report = async {
             grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let codec = tonic_prost::ProstCodec::<Encoded, ReportResponse>::default();
-            grpc.unary(call, tonic::codegen::http::uri::PathAndQuery::from_static(REPORT_PATH), codec).await
+            grpc.unary(call, tonic::codegen::http::uri::PathAndQuery::from_static(REPORT_PATH), RawCodec).await
         };
         match tokio::time::timeout(Duration::from_secs(5), report).await {
             Ok(Ok(_)) => state.failing.store(false, Ordering::Relaxed),

@@ -114,10 +114,61 @@ pub struct WireEntry {
     local: i32,
 }
 
+/// Buffers of entries already sent, for the next entries of the same thread: a request's
+/// entry is built and appended to its batch on the worker that serves it, so each takes
+/// back what the one before gave. Bounded: a few entries' buffers of a typical size.
+mod spare {
+    use std::cell::RefCell;
+
+    /// Buffer pairs kept per thread (as many as its requests have entries open at once).
+    const KEPT: usize = 64;
+    /// A buffer grown past this (a request with huge headers) is released, not kept.
+    const KEPT_CAPACITY: usize = 16 * 1024;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<(Vec<u8>, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Option<(Vec<u8>, Vec<u8>)> {
+        SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+    }
+
+    pub fn give(mut fields: Vec<u8>, mut words: Vec<u8>) {
+        if fields.capacity() > KEPT_CAPACITY || words.capacity() > KEPT_CAPACITY {
+            return;
+        }
+        fields.clear();
+        words.clear();
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEPT {
+                s.push((fields, words));
+            }
+        });
+    }
+
+    #[cfg(test)]
+    pub fn count() -> usize {
+        SPARE.with(|s| s.borrow().len())
+    }
+}
+
+impl Drop for WireEntry {
+    fn drop(&mut self) {
+        if self.fields.capacity() > 0 {
+            spare::give(std::mem::take(&mut self.fields), std::mem::take(&mut self.words));
+        }
+    }
+}
+
 impl WireEntry {
     pub fn new() -> WireEntry {
-        // Room for a typical inbound request's attributes and headers, so the buffers rarely grow.
-        WireEntry { fields: Vec::with_capacity(512), words: Vec::with_capacity(256), local: 0 }
+        let (fields, words) = spare::take().unwrap_or_else(|| {
+            // Room for a typical inbound request's attributes and headers, so the buffers
+            // rarely grow.
+            (Vec::with_capacity(512), Vec::with_capacity(256))
+        });
+        WireEntry { fields, words, local: 0 }
     }
 
     fn word(&mut self, w: &str) -> i32 {
@@ -158,12 +209,8 @@ impl WireEntry {
             Value::Int64(v) => wire::small_entry(&mut self.fields, 3, k, *v as u64),
             Value::Double(v) => wire::map_entry(&mut self.fields, 4, k, |e| wire::double_field(e, 2, *v)),
             Value::Bool(v) => wire::small_entry(&mut self.fields, 5, k, u64::from(*v)),
-            Value::Timestamp(t) => {
-                wire::map_entry(&mut self.fields, 6, k, |e| wire::time_field(e, 2, t.seconds, t.nanos))
-            }
-            Value::Duration(d) => {
-                wire::map_entry(&mut self.fields, 7, k, |e| wire::time_field(e, 2, d.seconds, d.nanos))
-            }
+            Value::Timestamp(t) => wire::time_entry(&mut self.fields, 6, k, t.seconds, t.nanos),
+            Value::Duration(d) => wire::time_entry(&mut self.fields, 7, k, d.seconds, d.nanos),
             Value::Bytes(b) => wire::map_entry(&mut self.fields, 8, k, |e| wire::bytes_field(e, 2, b)),
             Value::StringMap(m) => {
                 // The words go to their own buffer, so the map's indexes are known as its
@@ -173,7 +220,8 @@ impl WireEntry {
                     wire::nested(e, 2, |sm| {
                         for (mk, mv) in m.iter() {
                             let (a, b) = (self.word(mk), self.word(mv));
-                            wire::map_entry(sm, 1, a, |x| wire::sint32_field(x, 2, b));
+                            // `map<sint32, sint32>`: an entry is its key and value varints.
+                            wire::small_entry(sm, 1, a, wire::zigzag(b));
                         }
                     })
                 });
@@ -195,34 +243,57 @@ impl WireEntry {
     pub fn append_to_report(&self, report: &mut Vec<u8>) {
         wire::tag(report, 1, 2);
         wire::varint(report, self.len() as u64);
-        report.extend_from_slice(&self.fields);
-        report.extend_from_slice(&self.words);
+        self.write_message(report);
+    }
+
+    /// Writes the encoded `CompressedAttributes` message itself, words first (field
+    /// order, which a decoder reading straight from the wire relies on).
+    pub fn write_message(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.words);
+        out.extend_from_slice(&self.fields);
     }
 }
 
 /// The global index of a static name, remembered by the name's address: the same address
 /// and length of static text are the same words, so a hit needs no hashing nor comparing.
-/// A small direct-mapped table per thread; a collision only costs a lookup.
+/// A small open-addressed table per thread (static names are finitely many; past
+/// `FILLED` of them, the rest are looked up each time).
 fn name_index(name: &'static str) -> Option<i32> {
     use std::cell::Cell;
-    const SLOTS: usize = 128;
+    const SLOTS: usize = 256;
+    const FILLED: usize = SLOTS * 3 / 4;
     /// Marks a name the dictionary does not hold.
     const ABSENT: i32 = i32::MIN;
+    struct Seen {
+        slots: [Cell<(usize, usize, i32)>; SLOTS],
+        filled: Cell<usize>,
+    }
     thread_local! {
-        static SEEN: [Cell<(usize, usize, i32)>; SLOTS] = const { [const { Cell::new((0, 0, 0)) }; SLOTS] };
+        static SEEN: Seen = const { Seen { slots: [const { Cell::new((0, 0, 0)) }; SLOTS], filled: Cell::new(0) } };
     }
     let addr = name.as_ptr() as usize;
-    let slot = (addr ^ (addr >> 7) ^ name.len()) % SLOTS;
-    let found = SEEN.with(|seen| {
-        let (a, len, index) = seen[slot].get();
-        if a == addr && len == name.len() {
-            return Some(index);
-        }
-        let index = dictionary::index_of(name).unwrap_or(ABSENT);
-        seen[slot].set((addr, name.len(), index));
-        Some(index)
-    });
-    found.filter(|i| *i != ABSENT)
+    let lookup = || dictionary::index_of(name).unwrap_or(ABSENT);
+    let index = SEEN
+        .try_with(|seen| {
+            let mut slot = (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) % SLOTS;
+            loop {
+                let (a, len, index) = seen.slots[slot].get();
+                if a == addr && len == name.len() {
+                    return index;
+                }
+                if a == 0 {
+                    let index = lookup();
+                    if seen.filled.get() < FILLED {
+                        seen.slots[slot].set((addr, name.len(), index));
+                        seen.filled.set(seen.filled.get() + 1);
+                    }
+                    return index;
+                }
+                slot = (slot + 1) % SLOTS;
+            }
+        })
+        .unwrap_or_else(|_| lookup());
+    (index != ABSENT).then_some(index)
 }
 
 /// Protobuf's wire format, as much of it as `CompressedAttributes` needs. Fields holding
@@ -282,7 +353,54 @@ pub mod wire {
         // The field numbers here are below 16: a tag is one byte.
         e[0] = ((field << 3) | 2) as u8;
         e[1] = (n - 2) as u8;
-        out.extend_from_slice(&e[..n]);
+        put_prefix(out, &e, n);
+    }
+
+    /// One entry of a `map<sint32, Timestamp>` or `map<sint32, Duration>` field, written
+    /// in one go as [`small_entry`] is: every request has three.
+    pub fn time_entry(out: &mut Vec<u8>, field: u32, key: i32, seconds: i64, nanos: i32) {
+        // Tag and length; key field (up to 6 bytes); value tag and length; seconds and
+        // nanos fields (up to 11 bytes each). Every length is below 128: one byte.
+        fn put(e: &mut [u8; 40], n: &mut usize, mut v: u64) {
+            while v >= 0x80 {
+                e[*n] = (v as u8) | 0x80;
+                v >>= 7;
+                *n += 1;
+            }
+            e[*n] = v as u8;
+            *n += 1;
+        }
+        let mut e = [0u8; 40];
+        let mut n = 2;
+        let k = zigzag(key);
+        if k != 0 {
+            put(&mut e, &mut n, 1 << 3);
+            put(&mut e, &mut n, k);
+        }
+        put(&mut e, &mut n, (2 << 3) | 2);
+        let at = n;
+        n += 1;
+        if seconds != 0 {
+            put(&mut e, &mut n, 1 << 3);
+            put(&mut e, &mut n, seconds as u64);
+        }
+        if nanos != 0 {
+            put(&mut e, &mut n, 2 << 3);
+            put(&mut e, &mut n, i64::from(nanos) as u64);
+        }
+        e[at] = (n - at - 1) as u8;
+        e[0] = ((field << 3) | 2) as u8;
+        e[1] = (n - 2) as u8;
+        put_prefix(out, &e, n);
+    }
+
+    /// Appends the first `n` bytes of `e`: the whole array is copied (a fixed size, so no
+    /// call to `memcpy`) and the rest cut off.
+    #[inline]
+    fn put_prefix<const N: usize>(out: &mut Vec<u8>, e: &[u8; N], n: usize) {
+        let len = out.len() + n;
+        out.extend_from_slice(e);
+        out.truncate(len);
     }
 
     pub fn double_field(out: &mut Vec<u8>, field: u32, v: f64) {
@@ -370,6 +488,34 @@ mod tests {
     }
 
     #[test]
+    fn entries_reuse_their_buffers_and_encode_the_same() {
+        let headers = StringMap::new(vec![("x-user".into(), "jason".into()), (":path".into(), "/a".into())]);
+        let attrs = [
+            ("request.path", Value::String("/a".into())),
+            ("custom.name", Value::String("v".into())),
+            ("request.headers", Value::StringMap(MapVal::Borrowed(&headers))),
+        ];
+        let encode = || {
+            let mut e = WireEntry::new();
+            e.extend(attrs.iter().map(|(n, v)| (*n, v)));
+            let mut out = Vec::new();
+            e.append_to_report(&mut out);
+            out
+        };
+        let first = encode();
+        let kept = spare::count();
+        assert!(kept >= 1);
+        assert_eq!(encode(), first);
+        assert_eq!(spare::count(), kept);
+        // A buffer grown past the bound is released.
+        let long = "x".repeat(20_000);
+        let mut big = WireEntry::new();
+        big.push("custom.name", &Value::String(long.as_str().into()));
+        drop(big);
+        assert_eq!(spare::count(), kept - 1);
+    }
+
+    #[test]
     fn the_wire_form_is_the_messages_encoding() {
         use crate::value::{Duration, Timestamp};
         use mixr_proto::istio::mixer::v1::ReportRequest;
@@ -386,6 +532,8 @@ mod tests {
                 ("quota.cache_hit", Value::Bool(false)),
                 ("request.time", Value::Timestamp(Timestamp { seconds: 1_796_000_000, nanos: 5 })),
                 ("response.duration", Value::Duration(Duration { seconds: -1, nanos: -500 })),
+                ("context.time", Value::Timestamp(Timestamp { seconds: 0, nanos: 0 })),
+                ("custom.duration", Value::Duration(Duration { seconds: -315_576_000_000, nanos: -999_999_999 })),
                 ("source.ip", Value::Bytes(vec![10, 0, 0, 1].into())),
                 (
                     "request.headers",
