@@ -47,10 +47,19 @@ pub enum UpstreamTlsError {
 impl UpstreamTls {
     /// The TLS of connections to `host`, or `None` for plaintext.
     pub fn new(tls: &ClientTls, host: &str) -> Option<UpstreamTls> {
+        if tls.mode == ClientTlsMode::Disable {
+            return None;
+        }
+        // A destination whose name cannot be sent as SNI still gets TLS, never plaintext:
+        // the mesh verifier does not read the name; the others then fail, saying why.
         let name = tls.sni.as_deref().unwrap_or(host);
-        let server_name = ServerName::try_from(name.to_string())
-            .or_else(|_| ServerName::try_from("outbound.mesh".to_string()))
-            .ok()?;
+        let server_name = match ServerName::try_from(name.to_string()) {
+            Ok(n) => n,
+            Err(_) if tls.mode == ClientTlsMode::IstioMutual => {
+                ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
+            }
+            Err(e) => return Some(UpstreamTls::Broken(format!("{name:?} is not a server name: {e}"))),
+        };
         let sans = tls.subject_alt_names.clone();
         match tls.mode {
             ClientTlsMode::Disable => None,
@@ -145,4 +154,38 @@ fn files_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, String> {
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(mode: ClientTlsMode, ca: Option<&str>, sni: Option<&str>) -> ClientTls {
+        ClientTls {
+            mode,
+            client_certificate: None,
+            private_key: None,
+            ca_certificates: ca.map(Into::into),
+            subject_alt_names: Vec::new(),
+            sni: sni.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn tls_is_never_quietly_dropped_to_plaintext() {
+        assert!(UpstreamTls::new(&tls(ClientTlsMode::Disable, None, None), "reviews").is_none());
+        assert!(matches!(
+            UpstreamTls::new(&tls(ClientTlsMode::IstioMutual, None, None), "not a name!"),
+            Some(UpstreamTls::Mesh { .. })
+        ));
+        let broken = |t: ClientTls| match UpstreamTls::new(&t, "reviews") {
+            Some(UpstreamTls::Broken(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(broken(tls(ClientTlsMode::Simple, Some("/nonexistent/ca.pem"), None)).contains("caCertificates"));
+        assert!(broken(tls(ClientTlsMode::Simple, None, Some("not a name!"))).contains("not a server name"));
+        let mut mutual = tls(ClientTlsMode::Mutual, Some("/nonexistent/ca.pem"), None);
+        mutual.ca_certificates = None;
+        assert!(matches!(UpstreamTls::new(&mutual, "reviews"), Some(UpstreamTls::Broken(_))));
+    }
 }
